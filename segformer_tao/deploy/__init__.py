@@ -1,0 +1,1 @@
+"""segformer_tao.deploy."""
