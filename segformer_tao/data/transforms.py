@@ -70,6 +70,42 @@ class Rot90(v2.Transform):
         return tv_tensors.wrap(torch.rot90(inpt.as_subclass(torch.Tensor), self.k, dims=(-2, -1)), like=inpt)
 
 
+def _resize_mask(mask: tv_tensors.Mask, size: list[int]) -> tv_tensors.Mask:
+    # nearest-exact samples pixel centres like bilinear does; torchvision's mask default (legacy nearest)
+    # drifts up to a pixel per resize, which accumulates over the resize/crop/scale chain
+    t = mask.as_subclass(torch.Tensor)
+    out = F.resize_image(t[None] if t.ndim == 2 else t, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+    return tv_tensors.wrap(out[0] if t.ndim == 2 else out, like=mask)
+
+
+class Resize(v2.Resize):
+    """v2.Resize whose masks are resampled with nearest-exact (aligned with the bilinear image)."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return _resize_mask(inpt, list(self.size))
+        return super().transform(inpt, params)
+
+
+class RandomResizedCrop(v2.RandomResizedCrop):
+    """v2.RandomResizedCrop with nearest-exact masks."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            crop = F.crop(inpt, params["top"], params["left"], params["height"], params["width"])
+            return _resize_mask(crop, list(self.size))
+        return super().transform(inpt, params)
+
+
+class RandomResize(v2.RandomResize):
+    """v2.RandomResize with nearest-exact masks."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, tv_tensors.Mask):
+            return _resize_mask(inpt, list(params["size"]))
+        return super().transform(inpt, params)
+
+
 def _rotation(angle: float, ignore_index: int) -> v2.Transform:
     # TAO rotates counter-clockwise (torchvision convention); quarter turns are exact permutations
     if float(angle) % 90 == 0:
@@ -84,7 +120,7 @@ def train_transform(aug: Any, img_size: int, ignore_index: int = 255) -> v2.Comp
     with the ignore index), Gaussian blur (sigma 0-1), colour jitter (with color_probability), normalise.
     """
     S = int(img_size)
-    steps: list[v2.Transform] = [v2.Resize([S, S], interpolation=IMAGE_INTERPOLATION, antialias=True)]
+    steps: list[v2.Transform] = [Resize([S, S], interpolation=IMAGE_INTERPOLATION, antialias=True)]
     flip = aug.random_flip
     if flip.enable:
         steps += [v2.RandomHorizontalFlip(float(flip.hflip_probability)),
@@ -94,12 +130,12 @@ def train_transform(aug: Any, img_size: int, ignore_index: int = 255) -> v2.Comp
         choice = v2.RandomChoice([_rotation(a, ignore_index) for a in rot.angle_list])
         steps.append(v2.RandomApply([choice], p=float(rot.rotate_probability)))
     if aug.with_random_crop:
-        steps.append(v2.RandomResizedCrop([S, S], scale=(0.8, 1.0), ratio=(1.0, 1.0),
+        steps.append(RandomResizedCrop([S, S], scale=(0.8, 1.0), ratio=(1.0, 1.0),
                                           interpolation=IMAGE_INTERPOLATION, antialias=True))
     scale = aug.with_scale_random_crop
     if scale.enable:
         lo, hi = (float(v) for v in scale.scale_range)
-        steps += [v2.RandomResize(round(S * lo), round(S * hi) + 1, interpolation=IMAGE_INTERPOLATION,
+        steps += [RandomResize(round(S * lo), round(S * hi) + 1, interpolation=IMAGE_INTERPOLATION,
                                   antialias=True),
                   v2.RandomCrop([S, S], pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index})]
     if aug.with_random_blur:
