@@ -124,7 +124,12 @@ def check_dataset(cfg: Any, splits: Sequence[str] = ("train", "val"), *, mode: s
     decoder = mask_decoder(cfg)
     report: dict[str, Any] = {"root_dir": root, "mode": mode, "num_classes": decoder.num_classes,
                               "ignore_index": decoder.ignore_index, "splits": [], "problems": []}
-    for split in dict.fromkeys(splits):
+    seen = set()
+    for split in splits:
+        key = (split_name(cfg, split), split == "predict")
+        if key in seen:  # e.g. test_split defaults to the validation folder
+            continue
+        seen.add(key)
         stats, problems = _check_split(cfg, root, split, mode, decoder)
         report["splits"].append(stats)
         report["problems"] += problems
