@@ -220,7 +220,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
         spec = load_spec_file(spec_file)
         # TAO specs write `results_dir: ???` for "you must set this"; interpolations like ${results_dir}/export
         # would otherwise silently resolve to /export.
-        if "results_dir" in spec and OmegaConf.is_missing(spec, "results_dir") and not any(
+        if "results_dir" in spec.keys() and OmegaConf.is_missing(spec, "results_dir") and not any(
                 o.lstrip("+").startswith("results_dir=") for o in key_ovs):
             raise UserError(f"results_dir is '???' in the spec file '{spec_file}': set it on the command line, e.g. "
                             "`results_dir=/path/to/results`.")
