@@ -68,20 +68,24 @@ def _get(cfg: DictConfig, key: str, default=None):
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
+# TAO's spec defaults; TAO itself silently replaces them with the backbone's values, so they only get a log line.
+_TAO_DEFAULTS = {"in_channels": [64, 128, 320, 512], "feature_strides": [4, 8, 16, 32]}
+
+
 def _check_head_spec(cfg: DictConfig, backbone: nn.Module, name: str, in_index: list[int]) -> None:
     """Warn when TAO's in_channels/feature_strides keys disagree with the backbone (we use the backbone's)."""
-    channels = [backbone.out_channels[i] for i in in_index]
-    strides = [backbone.out_strides[i] for i in in_index]
-    spec_channels = _get(cfg, "model.decode_head.in_channels")
-    spec_strides = _get(cfg, "model.decode_head.feature_strides")
-    if spec_channels is not None and list(spec_channels) != channels:
-        warnings.warn(
-            f"model.decode_head.in_channels={list(spec_channels)} does not match backbone {name} "
-            f"(outputs {channels}); using the backbone's channels.", stacklevel=3)
-    if spec_strides is not None and list(spec_strides) != strides:
-        warnings.warn(
-            f"model.decode_head.feature_strides={list(spec_strides)} does not match backbone {name} "
-            f"(strides {strides}); using the backbone's strides.", stacklevel=3)
+    actual = {"in_channels": [backbone.out_channels[i] for i in in_index],
+              "feature_strides": [backbone.out_strides[i] for i in in_index]}
+    for key, value in actual.items():
+        spec = _get(cfg, f"model.decode_head.{key}")
+        if spec is None or list(spec) == value:
+            continue
+        msg = (f"model.decode_head.{key}={list(spec)} does not match backbone {name} ({value}); "
+               "using the backbone's values.")
+        if list(spec) == _TAO_DEFAULTS[key]:
+            log.info(msg)
+        else:
+            warnings.warn(msg, stacklevel=3)
 
 
 def build_model(cfg: DictConfig, *, load_weights: bool = True) -> SegFormer:

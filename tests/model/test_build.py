@@ -22,12 +22,14 @@ def test_logits_at_quarter_resolution_and_channels_last():
     assert torch.allclose(out, out_cl, atol=1e-5)
 
 
-def test_tao_default_in_channels_do_not_break_b0():
+def test_tao_default_in_channels_do_not_break_b0(recwarn):
     cfg = make_cfg("mit_b0", **{"model.decode_head.in_channels": [64, 128, 320, 512],
                                 "model.decode_head.feature_strides": [4, 8, 16, 32]})
-    with pytest.warns(UserWarning, match=r"in_channels=\[64, 128, 320, 512\] does not match backbone mit_b0"):
-        model = build_model(cfg)
-    assert model.decode_head.in_channels == [32, 64, 160, 256]
+    assert build_model(cfg).decode_head.in_channels == [32, 64, 160, 256]
+    assert not recwarn.list  # TAO's defaults are replaced silently, as TAO does
+    cfg = make_cfg("mit_b0", **{"model.decode_head.in_channels": [64, 128, 320, 320]})
+    with pytest.warns(UserWarning, match=r"in_channels=\[64, 128, 320, 320\] does not match backbone mit_b0"):
+        assert build_model(cfg).decode_head.in_channels == [32, 64, 160, 256]
 
 
 def test_unknown_backbone_and_bad_in_index():
