@@ -1,0 +1,233 @@
+"""Compose, override and validate an experiment config.
+
+Order (later wins): schema defaults -> conf/ groups (Hydra) -> the user's spec file (``-e``) -> key=value
+overrides (Hydra's override grammar). Every mistake becomes a :class:`UserError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from segformer_tao.config.schema import ExperimentConfig
+from segformer_tao.errors import UserError
+
+SCHEMA_NAME = "segformer_experiment_schema"
+
+
+def package_dir(name: str) -> str:
+    """Absolute path of a data folder shipped inside the package (``conf`` or ``specs``)."""
+    return str(resources.files("segformer_tao") / name)
+
+
+def _register_schema() -> None:
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=ExperimentConfig)
+
+
+def iter_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Yield (dotted key, dataclass field) for every leaf key of the tree."""
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("group"):
+            yield from iter_fields(f.default_factory, key + ".")
+        else:
+            yield key, f
+
+
+def all_keys() -> list[str]:
+    return [k for k, _ in iter_fields()]
+
+
+def suggest(key: str) -> str:
+    """A ' Did you mean ...?' hint for an unknown key, or ''."""
+    keys = all_keys()
+    leaf = key.split(".")[-1]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in keys if k.split(".")[-1] == leaf][:1]
+    if not close:
+        close = difflib.get_close_matches(leaf, [k.split(".")[-1] for k in keys], n=1, cutoff=0.75)
+        close = [k for k in keys if close and k.split(".")[-1] == close[0]][:1]
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _conf_groups() -> set[str]:
+    root = package_dir("conf")
+    return {d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
+
+
+def _omegaconf_error(e: OmegaConfBaseException, source: str) -> UserError:
+    key = getattr(e, "full_key", None) or ""
+    msg = str(e).splitlines()[0]
+    if "Key '" in msg and ("not in struct" in msg or "Missing key" in msg or "not found" in msg):
+        return UserError(f"Unknown key '{key}' in {source}.{suggest(key)} Run `segformer <action> --help` to "
+                         "list the valid keys.")
+    if "could not be converted" in msg or "Value '" in msg or "Invalid type" in msg or "is not a subclass" in msg:
+        return UserError(f"Wrong type for key '{key}' in {source}: {msg}. Give a value of the type the key "
+                         "expects (see `segformer <action> --help`).")
+    return UserError(f"Invalid config in {source} at '{key}': {msg}.")
+
+
+def load_spec_file(path: str) -> DictConfig:
+    """Read a TAO-style spec YAML as-is; a missing, unreadable or non-mapping file is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"Spec file '{path}' (given with -e) does not exist. Check the path.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"Spec file '{path}' is not valid YAML: {str(e).splitlines()[0]} "
+                        f"({getattr(e, 'problem_mark', '')}). Fix the YAML syntax.") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"Spec file '{path}' is not a text YAML file. Pass a .yaml spec with -e.") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"Spec file '{path}' must hold a mapping of keys (e.g. 'train: {{num_epochs: 10}}'), "
+                        f"not a {type(data).__name__}.")
+    data.pop("defaults", None)
+    return OmegaConf.create(data)
+
+
+def _key_exists(cfg: DictConfig, key: str) -> bool:
+    node: Any = cfg
+    for part in key.split("."):
+        if isinstance(node, DictConfig) and part in node:
+            node = node._get_node(part)
+        else:
+            return False
+    return True
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply Hydra-grammar overrides (``a.b=1``, ``+a.new=x``, ``++a.b=2``, ``~a.b``) in place."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as e:
+        raise UserError(f"Invalid override syntax: {str(e).splitlines()[0]} Overrides look like key=value, "
+                        "e.g. train.num_epochs=5 or 'train.gpu_ids=[0,1]'.") from e
+    for ov in parsed:
+        key = ov.key_or_group
+        try:
+            if ov.is_delete():
+                if not _key_exists(cfg, key):
+                    raise UserError(f"Cannot delete '{key}' (~{key}): no such key.{suggest(key)}")
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(cfg, parent) if parent else cfg
+                with _open_dict(node):
+                    del node[leaf]
+                continue
+            value = ov.value()
+            if not (ov.is_add() or ov.is_force_add()) and not _key_exists(cfg, key):
+                raise UserError(f"Unknown key '{key}' in override '{ov.input_line}'.{suggest(key)} "
+                                "Run `segformer <action> --help` to list the valid keys.")
+            OmegaConf.update(cfg, key, value, merge=True, force_add=ov.is_add() or ov.is_force_add())
+        except OmegaConfBaseException as e:
+            raise _omegaconf_error(e, f"override '{ov.input_line}'") from e
+
+
+class _open_dict:
+    def __init__(self, node: DictConfig) -> None:
+        self.node, self.flag = node, None
+
+    def __enter__(self) -> None:
+        self.flag = self.node._get_flag("struct")
+        OmegaConf.set_struct(self.node, False)
+
+    def __exit__(self, *exc: object) -> None:
+        OmegaConf.set_struct(self.node, self.flag)
+
+
+def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
+    md = f.metadata
+    options = md.get("valid_options")
+    if options is not None and value is not None:
+        if value in options:
+            return value
+        if isinstance(value, str):
+            folded = {str(o).lower(): o for o in options}
+            if value.lower() in folded:
+                return folded[value.lower()]
+        raise UserError(f"Invalid value {value!r} for '{key}'. Valid options: {', '.join(map(str, options))}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = md.get("valid_min"), md.get("valid_max")
+        lo = -math.inf if lo in (None, "", "-inf") else float(lo)
+        hi = math.inf if hi in (None, "", "inf") else float(hi)
+        if not lo <= value <= hi:
+            bounds = f"between {md.get('valid_min')} and {md.get('valid_max')}" if md.get("valid_max") not in (
+                None, "", "inf") else f">= {md.get('valid_min')}"
+            raise UserError(f"Value {value} for '{key}' is out of range: it must be {bounds}.")
+    return value
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check bounds and options of every key; normalises option case (e.g. data_type FP16 -> fp16)."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise UserError(f"Cannot resolve interpolation at '{getattr(e, 'full_key', '')}': "
+                        f"{str(e).splitlines()[0]}. Interpolations look like ${{results_dir}}/train.") from e
+    for key, f in iter_fields():
+        node: Any = resolved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        fixed = _check_value(key, f, node)
+        if fixed is not node and OmegaConf.select(cfg, key) == node:
+            OmegaConf.update(cfg, key, fixed)
+
+
+def compose_config(action: str | None = None, overrides: Sequence[str] = (), spec_file: str | None = None
+                   ) -> DictConfig:
+    """Build the validated experiment config.
+
+    Args:
+        action: the action it is for (kept for error messages and future per-action defaults).
+        overrides: key=value strings; ``group=name`` (e.g. ``model=mit_b2``) switches a conf/ group.
+        spec_file: optional TAO-format YAML spec, merged over the defaults before the overrides.
+    Returns:
+        an OmegaConf DictConfig in struct mode (unknown keys raise).
+    """
+    overrides = list(overrides)
+    groups = _conf_groups()
+    group_ovs = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") in groups]
+    key_ovs = [o for o in overrides if o not in group_ovs]
+    _register_schema()
+    try:
+        with initialize_config_dir(config_dir=package_dir("conf"), version_base=None):
+            cfg = compose(config_name="experiment", overrides=group_ovs)
+    except HydraException as e:
+        raise UserError(f"Cannot switch config group: {str(e).splitlines()[0]} Available groups: "
+                        f"{', '.join(sorted(groups))} (files under conf/<group>/).") from e
+    OmegaConf.set_struct(cfg, True)
+    if spec_file:
+        try:
+            cfg = OmegaConf.merge(cfg, load_spec_file(spec_file))
+        except OmegaConfBaseException as e:
+            raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
+    apply_overrides(cfg, key_ovs)
+    validate(cfg)
+    return cfg
+
+
+def to_yaml_without_secrets(cfg: DictConfig) -> str:
+    """The composed config as YAML with encryption_key removed (for experiment.yaml and `segformer config`)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("encryption_key", None)
+    return OmegaConf.to_yaml(OmegaConf.create(container))
+
+
+__all__ = ["compose_config", "validate", "iter_fields", "all_keys", "suggest", "apply_overrides",
+           "load_spec_file", "to_yaml_without_secrets", "package_dir", "ListConfig"]
