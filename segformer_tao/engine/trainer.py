@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -18,6 +19,7 @@ from segformer_tao.engine.distributed import build_strategy, export_topology, re
 from segformer_tao.engine.module import SegFormerModule
 from segformer_tao.errors import UserError
 
+log = logging.getLogger("segformer_tao")
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 
@@ -55,6 +57,11 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo) -> tuple[pl.Trainer, 
     if tr.precision == "16-mixed" and topo.accelerator == "cpu":
         raise UserError("train.precision=16-mixed needs a CUDA GPU; this machine has none. Use "
                         "train.precision=bf16-mixed or train.precision=32.")
+    sync_bn = bool(tr.sync_batchnorm) and topo.world_size > 1
+    if sync_bn and topo.accelerator == "cpu":
+        log.warning("train.sync_batchnorm=true is ignored on the CPU (torch's SyncBatchNorm needs CUDA); "
+                    "each process keeps its own BatchNorm statistics.")
+        sync_bn = False
     ckpt_cb = SegformerCheckpoint(results_dir, tr.checkpoint_interval, tr.checkpoint_interval_unit)
     callbacks = [ckpt_cb, StatusLogger(results_dir), TQDMProgressBar(refresh_rate=10)]
     if tr.enable_lr_monitor:
@@ -65,7 +72,7 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo) -> tuple[pl.Trainer, 
         precision=PRECISION[str(tr.precision)], max_epochs=int(tr.num_epochs),
         check_val_every_n_epoch=int(tr.validation_interval), num_sanity_val_steps=0,
         gradient_clip_val=float(tr.clip_grad_norm) or None, gradient_clip_algorithm="norm",
-        sync_batchnorm=bool(tr.sync_batchnorm) and topo.world_size > 1, use_distributed_sampler=False,
+        sync_batchnorm=sync_bn, use_distributed_sampler=False,
         benchmark=bool(tr.cudnn.benchmark), enable_checkpointing=False, logger=_loggers(cfg, results_dir),
         callbacks=callbacks, log_every_n_steps=1, default_root_dir=results_dir, enable_model_summary=False,
     )
