@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -123,22 +123,6 @@ def settings_from_config(gen_cfg, onnx_input_shape: Sequence[Any], img_size: int
         verbose=bool(gen_cfg.verbose), cal_image_dirs=list(cal.cal_image_dir or []), cal_cache_file=cal.cal_cache_file,
         cal_batch_size=int(cal.cal_batch_size), cal_batches=int(cal.cal_batches),
     )
-
-
-def rebatch(batches: Iterable[torch.Tensor], batch_size: int, max_batches: int) -> Iterator[torch.Tensor]:
-    """Regroup NCHW tensors into exactly ``batch_size`` images per batch, at most ``max_batches`` batches."""
-    pending: list[torch.Tensor] = []
-    count, emitted = 0, 0
-    for batch in batches:
-        pending.append(batch)
-        count += batch.shape[0]
-        while count >= batch_size and emitted < max_batches:
-            stacked = torch.cat(pending)
-            yield stacked[:batch_size].contiguous()
-            emitted += 1
-            pending, count = [stacked[batch_size:]], count - batch_size
-        if emitted >= max_batches:
-            return
 
 
 def has_qdq(onnx_bytes: bytes) -> bool:
