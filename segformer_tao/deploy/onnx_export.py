@@ -104,7 +104,22 @@ def export_onnx_bytes(model: nn.Module, settings: ExportSettings) -> bytes:
             f"ONNX export failed with export.opset_version={settings.opset}: {first}. An operator of the model "
             "needs a newer opset; use export.opset_version=17 (the default)."
         ) from e
-    return buf.getvalue()
+    with torch.no_grad():
+        out_shape = tuple(wrapper(dummy[:1]).shape)
+    return _pin_output_shape(buf.getvalue(), out_shape, settings)
+
+
+def _pin_output_shape(model_bytes: bytes, out_shape: tuple[int, ...], settings: ExportSettings) -> bytes:
+    """Give ``output`` its true shape (the exporter leaves Resize outputs with generated symbolic names)."""
+    proto = onnx.load_from_string(model_bytes)
+    axes = settings.dynamic_axes().get(OUTPUT_NAME, {})
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for i, dim in enumerate(dims):
+        if i in axes:
+            dim.dim_param = axes[i]
+        else:
+            dim.dim_value = settings.batch_size if i == 0 else out_shape[i]
+    return proto.SerializeToString()
 
 
 def simplify(model_bytes: bytes) -> bytes:
