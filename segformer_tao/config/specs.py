@@ -62,8 +62,9 @@ def _leaf_schema(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
     schema["default"] = default
     md = f.metadata
     schema["description"] = md.get("description", "")
-    for k in META_KEYS:
-        if k != "description" and md.get(k) not in (None, "", False):
+    for k in META_KEYS:  # "required" is a JSON Schema keyword; per-action required keys are listed at the top
+        v = md.get(k)
+        if k not in ("description", "required") and v is not None and v is not False and v != "":
             schema[k] = md[k]
     if md.get("automl_enabled") is not None:
         schema["automl_enabled"] = md["automl_enabled"]
