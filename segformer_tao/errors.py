@@ -14,3 +14,27 @@ class UserError(Exception):
 
 class NotAvailableError(UserError):
     """An optional component (TensorRT, a GPU, an extra package) is not installed on this machine."""
+
+
+def explain_exception(e: BaseException) -> UserError | None:
+    """Turn well-known environment failures (out of memory, disk full, permission denied) into a UserError.
+
+    Returns None when the exception is not one the user can fix (a bug: the CLI prints the traceback).
+    """
+    import errno
+
+    text = str(e)
+    if type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text:
+        return UserError(
+            "The GPU ran out of memory. Lower dataset.segment.batch_size or dataset.segment.img_size (memory grows "
+            "with img_size^2), or use train.precision=bf16-mixed. The last checkpoint written is kept; running the "
+            "same command again resumes from it."
+        )
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return UserError(
+            f"No space left on the device while writing '{e.filename or 'a file'}'. Free disk space or point "
+            "results_dir at a larger disk; files already written are intact (writes are atomic)."
+        )
+    if isinstance(e, PermissionError):
+        return UserError(f"Permission denied: '{e.filename}'. Choose a writable results_dir or fix the permissions.")
+    return None

@@ -72,7 +72,7 @@ def _conf_groups() -> set[str]:
 def _omegaconf_error(e: OmegaConfBaseException, source: str) -> UserError:
     key = getattr(e, "full_key", None) or ""
     msg = str(e).splitlines()[0]
-    if "Key '" in msg and ("not in struct" in msg or "Missing key" in msg or "not found" in msg):
+    if "Key '" in msg and any(t in msg for t in ("not in struct", "Missing key", "not found", "not in '")):
         return UserError(f"Unknown key '{key}' in {source}.{suggest(key)} Run `segformer <action> --help` to "
                          "list the valid keys.")
     if "could not be converted" in msg or "Value '" in msg or "Invalid type" in msg or "is not a subclass" in msg:
@@ -134,7 +134,9 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
             if not (ov.is_add() or ov.is_force_add()) and not _key_exists(cfg, key):
                 raise UserError(f"Unknown key '{key}' in override '{ov.input_line}'.{suggest(key)} "
                                 "Run `segformer <action> --help` to list the valid keys.")
-            OmegaConf.update(cfg, key, value, merge=True, force_add=ov.is_add() or ov.is_force_add())
+            existing = OmegaConf.select(cfg, key, default=None)
+            merge = isinstance(existing, DictConfig) and not existing._is_none()
+            OmegaConf.update(cfg, key, value, merge=merge, force_add=ov.is_add() or ov.is_force_add())
         except OmegaConfBaseException as e:
             raise _omegaconf_error(e, f"override '{ov.input_line}'") from e
 
@@ -161,7 +163,9 @@ def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
             folded = {str(o).lower(): o for o in options}
             if value.lower() in folded:
                 return folded[value.lower()]
-        raise UserError(f"Invalid value {value!r} for '{key}'. Valid options: {', '.join(map(str, options))}.")
+        close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"Invalid value {value!r} for '{key}'.{hint} Valid options: {', '.join(map(str, options))}.")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         lo, hi = md.get("valid_min"), md.get("valid_max")
         lo = -math.inf if lo in (None, "", "-inf") else float(lo)
@@ -213,13 +217,28 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
                         f"{', '.join(sorted(groups))} (files under conf/<group>/).") from e
     OmegaConf.set_struct(cfg, True)
     if spec_file:
+        spec = load_spec_file(spec_file)
+        # TAO specs write `results_dir: ???` for "you must set this"; interpolations like ${results_dir}/export
+        # would otherwise silently resolve to /export.
+        if "results_dir" in spec.keys() and OmegaConf.is_missing(spec, "results_dir") and not any(
+                o.lstrip("+").startswith("results_dir=") for o in key_ovs):
+            raise UserError(f"results_dir is '???' in the spec file '{spec_file}': set it on the command line, e.g. "
+                            "`results_dir=/path/to/results`.")
         try:
-            cfg = OmegaConf.merge(cfg, load_spec_file(spec_file))
+            cfg = OmegaConf.merge(cfg, spec)
         except OmegaConfBaseException as e:
             raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
     apply_overrides(cfg, key_ovs)
     validate(cfg)
+    _unset_missing(cfg)
     return cfg
+
+
+def _unset_missing(cfg: DictConfig) -> None:
+    """A `???` left in the config (e.g. `key=???` on the command line) means unset: the action's required-key
+    check then names it instead of OmegaConf failing on first access."""
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        OmegaConf.update(cfg, key, None)
 
 
 def to_yaml_without_secrets(cfg: DictConfig) -> str:

@@ -21,6 +21,28 @@ TAO_VIT_BACKBONES = [
     "vit_large_dinov3", "vit_huge_plus_dinov3", "vit_base_nvclip_16_siglip", "vit_huge_nvclip_14_siglip",
 ]
 ACTIONS = ["train", "evaluate", "inference", "export", "quantize", "gen_trt_engine"]
+# Keys that must be set before an action starts (TAO's data sources + the model the action needs); each inner
+# list is "one of these".
+REQUIRED_KEYS = {
+    "train": [["dataset.segment.root_dir"]],
+    "evaluate": [["dataset.segment.root_dir"], ["evaluate.checkpoint", "evaluate.onnx_file", "evaluate.trt_engine"]],
+    "inference": [["dataset.segment.root_dir"],
+                  ["inference.checkpoint", "inference.onnx_file", "inference.trt_engine"]],
+    "export": [["dataset.segment.root_dir"], ["export.checkpoint"]],
+    "quantize": [["dataset.segment.root_dir"], ["dataset.segment.quant_calibration_dataset.images_dir"],
+                 ["quantize.model_path"]],
+    "gen_trt_engine": [["gen_trt_engine.onnx_file"]],
+}
+# Top-level sections in each action's schema and template.
+COMMON_SECTIONS = ["model_name", "encryption_key", "results_dir", "parent_job", "wandb", "model", "dataset"]
+ACTION_SECTIONS = {
+    "train": COMMON_SECTIONS + ["train", "automl_policy", "automl"],
+    "evaluate": COMMON_SECTIONS + ["evaluate"],
+    "inference": COMMON_SECTIONS + ["inference"],
+    "export": COMMON_SECTIONS + ["export"],
+    "quantize": COMMON_SECTIONS + ["quantize", "evaluate"],
+    "gen_trt_engine": COMMON_SECTIONS + ["gen_trt_engine"],
+}
 RESULTS_DIR_DOC = "Path to where all the assets generated from this action are stored (default <results_dir>/<action>)."
 
 

@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-all test-slow lint specs specs-check demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -e ".[dev,s3,automl,onnx]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Default suite plus the slow end-to-end tests (CI runs this); pytest's "no tests ran" (exit 5) fails.
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+specs: $(STAMP)
+	$(VENV)/bin/segformer schema
+
+specs-check: $(STAMP)
+	$(VENV)/bin/segformer schema --check
+
+demo: $(STAMP)
+	bash scripts/demo.sh
+
+bench: $(STAMP)
+	bash bench/run_all.sh
+
+clean:
+	rm -rf $(VENV) results demo_data .pytest_cache

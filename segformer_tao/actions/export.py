@@ -1,0 +1,135 @@
+"""`segformer export`: checkpoint -> ONNX (opset 17, input `input`, output `output`), checked against PyTorch.
+
+Output shape: (N, num_classes, H/4, W/4) logits, as TAO's SegFormer export (export.full_resolution_output=true
+gives (N, num_classes, H, W)). The batch is dynamic with export.batch_size=-1 (TAO's default), height/width
+too with export.dynamic_hw=true. The graph is always traced on the CPU (same graph, no GPU needed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import onnx
+import torch
+
+from segformer_tao import io
+from segformer_tao.deploy import onnx_export
+from segformer_tao.deploy.onnxruntime import META_KEY
+from segformer_tao.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def default_onnx_path(results_dir: str, checkpoint: str) -> str:
+    """<results_dir>/<checkpoint file stem>.onnx (TAO's create_onnx_file)."""
+    stem = os.path.splitext(os.path.basename(str(checkpoint).rstrip("/")))[0] or "model"
+    return f"{str(results_dir).rstrip('/')}/{stem}.onnx"
+
+
+def check_writable(path: str, key: str) -> None:
+    """Fail before any work when the output file's folder cannot be written (local paths)."""
+    if io.is_remote(path):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    io.makedirs(folder)
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"Cannot write {key}='{path}': directory '{folder}' is not writable. Choose a writable "
+                        "location (or leave the key unset to write into the action's results_dir).")
+
+
+def load_trained_model(checkpoint: str, encryption_key: str | None, key: str) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on CPU, checkpoint meta) from one of our checkpoints; clear errors otherwise."""
+    from segformer_tao.engine.checkpoint import load_model_from_checkpoint
+
+    if not checkpoint or not io.exists(checkpoint):
+        raise UserError(f"{key}='{checkpoint}' does not exist. Point it at a checkpoint written by `segformer train` "
+                        "(e.g. results/train/segformer_model_latest.pth) or use parent_job=<train results dir>.")
+    model, meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location="cpu")
+    return model.float().eval(), dict(meta or {})
+
+
+def embedded_meta(meta: dict, settings: onnx_export.ExportSettings, cfg) -> dict:
+    """What an ONNX consumer needs without the checkpoint: classes, palette, preprocessing, geometry."""
+    seg = cfg.dataset.segment
+    aug = seg.augmentation
+    num_classes = int(meta.get("num_classes") or seg.num_classes)
+    return {
+        "class_names": list(meta.get("class_names") or [str(i) for i in range(num_classes)]),
+        "palette": meta.get("palette"),
+        "num_classes": num_classes,
+        "img_size": int(meta.get("img_size") or seg.img_size),
+        "mean": list(meta.get("mean") or aug.mean),
+        "std": list(meta.get("std") or aug.std),
+        "backbone": meta.get("backbone"),
+        "input_height": settings.height,
+        "input_width": settings.width,
+        "dynamic_batch": settings.batch_size == -1,
+        "dynamic_hw": settings.dynamic_hw,
+        "full_resolution_output": settings.full_resolution_output,
+        "opset": settings.opset,
+    }
+
+
+def _settings(cfg) -> onnx_export.ExportSettings:
+    exp = cfg.export
+    if exp.format != "onnx":
+        raise UserError(f"export.format={exp.format} is not supported: segformer_tao writes plain ONNX "
+                        "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly.")
+    if exp.input_channel != 3:
+        raise UserError(f"export.input_channel={exp.input_channel}: SegFormer takes RGB images; use 3.")
+    if exp.batch_size == 0 or exp.batch_size < -1:
+        raise UserError(f"export.batch_size={exp.batch_size}: use -1 (dynamic batch) or a positive batch size.")
+    return onnx_export.ExportSettings(
+        height=int(exp.input_height), width=int(exp.input_width), channels=3, batch_size=int(exp.batch_size),
+        dynamic_hw=bool(exp.dynamic_hw), opset=int(exp.opset_version),
+        full_resolution_output=bool(exp.full_resolution_output), verbose=bool(exp.verbose))
+
+
+def export_checkpoint(model: torch.nn.Module, meta: dict, cfg, settings: onnx_export.ExportSettings,
+                      simplify: bool) -> tuple[bytes, float]:
+    """Trace, optionally simplify, embed metadata, check and compare; returns (onnx bytes, max |diff|)."""
+    model_bytes = onnx_export.export_onnx_bytes(model, settings)
+    if simplify:
+        model_bytes = onnx_export.simplify(model_bytes)
+    proto = onnx.load_from_string(model_bytes)
+    proto.metadata_props.add(key=META_KEY, value=json.dumps(embedded_meta(meta, settings, cfg)))
+    proto.producer_name = "segformer_tao"
+    model_bytes = proto.SerializeToString()
+    onnx_export.check_model(model_bytes)
+    diff = onnx_export.max_abs_diff_vs_torch(model, model_bytes, onnx_export.parity_inputs(settings),
+                                             settings.full_resolution_output)
+    return model_bytes, diff
+
+
+def run(cfg) -> dict:
+    """Export cfg.export.checkpoint to ONNX; returns metrics (max_abs_diff) and artifact paths."""
+    torch.set_grad_enabled(False)
+    exp = cfg.export
+    settings = _settings(cfg)
+    onnx_path = exp.onnx_file or default_onnx_path(exp.results_dir, exp.checkpoint)
+    check_writable(onnx_path, "export.onnx_file")
+    model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
+    if meta.get("num_classes") and int(meta["num_classes"]) != int(cfg.dataset.segment.num_classes):
+        log.warning("The checkpoint has %s classes, dataset.segment.num_classes=%s: exporting the checkpoint's "
+                    "%s classes.", meta["num_classes"], cfg.dataset.segment.num_classes, meta["num_classes"])
+    model_bytes, diff = export_checkpoint(model, meta, cfg, settings, bool(exp.simplify))
+    shapes = [f"{tuple(x.shape)}" for x in onnx_export.parity_inputs(settings)]
+    log.info("ONNX Runtime vs PyTorch: max abs logit difference %.3g over inputs %s", diff, ", ".join(shapes))
+    print(f"ONNX Runtime vs PyTorch max abs difference: {diff:.3g} (limit {onnx_export.PARITY_ATOL:g})")
+    if diff > onnx_export.PARITY_ATOL:
+        raise UserError(f"The exported ONNX differs from PyTorch by {diff:.3g} (> {onnx_export.PARITY_ATOL:g}) in "
+                        "fp32. Retry with export.simplify=false and export.opset_version=17; if it persists, "
+                        "report it with the checkpoint's backbone.")
+    onnx_export.save(onnx_path, model_bytes)
+    artifacts = {"onnx_file": onnx_path}
+    if exp.serialize_nvdsinfer:
+        from segformer_tao.deploy.deepstream import write_deepstream_files
+
+        info = embedded_meta(meta, settings, cfg)
+        artifacts.update(write_deepstream_files(
+            onnx_path, class_names=info["class_names"], channels=3, height=settings.height, width=settings.width,
+            mean=info["mean"], std=info["std"], batch_size=max(1, settings.batch_size)))
+    log.info("ONNX written to %s", onnx_path)
+    return {"metrics": {"max_abs_diff": diff, "opset": settings.opset}, "artifacts": artifacts}

@@ -1,0 +1,65 @@
+"""`segformer gen_trt_engine`: ONNX -> serialized TensorRT engine + <engine>.json (I/O, build settings, version).
+
+Needs TensorRT 10/11 and a CUDA GPU (NotAvailableError, exit 2, otherwise). int8 comes from a Q/DQ ONNX made by
+`segformer quantize`; TensorRT 10 can also calibrate a float ONNX with the legacy entropy calibrator from
+gen_trt_engine.tensorrt.calibration.cal_image_dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from segformer_tao import io
+from segformer_tao.actions.export import check_writable
+from segformer_tao.deploy import tensorrt
+from segformer_tao.deploy.calibration import calibration_batches
+from segformer_tao.deploy.onnxruntime import make_session, read_embedded_meta, validate_io
+from segformer_tao.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def default_engine_path(results_dir: str, onnx_file: str) -> str:
+    """<results_dir>/<onnx stem>.engine (TAO's create_engine_file)."""
+    stem = os.path.splitext(os.path.basename(str(onnx_file)))[0] or "model"
+    return f"{str(results_dir).rstrip('/')}/{stem}.engine"
+
+
+def plan(cfg) -> tuple[bytes, tensorrt.BuildSettings, dict, str]:
+    """Everything decided before TensorRT is touched: (onnx bytes, settings, embedded meta, engine path)."""
+    gen = cfg.gen_trt_engine
+    if not gen.onnx_file or not io.exists(gen.onnx_file):
+        raise UserError(f"gen_trt_engine.onnx_file='{gen.onnx_file}' does not exist. Export one with `segformer "
+                        "export` (or `segformer quantize` for INT8), or use parent_job=<export results dir>.")
+    onnx_bytes = io.read_bytes(gen.onnx_file)
+    session = make_session(onnx_bytes, threads=1)
+    meta = read_embedded_meta(session)
+    num_classes = int(meta.get("num_classes") or cfg.dataset.segment.num_classes)
+    validate_io(session, num_classes=num_classes, img_size=None, source=f"'{gen.onnx_file}'")
+    img_size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
+    settings = tensorrt.settings_from_config(gen, session.get_inputs()[0].shape, img_size)
+    engine_path = gen.trt_engine or default_engine_path(gen.results_dir, gen.onnx_file)
+    return onnx_bytes, settings, meta, engine_path
+
+
+def run(cfg) -> dict:
+    """Build the engine; returns the engine path, its JSON and the build settings."""
+    onnx_bytes, settings, meta, engine_path = plan(cfg)
+    check_writable(engine_path, "gen_trt_engine.trt_engine")
+    trt = tensorrt.require_tensorrt()
+    calibration = None
+    legacy_int8 = settings.data_type == "int8" and not tensorrt.has_qdq(onnx_bytes)
+    if legacy_int8 and hasattr(trt, "IInt8EntropyCalibrator2") and settings.cal_image_dirs:
+        seg = cfg.dataset.segment
+        calibration = calibration_batches(
+            settings.cal_image_dirs, img_size=settings.profile.opt[2], mean=meta.get("mean") or seg.augmentation.mean,
+            std=meta.get("std") or seg.augmentation.std, batch_size=settings.cal_batch_size,
+            max_batches=settings.cal_batches, key="gen_trt_engine.tensorrt.calibration.cal_image_dir")
+    engine_bytes, info = tensorrt.build_engine(onnx_bytes, settings, calibration)
+    info["onnx_file"] = cfg.gen_trt_engine.onnx_file
+    info["model_meta"] = meta
+    json_path = tensorrt.write_engine(engine_path, engine_bytes, info)
+    log.info("TensorRT %s engine (%s) written to %s", info["tensorrt_version"], settings.data_type, engine_path)
+    return {"metrics": {"engine_bytes": len(engine_bytes)},
+            "artifacts": {"trt_engine": engine_path, "engine_json": json_path}}

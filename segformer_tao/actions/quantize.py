@@ -1,0 +1,144 @@
+"""`segformer quantize`: INT8 post-training quantization with calibration images, plus an INT8 vs FP32 report.
+
+quantize.model_path is an ONNX from `segformer export` or one of our .pth checkpoints (exported first, dynamic
+batch at img_size). Backends: onnxruntime (default: static Q/DQ, per-channel weights, CPU), modelopt.onnx,
+modelopt.pytorch, torchao (when installed). The Q/DQ ONNX builds in TensorRT with explicit quantization
+(`segformer gen_trt_engine gen_trt_engine.onnx_file=<it> gen_trt_engine.tensorrt.data_type=int8`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import onnx
+import torch
+
+from segformer_tao import io
+from segformer_tao.actions.export import check_writable, export_checkpoint, load_trained_model
+from segformer_tao.deploy import onnx_export, quant_backends
+from segformer_tao.deploy.calibration import calibration_batches
+from segformer_tao.deploy.onnxruntime import OrtRuntime, make_session, read_embedded_meta
+from segformer_tao.deploy.quantization import QuantizeSettings, nodes_to_exclude, qdq_summary, quantize_onnx
+from segformer_tao.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FLOAT_DTYPES = ("native", "fp32", "float32", "float", "none")
+
+
+def _skip_names(q) -> list[str]:
+    """quantize.skip_names plus quantize.layers entries whose weights or activations stay float."""
+    names = [str(n) for n in (q.skip_names or [])]
+    for layer in q.layers or []:
+        dtypes = {str((layer.get(part) or {}).get("dtype") or "int8").lower() for part in ("weights", "activations")}
+        unsupported = dtypes - set(FLOAT_DTYPES) - {"int8"}
+        if unsupported and q.backend == "onnxruntime":
+            raise UserError(f"quantize.layers entry '{layer.module_name}' asks for {sorted(unsupported)}; backend "
+                            "onnxruntime quantizes to int8 only (use dtype int8 or native).")
+        if dtypes & set(FLOAT_DTYPES):
+            names.append(str(layer.module_name))
+    return names
+
+
+def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None, str]:
+    """(FP32 ONNX bytes, meta, torch model or None, file stem) from quantize.model_path."""
+    path = cfg.quantize.model_path
+    if not path or not io.exists(path):
+        raise UserError(f"quantize.model_path='{path}' does not exist. Point it at an ONNX from `segformer export` "
+                        "or a .pth checkpoint from `segformer train` (or use parent_job=<export/train results dir>).")
+    stem = os.path.splitext(os.path.basename(str(path)))[0]
+    if str(path).endswith(".onnx"):
+        model_bytes = io.read_bytes(path)
+        return model_bytes, read_embedded_meta(make_session(model_bytes, threads=1)), None, stem
+    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path")
+    size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
+    settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)
+    model_bytes, diff = export_checkpoint(model, meta, cfg, settings, simplify=True)
+    if diff > onnx_export.PARITY_ATOL:
+        raise UserError(f"Exporting '{path}' to ONNX gave a {diff:.3g} difference from PyTorch; run `segformer "
+                        "export` with export.simplify=false and quantize that ONNX instead.")
+    fp32_path = f"{out_dir}/{stem}_fp32.onnx"
+    onnx_export.save(fp32_path, model_bytes)
+    log.info("Exported %s to %s (max abs diff vs PyTorch %.2g) for quantization", path, fp32_path, diff)
+    return model_bytes, meta, model, stem
+
+
+def _report(cfg, fp32: bytes, int8: bytes, out_dir: str) -> dict:
+    """mIoU and images/s of FP32 vs INT8 (both ONNX Runtime) on the eval split."""
+    from segformer_tao.deploy.report import evaluate_runtime
+
+    seg = cfg.dataset.segment
+    results = {}
+    for name, data in (("fp32", fp32), ("int8", int8)):
+        path = f"{out_dir}/.report_{name}.onnx"
+        io.write_bytes(path, data)
+        try:
+            results[name] = evaluate_runtime(OrtRuntime(path, num_classes=seg.num_classes, img_size=seg.img_size), cfg)
+        finally:
+            os.unlink(path)
+    f, i = results["fp32"], results["int8"]
+    results["miou_drop_points"] = 100.0 * ((f["mIoU"] or 0.0) - (i["mIoU"] or 0.0))
+    results["speedup"] = (i["images_per_s"] / f["images_per_s"]) if f["images_per_s"] and i["images_per_s"] else None
+    return results
+
+
+def run(cfg) -> dict:
+    """Quantize quantize.model_path to INT8; writes <stem>_int8.onnx (or .pth for torchao) + quantize_report.json."""
+    torch.set_grad_enabled(False)
+    q, seg = cfg.quantize, cfg.dataset.segment
+    out_dir = str(q.results_dir).rstrip("/")
+    kwargs = dict(q.backend_kwargs or {})
+    if q.mode == "weight_only_ptq" and q.backend != "torchao":
+        raise UserError(f"quantize.mode=weight_only_ptq is not offered by quantize.backend={q.backend}, which "
+                        "quantizes weights and activations for TensorRT; use quantize.mode=static_ptq (or "
+                        "quantize.backend=torchao for weight-only PyTorch INT8).")
+    check_writable(f"{out_dir}/quantize_report.json", "quantize.results_dir")
+    fp32_bytes, meta, model, stem = _float_model(cfg, out_dir)
+    size = int(meta.get("img_size") or seg.img_size)
+    mean, std = meta.get("mean") or list(seg.augmentation.mean), meta.get("std") or list(seg.augmentation.std)
+    batch = int(kwargs.pop("calibration_batch_size", 8))
+    max_images = int(kwargs.pop("max_calibration_images", 256))
+    batches = calibration_batches(seg.quant_calibration_dataset.images_dir, img_size=size, mean=mean, std=std,
+                                  batch_size=min(batch, max_images), max_batches=max(1, max_images // batch),
+                                  key="dataset.segment.quant_calibration_dataset.images_dir")
+    settings = QuantizeSettings(algorithm=str(q.algorithm), skip_names=_skip_names(q),
+                                target=str(kwargs.pop("target", "tensorrt")),
+                                percentile=float(kwargs.pop("percentile", 99.999)), extra=kwargs)
+    artifacts: dict[str, str] = {}
+    if q.backend == "torchao":
+        if model is None:
+            raise UserError("quantize.backend=torchao quantizes a PyTorch model: set quantize.model_path to a .pth.")
+        quantized = quant_backends.torchao_int8(model, str(q.mode))
+        artifacts["quantized_model"] = f"{out_dir}/{stem}_int8_torchao.pth"
+        with io.atomic_write(artifacts["quantized_model"]) as f:
+            torch.save({"state_dict": quantized.state_dict(), "meta": meta}, f)
+        return {"metrics": {}, "artifacts": artifacts}
+    if q.backend == "onnxruntime":
+        int8_bytes = quantize_onnx(fp32_bytes, batches, settings)
+    elif q.backend == "modelopt.onnx":
+        exclude = nodes_to_exclude(onnx.load_from_string(fp32_bytes), settings)
+        int8_bytes = quant_backends.modelopt_onnx(fp32_bytes, batches, algorithm=settings.algorithm, exclude=exclude,
+                                                  device=str(q.device))
+    else:  # modelopt.pytorch: fake-quant the torch model, then export its Q/DQ graph
+        if model is None:
+            raise UserError("quantize.backend=modelopt.pytorch needs a .pth checkpoint in quantize.model_path.")
+        quantized = quant_backends.modelopt_pytorch(model, batches, algorithm=settings.algorithm,
+                                                    skip_names=list(settings.skip_names), device=str(q.device))
+        export_settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)
+        int8_bytes = onnx_export.export_onnx_bytes(quantized, export_settings)
+    onnx_export.check_model(int8_bytes)
+    artifacts["onnx_file"] = f"{out_dir}/{stem}_int8.onnx"
+    onnx_export.save(artifacts["onnx_file"], int8_bytes)
+    report = {"backend": q.backend, "algorithm": settings.algorithm, "target": settings.target,
+              "calibration_images": sum(int(b.shape[0]) for b in batches),
+              "kept_float": nodes_to_exclude(onnx.load_from_string(fp32_bytes), settings),
+              "qdq": qdq_summary(int8_bytes), **_report(cfg, fp32_bytes, int8_bytes, out_dir)}
+    artifacts["report"] = f"{out_dir}/quantize_report.json"
+    io.write_json(artifacts["report"], report)
+    f32, i8 = report["fp32"], report["int8"]
+    print(f"FP32 mIoU {f32['mIoU']:.4f} at {f32['images_per_s']:.1f} img/s | INT8 mIoU {i8['mIoU']:.4f} at "
+          f"{i8['images_per_s']:.1f} img/s | drop {report['miou_drop_points']:.2f} points, speedup "
+          f"{report['speedup']:.2f}x")
+    return {"metrics": {"fp32_mIoU": f32["mIoU"], "int8_mIoU": i8["mIoU"], "miou_drop_points":
+                        report["miou_drop_points"], "speedup": report["speedup"]}, "artifacts": artifacts}

@@ -1,0 +1,209 @@
+"""`segformer` entrypoint: parse the action, compose the config, check data sources, dispatch.
+
+Thin on purpose: heavy modules (torch, Lightning, ONNX) are imported only after the config and the required
+keys have been validated, so mistakes are reported in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+
+from segformer_tao.config.schema import REQUIRED_KEYS
+from segformer_tao.errors import UserError
+
+ACTION_HELP = {
+    "train": "train a model (AutoML search by default: automl_policy=auto|on|off)",
+    "evaluate": "metrics of a checkpoint, ONNX model or TensorRT engine on the test split",
+    "inference": "masks and overlays for the predict split",
+    "export": "export a checkpoint to ONNX (opset 17, input/output)",
+    "quantize": "INT8 post-training quantization with calibration images",
+    "gen_trt_engine": "build a TensorRT engine from ONNX (GPU machine with TensorRT)",
+}
+TOOL_HELP = {
+    "config": "print the fully composed config of an action: segformer config <action> [-e spec] [k=v ...]",
+    "schema": "regenerate specs/ (JSON schemas, templates, skill_info.yaml): segformer schema [--check] [--out DIR]",
+    "dataset": "dataset tools: segformer dataset check k=v ... | segformer dataset demo OUTDIR",
+    "model": "model tools: segformer model info model.backbone.type=mit_b0",
+    "jobs": "list or show jobs: segformer jobs list [DIR] | segformer jobs show DIR",
+}
+TOOL_MODULES = {"dataset": "segformer_tao.data.cli", "model": "segformer_tao.model.cli", "jobs": "segformer_tao.jobs"}
+
+log = logging.getLogger("segformer_tao")
+
+
+def usage() -> str:
+    lines = ["usage: segformer <action> [-e SPEC.yaml] [key=value ...] [--debug]", "", "actions:"]
+    lines += [f"  {a:<15} {h}" for a, h in ACTION_HELP.items()]
+    lines += ["", "tools:"] + [f"  {a:<15} {h}" for a, h in TOOL_HELP.items()]
+    lines += ["", "Keys use Hydra's override grammar (key=value, +key=value, ~key); `segformer <action> --help` "
+              "lists every key with its default.", "Docs: README.md; schemas: specs/schemas/<action>.schema.json."]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str], dict]:
+    """Split argv into (command, overrides, flags). Flags: debug, help, spec."""
+    flags = {"debug": False, "help": False, "spec": None}
+    rest: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--debug":
+            flags["debug"] = True
+        elif a in ("-h", "--help"):
+            flags["help"] = True
+        elif a in ("-e", "--experiment_spec_file", "--experiment-spec-file", "--spec"):
+            if i + 1 >= len(args):
+                raise UserError(f"{a} needs a file: segformer <action> -e spec.yaml")
+            flags["spec"] = args[i + 1]
+            i += 1
+        elif a.startswith("--experiment_spec_file=") or a.startswith("-e="):
+            flags["spec"] = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    command = rest.pop(0) if rest else None
+    return command, rest, flags
+
+
+def action_help(action: str) -> str:
+    """Every key relevant to an action, with default and description (generated from the dataclasses)."""
+    from segformer_tao.config.specs import keys_for_action
+
+    lines = [f"segformer {action}: {ACTION_HELP[action]}", "", "required:"]
+    lines += ["  " + " or ".join(group) for group in REQUIRED_KEYS[action]]
+    lines += ["", "keys (key = default  description):"]
+    for key, default, desc in keys_for_action(action):
+        lines.append(f"  {key} = {default!r}  {desc}")
+    return "\n".join(lines)
+
+
+def check_required(action: str, cfg) -> None:
+    """Raise a UserError naming the first missing data-source or model key for this action."""
+    from omegaconf import OmegaConf
+
+    for group in REQUIRED_KEYS[action]:
+        if not any(OmegaConf.select(cfg, k) not in (None, "", []) for k in group):
+            keys = " or ".join(group)
+            example = f"{group[0]}=/path/to/{'data' if 'dataset' in group[0] else 'file'}"
+            hint = " (or parent_job=<results dir of a previous job>)" if "dataset" not in group[0] else ""
+            raise UserError(f"`segformer {action}` needs {keys} but it is not set. Add it on the command line, "
+                            f"e.g. `segformer {action} {example}`{hint}, or set it in the spec file.")
+
+
+def check_conflicts(action: str, cfg) -> None:
+    """Keys that are valid alone but contradict each other."""
+    section = cfg.get(action)
+    if section is not None and "gpu_ids" in section and "num_gpus" in section:
+        ids, n = list(section.gpu_ids or []), section.num_gpus
+        if len(ids) > 1 and len(ids) != n:
+            raise UserError(f"{action}.gpu_ids={ids} lists {len(ids)} devices but {action}.num_gpus={n}. Make them "
+                            f"agree, e.g. {action}.num_gpus={len(ids)}, or drop {action}.gpu_ids.")
+
+
+def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
+    """Compose, validate, prepare the results dir, run the action, record job.json. Returns the action's result."""
+    from segformer_tao import jobs
+    from segformer_tao.config import compose_config
+
+    cfg = compose_config(action, overrides, spec)
+    jobs.apply_parent_job(action, cfg)
+    check_required(action, cfg)
+    check_conflicts(action, cfg)
+    out_dir = jobs.prepare_results_dir(action, cfg)
+    jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
+    try:
+        module = importlib.import_module(f"segformer_tao.actions.{action}")
+    except ModuleNotFoundError as e:
+        if e.name == f"segformer_tao.actions.{action}":
+            raise UserError(f"`segformer {action}` is not available in this version yet. See README.md for the "
+                            "actions that are.") from e
+        raise
+    job = jobs.Job.start(action, cfg, out_dir)
+    try:
+        result = module.run(cfg) or {}
+    except BaseException as e:
+        job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
+        raise
+    job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
+    log.info("%s finished: outputs in %s", action, out_dir)
+    return result
+
+
+def _print_config(overrides: list[str], spec: str | None) -> int:
+    from segformer_tao.config import compose_config, to_yaml_without_secrets
+
+    if not overrides or overrides[0] not in ACTION_HELP:
+        raise UserError("Usage: segformer config <action> [-e spec.yaml] [key=value ...] with <action> one of "
+                        f"{', '.join(ACTION_HELP)}.")
+    print(to_yaml_without_secrets(compose_config(overrides[0], overrides[1:], spec)), end="")
+    return 0
+
+
+def dispatch(command: str | None, overrides: list[str], flags: dict) -> int:
+    if command is None or (flags["help"] and command not in ACTION_HELP):
+        if command in TOOL_MODULES:
+            return importlib.import_module(TOOL_MODULES[command]).main(overrides + ["--help"])
+        print(usage())
+        return 0 if flags["help"] or command is None else 2
+    if command in ACTION_HELP:
+        if flags["help"]:
+            print(action_help(command))
+            return 0
+        run_action(command, overrides, flags["spec"])
+        return 0
+    if command == "config":
+        return _print_config(overrides, flags["spec"])
+    if command == "schema":
+        from segformer_tao.config.specs import main as schema_main
+
+        return schema_main(overrides)
+    if command in TOOL_MODULES:
+        return importlib.import_module(TOOL_MODULES[command]).main(overrides)
+    import difflib
+
+    close = difflib.get_close_matches(command, list(ACTION_HELP) + list(TOOL_HELP), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise UserError(f"Unknown action '{command}'.{hint} Valid actions: {', '.join(ACTION_HELP)} "
+                    f"(tools: {', '.join(TOOL_HELP)}). Run `segformer --help`.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("SEGFORMER_DEBUG") == "1"
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    start = time.time()
+    try:
+        command, overrides, flags = parse_args(argv)
+        return dispatch(command, overrides, flags)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.time() - start:.0f} s", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last line of defence: a short message, traceback under --debug
+        from segformer_tao.errors import explain_exception
+
+        user = explain_exception(e)
+        if user is not None:
+            if debug:
+                traceback.print_exc()
+            print(f"error: {user}", file=sys.stderr)
+            return user.exit_code
+        traceback.print_exc()
+        print(f"internal error: {type(e).__name__}: {e}. This is a bug in segformer_tao; please report it with "
+              "the output of --debug.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Calibration batches for INT8 (ONNX Runtime Q/DQ and TensorRT's legacy calibrator) from image folders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+
+from segformer_tao.errors import UserError
+
+
+def rebatch(batches: Iterable[torch.Tensor], batch_size: int, max_batches: int) -> Iterator[torch.Tensor]:
+    """Regroup NCHW tensors into exactly ``batch_size`` images per batch, at most ``max_batches`` batches.
+
+    A trailing remainder smaller than ``batch_size`` is dropped (calibrators expect a fixed batch).
+    """
+    pending: list[torch.Tensor] = []
+    count, emitted = 0, 0
+    for batch in batches:
+        if emitted >= max_batches:
+            return
+        pending.append(batch)
+        count += batch.shape[0]
+        while count >= batch_size and emitted < max_batches:
+            stacked = torch.cat(pending)
+            yield stacked[:batch_size].contiguous()
+            emitted += 1
+            pending, count = [stacked[batch_size:]], count - batch_size
+
+
+def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean: Sequence[float],
+                        std: Sequence[float], batch_size: int, max_batches: int, key: str) -> list[torch.Tensor]:
+    """Preprocessed (normalized, img_size x img_size) calibration images as a list of NCHW float32 batches.
+
+    Uses the data module's CalibrationImages (the same preprocessing as every runtime). ``key`` names the
+    config key in error messages.
+    """
+    from segformer_tao.data.calibration import CalibrationImages
+
+    dirs = [image_dirs] if isinstance(image_dirs, str) else list(image_dirs or [])
+    if not dirs:
+        raise UserError(f"{key} is not set: point it at a folder of representative images (a few hundred "
+                        "training images are enough) for INT8 calibration.")
+    streams = (batch for d in dirs for batch in CalibrationImages(d, img_size, list(mean), list(std)))
+    batches = list(rebatch(streams, batch_size, max_batches))
+    if not batches:
+        raise UserError(f"No calibration images found in {key}={dirs} (or fewer than one batch of {batch_size}). "
+                        "Put .png/.jpg images there.")
+    return batches

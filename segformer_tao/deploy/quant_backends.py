@@ -1,0 +1,84 @@
+"""Optional quantization backends named as in TAO 7: modelopt.onnx, modelopt.pytorch, torchao.
+
+Each needs its package; without it a NotAvailableError (exit 2) names what to install. The default backend,
+onnxruntime, lives in :mod:`segformer_tao.deploy.quantization` and needs nothing extra.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from segformer_tao import io
+from segformer_tao.errors import NotAvailableError, UserError
+
+INSTALL = {
+    "modelopt.onnx": "pip install 'nvidia-modelopt[onnx]'",
+    "modelopt.pytorch": "pip install 'nvidia-modelopt[torch]'",
+    "torchao": "pip install torchao",
+}
+
+
+def _missing(backend: str, e: ImportError) -> NotAvailableError:
+    return NotAvailableError(f"quantize.backend={backend} needs a package that is not installed ({e.name}): "
+                             f"`{INSTALL[backend]}`, or use quantize.backend=onnxruntime (built in, runs on CPU).")
+
+
+def modelopt_onnx(model_bytes: bytes, batches: Sequence[torch.Tensor], *, algorithm: str, exclude: list[str],
+                  device: str) -> bytes:
+    """INT8 Q/DQ with ModelOpt's ONNX PTQ (calibration on CPU, CUDA or TensorRT execution providers)."""
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as e:
+        raise _missing("modelopt.onnx", e) from e
+    if algorithm not in ("minmax", "max", "entropy"):
+        raise UserError(f"quantize.algorithm={algorithm} is not an INT8 calibration method of modelopt.onnx; use "
+                        "max or entropy.")
+    eps = {"cpu": ["cpu"], "trt": ["trt", "cuda:0", "cpu"]}.get(device, [device if ":" in device else "cuda:0",
+                                                                       "cpu"])
+    with tempfile.TemporaryDirectory(prefix="segformer_modelopt_") as tmp:
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        io.write_bytes(src, model_bytes)
+        quantize(onnx_path=src, quantize_mode="int8", calibration_data={"input": np.concatenate(
+                 [b.numpy() for b in batches])}, calibration_method="entropy" if algorithm == "entropy" else "max",
+                 nodes_to_exclude=[f"^{name}$" for name in exclude], output_path=dst, calibration_eps=eps)
+        return io.read_bytes(dst)
+
+
+def modelopt_pytorch(model: torch.nn.Module, batches: Sequence[torch.Tensor], *, algorithm: str,
+                     skip_names: list[str], device: str) -> torch.nn.Module:
+    """Fake-quantized INT8 model (ModelOpt PyTorch PTQ); export it to get Q/DQ ONNX for TensorRT."""
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as e:
+        raise _missing("modelopt.pytorch", e) from e
+    dev = torch.device(device if torch.cuda.is_available() and device.startswith("cuda") else "cpu")
+    model = model.to(dev).eval()
+    config = dict(mtq.INT8_DEFAULT_CFG)
+    if algorithm in ("entropy", "percentile"):
+        config["algorithm"] = algorithm
+
+    def forward_loop(m):
+        with torch.no_grad():
+            for batch in batches:
+                m(batch.to(dev))
+
+    model = mtq.quantize(model, config, forward_loop)
+    for name in skip_names:
+        mtq.disable_quantizer(model, f"*{name}*")
+    return model.cpu().eval()
+
+
+def torchao_int8(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """torchao INT8 on the PyTorch model: weight-only (weight_only_ptq) or dynamic activations (static_ptq)."""
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+    except ImportError as e:
+        raise _missing("torchao", e) from e
+    config = Int8WeightOnlyConfig() if mode == "weight_only_ptq" else Int8DynamicActivationInt8WeightConfig()
+    quantize_(model, config)
+    return model.eval()

@@ -1,0 +1,329 @@
+"""Load SegFormer weights from every common layout into our model, converting keys explicitly.
+
+Layouts (detected from the keys, converted to ours = NVlabs names under ``backbone.`` / ``decode_head.``):
+
+- ``native``: NVlabs SegFormer ``.pth`` (``backbone.patch_embed1...``, ``decode_head.linear_c1...``), NVlabs
+  ImageNet encoders (no prefix, ``head.*`` classifier), timm-created backbones, our own checkpoints.
+- ``tao``: TAO 6.x (``model.backbone.*``, ``model.decoder.*``; ``linear_fuse.0`` conv with bias, ``.1`` BN).
+- ``hf``: Hugging Face ``nvidia/mit-b*`` encoders and ``segformer-b*-finetuned-*`` models (safetensors or
+  ``pytorch_model.bin``; hub names, and the renamed names of transformers >= 5).
+- ``mmseg``: mmsegmentation 1.x MiT (``layers.{i}.{0,1,2}``, packed ``attn.attn.in_proj_*``); its decode head
+  is a different design, so only the backbone converts.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import re
+import typing
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode
+from torch import nn
+
+from segformer_tao import io as sio
+from segformer_tao.errors import UserError
+from segformer_tao.model.backbones import infer_backbone
+
+__all__ = ["LoadReport", "read_state_dict", "detect_layout", "convert_state_dict", "load_pretrained"]
+
+_HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+             "pytorch_model.bin.index.json")
+# Keys that exist in published checkpoints but have no counterpart by design (ImageNet classifiers, mmseg's
+# unused conv_seg): dropped and listed in the report as ignored, never an error.
+_IGNORED = re.compile(
+    r"^(backbone\.(head|head_dist|norm)\.|classifier\.|decode_head\.conv_seg\.)")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did: layout, loaded/missing/unexpected/ignored/re-initialised keys."""
+
+    path: str
+    layout: str
+    part: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
+
+        lines = [f"Loaded {self.loaded} tensors ({self.part}) from {self.path} [layout: {self.layout}]"]
+        for name in ("missing", "unexpected", "ignored", "reinitialized"):
+            keys = getattr(self, name)
+            if keys:
+                lines.append(f"  {name} ({len(keys)}): {few(keys)}")
+        return "\n".join(lines)
+
+
+def _load_bytes(data: bytes, name: str) -> dict:
+    if name.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        return load_safetensors(data)
+    # Lightning/TAO checkpoints pickle their OmegaConf hyper-parameters; allow those types, nothing else.
+    safe = [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, dict, list, int,
+            collections.defaultdict]
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"Cannot read weights file '{name}': {e}. Expected a PyTorch checkpoint (.pth/.pt/.ckpt/.bin, "
+            "loadable with weights_only=True) or a .safetensors file.") from e
+
+
+def _read_hf_dir(path: str) -> dict:
+    fs, root = sio.filesystem(path)
+    for fname in _HF_FILES:
+        if not fs.exists(f"{root}/{fname}"):
+            continue
+        if not fname.endswith(".index.json"):
+            return _load_bytes(sio.read_bytes(f"{path}/{fname}"), fname)
+        shards = sorted(set(json.loads(sio.read_text(f"{path}/{fname}"))["weight_map"].values()))
+        merged: dict = {}
+        for shard in shards:
+            merged.update(_load_bytes(sio.read_bytes(f"{path}/{shard}"), shard))
+        return merged
+    raise UserError(f"Directory '{path}' has none of {', '.join(_HF_FILES)}. Point the weights path at a "
+                    "Hugging Face model directory or at a checkpoint file.")
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read tensors from a checkpoint file or Hugging Face directory (local or s3://).
+
+    Unwraps ``{"state_dict": ...}`` (Lightning, TAO, mmseg, ours) and ``{"model": ...}`` (NVlabs ImageNet)
+    containers and strips a DistributedDataParallel ``module.`` prefix.
+    """
+    fs, p = sio.filesystem(path)
+    if not fs.exists(p):
+        raise UserError(f"Weights file '{path}' does not exist. Check "
+                        "model.backbone.pretrained_backbone_path / train.pretrained_model_path.")
+    obj = _read_hf_dir(path) if fs.isdir(p) else _load_bytes(sio.read_bytes(path), str(path))
+    for container in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(container), dict):
+            obj = obj[container]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not sd:
+        raise UserError(f"'{path}' contains no tensors (not a model checkpoint).")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def detect_layout(sd: dict[str, torch.Tensor]) -> str:
+    """Name the key layout of ``sd``: 'hf', 'tao', 'mmseg' or 'native'."""
+    keys = list(sd)
+    if any(re.search(r"(^|\.)(encoder\.(patch_embeddings|block)|stages\.\d+\.patch_embeddings)\.", k)
+           for k in keys):
+        return "hf"
+    if any(re.search(r"(^|\.)layers\.\d+\.0\.projection\.", k) for k in keys):
+        return "mmseg"
+    if any(k.startswith(("model.decoder.", "decoder.")) or ".linear_fuse.0." in k for k in keys):
+        return "tao"
+    return "native"
+
+
+def _split_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give every key a ``backbone.`` / ``decode_head.`` prefix (bare keys are a backbone checkpoint)."""
+    if all(k.startswith("model.") for k in sd):  # a Lightning module holding the network as ``model``
+        sd = {k[len("model."):]: v for k, v in sd.items()}
+    sd = {("decode_head." + k[len("decoder."):] if k.startswith("decoder.") else k): v for k, v in sd.items()}
+    if not any(k.startswith(("backbone.", "decode_head.")) for k in sd):
+        sd = {f"backbone.{k}": v for k, v in sd.items()}
+    return sd
+
+
+def _from_tao(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in _split_prefix(sd).items():
+        k = k.replace("decode_head.linear_fuse.0.", "decode_head.linear_fuse.conv.")
+        out[k.replace("decode_head.linear_fuse.1.", "decode_head.linear_fuse.bn.")] = v
+    bias = out.pop("decode_head.linear_fuse.conv.bias", None)
+    if bias is not None and "decode_head.linear_fuse.bn.running_mean" in out:
+        # BN(Wx + b) == BN'(Wx) with running_mean' = running_mean - b: exact in eval, irrelevant in train.
+        out["decode_head.linear_fuse.bn.running_mean"] = out["decode_head.linear_fuse.bn.running_mean"] - bias
+    return out
+
+
+_HF_NEW_TO_HUB = [  # transformers >= 5 module names -> hub (save_pretrained) names
+    (r"stages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1."),
+    (r"stages\.(\d+)\.blocks\.", r"encoder.block.\1."),
+    (r"stages\.(\d+)\.layer_norm\.", r"encoder.layer_norm.\1."),
+    (r"attention\.q_proj\.", "attention.self.query."),
+    (r"attention\.k_proj\.", "attention.self.key."),
+    (r"attention\.v_proj\.", "attention.self.value."),
+    (r"attention\.o_proj\.", "attention.output.dense."),
+    (r"attention\.sequence_reduction\.sequence_reduction\.", "attention.self.sr."),
+    (r"attention\.sequence_reduction\.layer_norm\.", "attention.self.layer_norm."),
+    (r"mlp\.fc1\.", "mlp.dense1."), (r"mlp\.fc2\.", "mlp.dense2."),
+    (r"layernorm_before\.", "layer_norm_1."), (r"layernorm_after\.", "layer_norm_2."),
+    (r"decode_head\.linear_projections\.", "decode_head.linear_c."),
+]
+_HF_HUB_TO_OURS = [  # hub stage/block indices are 0-based, NVlabs module names 1-based
+    (r"^(segformer\.)?encoder\.patch_embeddings\.(\d+)\.layer_norm\.",
+     lambda m: f"backbone.patch_embed{int(m[2]) + 1}.norm."),
+    (r"^(segformer\.)?encoder\.patch_embeddings\.(\d+)\.proj\.",
+     lambda m: f"backbone.patch_embed{int(m[2]) + 1}.proj."),
+    (r"^(segformer\.)?encoder\.block\.(\d+)\.", lambda m: f"backbone.block{int(m[2]) + 1}."),
+    (r"^(segformer\.)?encoder\.layer_norm\.(\d+)\.", lambda m: f"backbone.norm{int(m[2]) + 1}."),
+    (r"\.layer_norm_1\.", ".norm1."), (r"\.layer_norm_2\.", ".norm2."),
+    (r"\.attention\.self\.query\.", ".attn.q."), (r"\.attention\.self\.sr\.", ".attn.sr."),
+    (r"\.attention\.self\.layer_norm\.", ".attn.norm."), (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.mlp\.dense1\.", ".mlp.fc1."), (r"\.mlp\.dense2\.", ".mlp.fc2."),
+    (r"^decode_head\.linear_c\.(\d+)\.", lambda m: f"decode_head.linear_c{int(m[1]) + 1}."),
+    (r"^decode_head\.linear_fuse\.", "decode_head.linear_fuse.conv."),
+    (r"^decode_head\.batch_norm\.", "decode_head.linear_fuse.bn."),
+    (r"^decode_head\.classifier\.", "decode_head.linear_pred."),
+]
+
+
+def _from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        for pat, rep in _HF_NEW_TO_HUB + _HF_HUB_TO_OURS:
+            k = re.sub(pat, rep, k)
+        out[k] = v
+    for key in [k for k in out if ".attention.self.key." in k]:  # NVlabs packs key and value rows as kv
+        value = out.pop(key.replace(".self.key.", ".self.value."))
+        out[key.replace(".attention.self.key.", ".attn.kv.")] = torch.cat([out.pop(key), value], 0)
+    return out
+
+
+def _from_mmseg(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for k, v in _split_prefix(sd).items():
+        m = re.match(r"backbone\.layers\.(\d+)\.(\d)\.(.*)", k)
+        if not m:
+            out[k] = v  # mmseg's decode head has no counterpart: reported as unexpected
+            continue
+        stage, part, rest = int(m[1]) + 1, m[2], m[3]
+        if part == "0":
+            out[f"backbone.patch_embed{stage}.{rest.replace('projection.', 'proj.')}"] = v
+        elif part == "2":
+            out[f"backbone.norm{stage}.{rest}"] = v
+        else:
+            _mmseg_block(out, f"backbone.block{stage}.", rest, v)
+    return out
+
+
+def _mmseg_block(out: dict, prefix: str, rest: str, v: torch.Tensor) -> None:
+    j, name = rest.split(".", 1)
+    p = f"{prefix}{j}."
+    ffn = {"ffn.layers.0.": "mlp.fc1.", "ffn.layers.1.": "mlp.dwconv.dwconv.", "ffn.layers.4.": "mlp.fc2."}
+    if name.startswith("attn.attn.in_proj_"):  # rows: [query; key; value]
+        kind = name.rsplit("_", 1)[1]
+        c = v.shape[0] // 3
+        out[f"{p}attn.q.{kind}"], out[f"{p}attn.kv.{kind}"] = v[:c], v[c:]
+        return
+    for old, new in ffn.items():
+        if name.startswith(old):
+            linear = new != "mlp.dwconv.dwconv." and name.endswith("weight")
+            out[p + new + name[len(old):]] = v.flatten(1) if linear else v  # 1x1 conv -> Linear
+            return
+    for old, new in (("attn.attn.out_proj.", "attn.proj."), ("ln1.", "norm1."), ("ln2.", "norm2.")):
+        name = name.replace(old, new)
+    out[p + name] = v
+
+
+def convert_state_dict(sd: dict[str, torch.Tensor], layout: str | None = None) -> dict[str, torch.Tensor]:
+    """Convert ``sd`` (any supported layout) to our full-model keys (``backbone.*`` / ``decode_head.*``)."""
+    layout = layout or detect_layout(sd)
+    if layout == "hf":
+        return _from_hf(sd)
+    if layout == "tao":
+        return _from_tao(sd)
+    if layout == "mmseg":
+        return _from_mmseg(sd)
+    return _fan_fixups(_split_prefix(sd))
+
+
+def _fan_fixups(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NVlabs FAN releases: ``pos_embeder`` -> ``pos_embed``; packed class-attention qkv -> q, k, v."""
+    out = {k.replace("backbone.pos_embeder.", "backbone.pos_embed."): v for k, v in sd.items()}
+    for key in [k for k in out if re.match(r"backbone\.cls_attn_blocks\.\d+\.attn\.qkv\.", k)]:
+        for name, part in zip("qkv", out.pop(key).chunk(3, dim=0)):
+            out[key.replace(".attn.qkv.", f".attn.{name}.")] = part
+    return out
+
+
+def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> LoadReport:
+    """Load weights from ``path`` into a :class:`~segformer_tao.model.SegFormer`.
+
+    part="backbone" loads only ``backbone.*``; part="full" loads backbone and head. A classifier whose class
+    count differs is re-initialised with a warning; any other shape or key mismatch in the backbone (e.g.
+    mit_b0 weights into mit_b2) raises UserError naming the variant the weights belong to.
+    """
+    if part not in ("backbone", "full"):
+        raise ValueError(f"part must be 'backbone' or 'full', got {part!r}")
+    src = read_state_dict(path)
+    layout = detect_layout(src)
+    sd = convert_state_dict(src, layout)
+    report = LoadReport(path=str(path), layout=layout, part=part)
+    report.ignored = sorted(k for k in sd if _IGNORED.match(k))
+    keep = ("backbone.", "decode_head.") if part == "full" else ("backbone.",)
+    sd = {k: v for k, v in sd.items() if k not in report.ignored and k.startswith(keep)}
+    if not any(k.startswith("backbone.") for k in sd):
+        raise UserError(f"'{path}' has no backbone weights we recognise (layout '{layout}'); it is not a "
+                        "SegFormer/MiT/FAN checkpoint.")
+    target = model.state_dict()
+    _check_backbone(model, sd, target, path)
+    _reinit_classifier(model, sd, target, report)
+    bad = [k for k in sd if k in target and sd[k].shape != target[k].shape]
+    if bad:
+        raise UserError(
+            f"Weights in '{path}' do not fit the decode head ({bad[0]}: {tuple(sd[bad[0]].shape)} vs "
+            f"{tuple(target[bad[0]].shape)}). Set model.decode_head.decoder_params.embed_dim to the value "
+            "the checkpoint was trained with.")
+    result = model.load_state_dict(sd, strict=False)
+    scope = "" if part == "full" else "backbone."
+    report.missing = sorted(k for k in result.missing_keys
+                            if k.startswith(scope) and k not in report.reinitialized)
+    report.unexpected = sorted(result.unexpected_keys)
+    report.loaded = len(sd) - len(report.unexpected)
+    if report.missing or report.unexpected:
+        warnings.warn(str(report), stacklevel=2)
+    return report
+
+
+def _check_backbone(model: nn.Module, sd: dict, target: dict, path: str) -> None:
+    """Raise UserError when the checkpoint's backbone is not the model's (missing/extra/misshapen keys)."""
+    def backbone_keys(keys) -> set[str]:  # BN step counters are optional in every layout
+        return {k for k in keys if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
+
+    want, have = backbone_keys(target), backbone_keys(sd)
+    misshapen = [k for k in have & want if sd[k].shape != target[k].shape]
+    if not (want - have or have - want or misshapen):
+        return
+    name = getattr(model, "backbone_name", "") or type(model.backbone).__name__
+    found = infer_backbone({k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")})
+    hint = f"they look like '{found}'" if found else "they match no supported backbone"
+    detail = (f"{len(want - have)} missing (e.g. {sorted(want - have)[:2]}), {len(have - want)} unexpected "
+              f"(e.g. {sorted(have - want)[:2]}), {len(misshapen)} with another shape (e.g. {misshapen[:2]})")
+    fix = f"set model.backbone.type={found}" if found else "use weights made for this backbone"
+    raise UserError(f"The backbone weights in '{path}' do not fit model.backbone.type={name}: {hint} "
+                    f"({detail}). Either {fix} or point the path at {name} weights.")
+
+
+def _reinit_classifier(model: nn.Module, sd: dict, target: dict, report: LoadReport) -> None:
+    """Drop a classifier trained for another class count and keep the model's fresh one (with a warning)."""
+    w = sd.get("decode_head.linear_pred.weight")
+    if w is None or w.shape == target["decode_head.linear_pred.weight"].shape:
+        return
+    for k in ("decode_head.linear_pred.weight", "decode_head.linear_pred.bias"):
+        sd.pop(k, None)
+        report.reinitialized.append(k)
+    warnings.warn(f"'{report.path}' has a classifier for {w.shape[0]} classes but the model has "
+                  f"{model.num_classes}; the classifier (decode_head.linear_pred) is re-initialised.",
+                  stacklevel=3)

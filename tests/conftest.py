@@ -1,0 +1,49 @@
+"""Shared test helpers: run the real `segformer` CLI in a subprocess and check how it fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str, cwd: str | None = None, env: dict | None = None, timeout: float = 600) -> CliResult:
+    """Run `python -m segformer_tao.cli ARGS` (the same code as the `segformer` console script)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("OMP_NUM_THREADS", "2")
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "segformer_tao.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_user_error(result: CliResult, *needles: str) -> None:
+    """Exit code 2, no traceback, and a message naming every needle (key, file, value, fix)."""
+    assert result.returncode == 2, f"expected exit 2, got {result.returncode}\n{result.output}"
+    assert "Traceback" not in result.output, result.output
+    message = result.stderr.strip()
+    assert message.startswith("error: "), result.output
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in message: {message}"
+
+
+@pytest.fixture
+def cli():
+    return run_cli
