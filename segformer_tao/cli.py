@@ -97,6 +97,16 @@ def check_required(action: str, cfg) -> None:
                             f"e.g. `segformer {action} {example}`{hint}, or set it in the spec file.")
 
 
+def check_conflicts(action: str, cfg) -> None:
+    """Keys that are valid alone but contradict each other."""
+    section = cfg.get(action)
+    if section is not None and "gpu_ids" in section and "num_gpus" in section:
+        ids, n = list(section.gpu_ids or []), section.num_gpus
+        if len(ids) > 1 and len(ids) != n:
+            raise UserError(f"{action}.gpu_ids={ids} lists {len(ids)} devices but {action}.num_gpus={n}. Make them "
+                            f"agree, e.g. {action}.num_gpus={len(ids)}, or drop {action}.gpu_ids.")
+
+
 def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     """Compose, validate, prepare the results dir, run the action, record job.json. Returns the action's result."""
     from segformer_tao import jobs
@@ -105,6 +115,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     cfg = compose_config(action, overrides, spec)
     jobs.apply_parent_job(action, cfg)
     check_required(action, cfg)
+    check_conflicts(action, cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)
     jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
     try:

@@ -229,8 +229,8 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
         except OmegaConfBaseException as e:
             raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
     apply_overrides(cfg, key_ovs)
-    _unset_missing(cfg)
     validate(cfg)
+    _unset_missing(cfg)
     return cfg
 
 

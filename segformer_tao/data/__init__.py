@@ -1,1 +1,6 @@
-"""segformer_tao.data."""
+"""unet-format segmentation data (local or s3://): dataset, loaders, transforms, checks, demo data."""
+
+from segformer_tao.data.dataset import UnetSegmentationDataset, build_dataloader, collate_eval
+from segformer_tao.data.transforms import preprocess_image
+
+__all__ = ["UnetSegmentationDataset", "build_dataloader", "collate_eval", "preprocess_image"]

@@ -1,0 +1,116 @@
+"""`segformer evaluate`: mIoU and per-class metrics at each mask's original resolution, for any runtime.
+
+Writes results.json, per_class.csv, confusion_matrix.png and, every ``vis_after_n_batches`` batches,
+image | ground truth | prediction panels under ``vis/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import os
+import time
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from segformer_tao import io
+from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits
+from segformer_tao.engine.datamodule import collate_eval
+from segformer_tao.engine.metrics import SegmentationMetrics
+from segformer_tao.engine.trainer import oom_message
+from segformer_tao.engine.visualize import colorize, denormalize, plot_confusion_matrix, side_by_side, write_png
+from segformer_tao.errors import UserError
+
+PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "acc", "precision", "recall", "f1", "dice", "support"]
+
+
+def eval_loader(cfg: DictConfig, batch_size: int) -> torch.utils.data.DataLoader:
+    from segformer_tao.data import UnetSegmentationDataset
+
+    dataset = UnetSegmentationDataset(cfg, cfg.dataset.segment.test_split, "eval")
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_eval,
+                                       num_workers=int(cfg.dataset.segment.workers))
+
+
+def _check_compatible(cfg: DictConfig, meta: dict) -> None:
+    n = int(cfg.dataset.segment.num_classes)
+    if int(meta.get("num_classes", n)) != n:
+        raise UserError(f"The model predicts {meta['num_classes']} classes but dataset.segment.num_classes={n}. "
+                        f"Set dataset.segment.num_classes={meta['num_classes']} (and the matching palette) or "
+                        "evaluate a model trained on this dataset.")
+
+
+def write_per_class_csv(path: str, per_class: list[dict]) -> None:
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS)
+    writer.writeheader()
+    for row in per_class:
+        writer.writerow({k: ("" if row[k] is None else row[k]) for k in PER_CLASS_COLUMNS})
+    io.write_text(path, buf.getvalue())
+
+
+def _save_panels(out_dir: str, batch: dict, preds: list[torch.Tensor], meta: dict) -> None:
+    from PIL import Image
+
+    for image, mask, pred, path in zip(batch["image"], batch["mask"], preds, batch["path"]):
+        h, w = mask.shape[-2:]
+        rgb = Image.fromarray(denormalize(image, meta["mean"], meta["std"])).resize((w, h), Image.BILINEAR)
+        panel = side_by_side([np.asarray(rgb), colorize(mask.numpy(), meta["palette"]),
+                              colorize(pred.numpy(), meta["palette"])])
+        write_png(os.path.join(out_dir, "vis", os.path.splitext(os.path.basename(str(path)))[0] + ".png"), panel)
+
+
+def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: int,
+                     vis_every: int = 0) -> dict:
+    """Run ``runtime`` over the test split; returns the scores dict of :func:`scores_from_confusion` plus
+    ``confusion_matrix`` (list of lists) and ``images``. Writes panels when ``out_dir`` and ``vis_every``."""
+    meta = runtime.meta
+    metrics = SegmentationMetrics(meta["num_classes"], int(cfg.dataset.segment.ignore_index), meta["class_names"])
+    images = 0
+    for batch_idx, batch in enumerate(eval_loader(cfg, batch_size)):
+        logits = predict_logits(runtime, batch["image"])
+        preds = []
+        for i, mask in enumerate(batch["mask"]):
+            pred = resize_logits(logits[i : i + 1], tuple(mask.shape[-2:])).argmax(1)[0]
+            metrics.update(pred, mask)
+            preds.append(pred)
+        images += len(preds)
+        if out_dir and vis_every and batch_idx % vis_every == 0:
+            _save_panels(out_dir, batch, preds, meta)
+    if images == 0:
+        raise UserError(f"No images to evaluate in split '{cfg.dataset.segment.test_split}' under "
+                        f"{cfg.dataset.segment.root_dir}. Check dataset.segment.test_split and root_dir.")
+    scores = metrics.compute()
+    scores["confusion_matrix"] = metrics.cm.tolist()
+    scores["images"] = images
+    return scores
+
+
+def run(cfg: DictConfig) -> dict:
+    """Evaluate cfg.evaluate.checkpoint / onnx_file / trt_engine on dataset.segment.test_split."""
+    out_dir = str(cfg.evaluate.results_dir)
+    runtime = open_runtime(cfg, "evaluate")
+    _check_compatible(cfg, runtime.meta)
+    start = time.monotonic()
+    try:
+        scores = evaluate_runtime(cfg, runtime, out_dir, int(cfg.evaluate.batch_size),
+                                  int(cfg.evaluate.vis_after_n_batches))
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        raise UserError(oom_message(cfg, "evaluation").replace("dataset.segment.batch_size",
+                                                                "evaluate.batch_size")) from e
+    seconds = time.monotonic() - start
+    summary = {k: scores[k] for k in ("mIoU", "mAcc", "mPrecision", "mRecall", "mF1", "mDice", "overall_accuracy")}
+    results = {**summary, "runtime": runtime.name, "images": scores["images"], "num_pixels": scores["num_pixels"],
+               "seconds": round(seconds, 3), "per_class": scores["per_class"],
+               "confusion_matrix": scores["confusion_matrix"], "class_names": runtime.meta["class_names"]}
+    paths = {name: os.path.join(out_dir, name) for name in ("results.json", "per_class.csv", "confusion_matrix.png")}
+    io.write_json(paths["results.json"], results)
+    write_per_class_csv(paths["per_class.csv"], scores["per_class"])
+    plot_confusion_matrix(torch.tensor(scores["confusion_matrix"]), runtime.meta["class_names"],
+                          paths["confusion_matrix.png"])
+    print(f"evaluate ({runtime.name}): mIoU={summary['mIoU'] or 0:.4f} overall_accuracy="
+          f"{summary['overall_accuracy'] or 0:.4f} on {scores['images']} images -> {paths['results.json']}")
+    return {"metrics": {**summary, "images": scores["images"]},
+            "artifacts": {**{k.split(".")[0]: v for k, v in paths.items()}, "vis": os.path.join(out_dir, "vis")}}

@@ -1,0 +1,119 @@
+"""One interface for every way of running the network: PyTorch checkpoint, ONNX Runtime, TensorRT.
+
+``Runtime.predict`` takes normalized float32 NCHW images at img_size and returns logits (N, C, h, w) on the
+CPU (h, w = img_size / 4 for our models). Post-processing (resize to original size, argmax, flip TTA, sliding
+window) is written once here and shared by evaluate, inference and quantize's report.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from segformer_tao.errors import UserError
+
+
+class Runtime(ABC):
+    """A loaded model. ``meta``: class_names, palette, img_size, mean, std, backbone, num_classes."""
+
+    name = "runtime"
+    meta: dict
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) float32 normalized -> (N, C, h, w) float32 logits on the CPU."""
+
+
+class TorchRuntime(Runtime):
+    """A segformer_tao ``.pth`` checkpoint run with PyTorch (CUDA when available)."""
+
+    name = "torch"
+
+    def __init__(self, checkpoint: str, encryption_key: str | None = None, device: str | None = None):
+        from segformer_tao.engine.checkpoint import load_model_from_checkpoint
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location=self.device)
+        self.path = checkpoint
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(self.device, torch.float32)).float().cpu()
+
+
+def open_runtime(cfg: DictConfig, action: str) -> Runtime:
+    """The runtime for ``cfg[action]``: ``trt_engine`` -> TensorRT, ``onnx_file`` -> ONNX Runtime,
+    ``checkpoint`` -> PyTorch (first one set wins, in that order)."""
+    section = cfg[action]
+    key = cfg.get("encryption_key")
+    if section.get("trt_engine"):
+        from segformer_tao.deploy.tensorrt import TrtRuntime
+
+        return TrtRuntime(str(section.trt_engine), cfg)
+    if section.get("onnx_file"):
+        from segformer_tao.deploy.onnxruntime import OrtRuntime
+
+        return OrtRuntime(str(section.onnx_file), cfg)
+    if section.get("checkpoint"):
+        return TorchRuntime(str(section.checkpoint), key)
+    raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
+                    f"or {action}.trt_engine, or parent_job=<results dir of a train/export job>.")
+
+
+def meta_from_config(cfg: DictConfig) -> dict:
+    """Runtime metadata from the experiment config (for runtimes whose files carry none, e.g. ONNX)."""
+    from segformer_tao.engine.module import build_meta
+
+    return build_meta(cfg)
+
+
+def predict_logits(runtime: Runtime, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+    """Logits for a batch; with ``flip_tta`` the mean of the image's and its horizontal mirror's softmax."""
+    logits = runtime.predict(images)
+    if not flip_tta:
+        return logits
+    flipped = runtime.predict(images.flip(-1)).flip(-1)
+    return (logits.softmax(1) + flipped.softmax(1)) / 2  # probabilities: argmax is what callers use
+
+
+def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, H, W) bilinear (align_corners=False), the same resize training used."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits.float(), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+
+
+def sliding_window_logits(runtime: Runtime, image: np.ndarray, preprocess: Callable[[np.ndarray], torch.Tensor],
+                          window: int, flip_tta: bool = False, overlap: float = 1 / 3) -> torch.Tensor:
+    """Logits (1, C, H, W) for an RGB uint8 image larger than ``window`` px, from overlapping window crops.
+
+    Each crop (``window`` x ``window``, or the whole side when smaller) goes through ``preprocess`` (the shared
+    resize + normalize), its logits are resized back to the crop and averaged where crops overlap.
+    """
+    h, w = image.shape[:2]
+    ch, cw = min(window, h), min(window, w)
+    stride = max(1, int(window * (1 - overlap)))
+    ys = _starts(h, ch, stride)
+    xs = _starts(w, cw, stride)
+    total: torch.Tensor | None = None
+    count = torch.zeros(1, 1, h, w)
+    for y in ys:
+        for x in xs:
+            crop = np.ascontiguousarray(image[y : y + ch, x : x + cw])
+            logits = resize_logits(predict_logits(runtime, preprocess(crop)[None], flip_tta), (ch, cw))
+            if total is None:
+                total = torch.zeros(1, logits.shape[1], h, w)
+            total[:, :, y : y + ch, x : x + cw] += logits
+            count[:, :, y : y + ch, x : x + cw] += 1
+    return total / count
+
+
+def _starts(length: int, crop: int, stride: int) -> list[int]:
+    n = max(1, math.ceil((length - crop) / stride) + 1)
+    return sorted({min(i * stride, length - crop) for i in range(n)})
