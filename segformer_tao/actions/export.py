@@ -103,9 +103,9 @@ def export_checkpoint(model: torch.nn.Module, meta: dict, cfg, settings: onnx_ex
     return model_bytes, diff
 
 
+@torch.no_grad()
 def run(cfg) -> dict:
     """Export cfg.export.checkpoint to ONNX; returns metrics (max_abs_diff) and artifact paths."""
-    torch.set_grad_enabled(False)
     exp = cfg.export
     settings = _settings(cfg)
     onnx_path = exp.onnx_file or default_onnx_path(exp.results_dir, exp.checkpoint)

@@ -95,9 +95,9 @@ def _report(cfg, fp32_path: str, int8_path: str) -> dict:
     return results
 
 
+@torch.no_grad()
 def run(cfg) -> dict:
     """Quantize quantize.model_path to INT8; writes <stem>_int8.onnx (or .pth for torchao) + quantize_report.json."""
-    torch.set_grad_enabled(False)
     q, seg = cfg.quantize, cfg.dataset.segment
     out_dir = str(q.results_dir).rstrip("/")
     kwargs = dict(q.backend_kwargs or {})
