@@ -240,7 +240,8 @@ def _job_rows(root: str) -> list[dict[str, Any]]:
     for path in sorted(glob.glob(os.path.join(root, "**", JOB_FILE), recursive=True)):
         job = read_job(os.path.dirname(path))
         if job:
-            metric = job.get("metrics", {}).get(MONITORED_METRIC, job.get("metrics", {}).get("miou"))
+            metrics = job.get("metrics") or {}
+            metric = metrics.get(MONITORED_METRIC, metrics.get("mIoU"))
             rows.append({"dir": os.path.dirname(path), "action": job.get("action"), "status": job.get("status"),
                          "parent": job.get("parent") or "-", "metric": metric, "start": job.get("start")})
     return rows
