@@ -15,6 +15,7 @@ latest checkpoint), and only the missing trials run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -22,7 +23,7 @@ import warnings
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from segformer_tao.automl.pruning import PruningCallback
@@ -34,11 +35,18 @@ log = logging.getLogger("segformer_tao")
 STUDY_NAME = "segformer_automl"
 DB_FILE = "automl_study.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# RetryFailedTrialCallback is marked experimental in Optuna; its behaviour is what we rely on and test.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=__name__)
+
 REDUCTION_FACTOR = 3  # Hyperband / ASHA keep the best third at each rung
 HEARTBEAT_S, GRACE_S = 60, 180  # an RDB trial silent for GRACE_S is taken as dead and retried
 MAX_RETRY = 2
+
+
+@contextlib.contextmanager
+def _experimental_ok():
+    """Heartbeats and trial retries are marked experimental in Optuna; we rely on (and test) their behaviour."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def trial_epochs(cfg: DictConfig) -> int:
@@ -69,10 +77,11 @@ def open_study(cfg: DictConfig, out_dir: str) -> optuna.Study:
     default = not cfg.automl.storage
     url = str(cfg.automl.storage or f"sqlite:///{os.path.join(out_dir, DB_FILE)}")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    retry = RetryFailedTrialCallback(max_retry=MAX_RETRY)
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                             failed_trial_callback=retry)
+        with _experimental_ok():
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                 grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or unreachable server
         raise UserError(f"automl.storage='{url}' cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}). "
                         "Use an SQLAlchemy URL such as postgresql://user@host/db, or unset it for SQLite in "
@@ -82,7 +91,8 @@ def open_study(cfg: DictConfig, out_dir: str) -> optuna.Study:
     if default:  # one process owns a results-dir SQLite study, so anything still RUNNING died with its process
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            retry(study, storage.get_trial(t._trial_id))
+            with _experimental_ok():
+                retry(study, storage.get_trial(t._trial_id))
             log.info("AutoML: trial %d was interrupted; it is retried with the same parameters", t.number)
     return study
 
@@ -90,7 +100,8 @@ def open_study(cfg: DictConfig, out_dir: str) -> optuna.Study:
 def trial_dir_of(trial: optuna.Trial, out_dir: str) -> str:
     """``trials/<n>``, where a retried trial keeps the directory (and checkpoints) of the trial it retries."""
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    history = RetryFailedTrialCallback.retry_history(frozen)
+    with _experimental_ok():
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     return os.path.join(out_dir, "trials", str(history[0] if history else trial.number))
 
 
