@@ -65,6 +65,7 @@ def plot(rows: list[dict], imp: dict[str, float], out_dir: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     colours = {"complete": "tab:green", "pruned": "tab:orange", "fail": "tab:red", "running": "tab:gray"}
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -72,6 +73,11 @@ def plot(rows: list[dict], imp: dict[str, float], out_dir: str) -> list[str]:
         pts = [(r["trial"], r["val_miou"]) for r in rows if r["state"] == state and r["val_miou"] is not None]
         if pts:
             ax.scatter(*zip(*pts, strict=True), c=colour, label=state)
+    done = sorted((r["trial"], r["val_miou"]) for r in rows if r["state"] == "complete")
+    if done:
+        best = [max(v for _, v in done[: i + 1]) for i in range(len(done))]
+        ax.step([n for n, _ in done], best, where="post", c="tab:green", alpha=0.5, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel="val_miou (pruned: last reported)", title="AutoML: val_miou per trial")
     ax.legend()
     paths = [os.path.join(out_dir, MIOU_PLOT)]
