@@ -118,10 +118,16 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     check_conflicts(action, cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)
     jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
+    module_name = f"segformer_tao.actions.{action}"
+    if action == "train":
+        from segformer_tao.automl.policy import choose_path
+
+        if choose_path(cfg) == "automl":
+            module_name = "segformer_tao.automl.search"
     try:
-        module = importlib.import_module(f"segformer_tao.actions.{action}")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name == f"segformer_tao.actions.{action}":
+        if e.name == module_name:
             raise UserError(f"`segformer {action}` is not available in this version yet. See README.md for the "
                             "actions that are.") from e
         raise
