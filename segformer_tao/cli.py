@@ -107,6 +107,21 @@ def check_conflicts(action: str, cfg) -> None:
                             f"agree, e.g. {action}.num_gpus={len(ids)}, or drop {action}.gpu_ids.")
 
 
+# Splits checked before an action starts (dataset.segment.check=full|sample|off).
+CHECKED_SPLITS = {"train": ("train", "val"), "evaluate": ("test",)}
+
+
+def check_data(action: str, cfg, out_dir: str) -> None:
+    """Catch bad data (unpaired files, corrupt images, mask values >= num_classes) before any training."""
+    from segformer_tao import jobs
+
+    if action not in CHECKED_SPLITS or cfg.dataset.segment.check == "off" or not jobs.is_primary():
+        return
+    from segformer_tao.data.check import check_dataset
+
+    check_dataset(cfg, CHECKED_SPLITS[action], report_path=f"{out_dir}/dataset_report.json")
+
+
 def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     """Compose, validate, prepare the results dir, run the action, record job.json. Returns the action's result."""
     from segformer_tao import jobs
@@ -133,6 +148,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
         raise
     job = jobs.Job.start(action, cfg, out_dir)
     try:
+        check_data(action, cfg, out_dir)
         result = module.run(cfg) or {}
     except BaseException as e:
         job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)

@@ -292,8 +292,12 @@ class ExportConfig:
     onnx_file: str | None = spec(None, "Output ONNX path (default <results_dir>/<checkpoint name>.onnx).")
     on_cpu: bool = spec(False, "Export on the CPU.")
     input_channel: int = spec(3, "Input channels.", valid_min=1, valid_options=[1, 3])
-    input_width: int = spec(544, "Input width (pixels).", valid_min=32)
-    input_height: int = spec(544, "Input height (pixels).", valid_min=32)
+    # TAO defaults to 544x544 whatever the model was trained at, which silently changes the operating resolution;
+    # unset means the checkpoint's img_size.
+    input_width: int | None = spec(None, "Input width (pixels); default: the checkpoint's img_size (TAO: 544).",
+                                   valid_min=32)
+    input_height: int | None = spec(None, "Input height (pixels); default: the checkpoint's img_size (TAO: 544).",
+                                    valid_min=32)
     opset_version: int = spec(17, "ONNX opset.", valid_min=1)
     batch_size: int = spec(-1, "Batch size of the ONNX input; -1 = dynamic.", valid_min=-1)
     verbose: bool = spec(False, "Verbose export log.")
