@@ -147,7 +147,7 @@ def load_model_from_checkpoint(
             "model.backbone.pretrained_backbone_path and train, then use the checkpoint that training writes."
         )
     cfg = OmegaConf.create(config)
-    model = build_model(cfg)
+    model = build_model(cfg, load_weights=False)
     missing, unexpected = model.load_state_dict(model_state_dict(payload), strict=False)
     if missing or unexpected:
         raise UserError(

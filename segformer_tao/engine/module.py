@@ -70,7 +70,10 @@ def class_info(cfg: DictConfig) -> tuple[list[str], list[list[int]]]:
         names.append(name)
         colors.append([int(round(min(255.0, v * scale))) for v in rgb])
     names = (names + [f"class_{i}" for i in range(len(names), n)])[:n]
-    if len(colors) < n or len({tuple(c) for c in colors[:n]}) < n:
+    # Palettes that encode mask values (grey levels 0,1,2,... or 0/1) are no use for display.
+    close = any(sum(abs(a - b) for a, b in zip(c1, c2)) < 60 for i, c1 in enumerate(colors[:n])
+                for c2 in colors[i + 1 : n])
+    if len(colors) < n or close:
         colors = default_colors(n)
     return names, colors[:n]
 

@@ -20,6 +20,8 @@ from segformer_tao.engine.module import SegFormerModule
 from segformer_tao.errors import UserError
 
 log = logging.getLogger("segformer_tao")
+# Lightning logs "`weights_only` was not set" at every save; our CheckpointIO always loads weights_only.
+logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 
@@ -84,15 +86,6 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
     return trainer, ckpt_cb
 
 
-def _load_pretrained(cfg: DictConfig, model: torch.nn.Module) -> None:
-    path = cfg.train.pretrained_model_path
-    if path:
-        from segformer_tao.model.weights import load_pretrained
-
-        report = load_pretrained(model, str(path), part="full")
-        print(f"Loaded pretrained model from {path}: {report}")
-
-
 def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None = None,
                 datamodule: pl.LightningDataModule | None = None, callbacks: list[pl.Callback] | None = None) -> dict:
     """Train (or resume) and return ``{"metrics": ..., "artifacts": ...}`` on every rank.
@@ -106,10 +99,13 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
     torch.backends.cudnn.deterministic = bool(cfg.train.cudnn.deterministic)
     io.makedirs(results_dir)
     topo = resolve_topology(cfg)
-    module = SegFormerModule(cfg, model)
     resume = find_resume_checkpoint(cfg, results_dir)
-    if resume is None:
-        _load_pretrained(cfg, module.model)
+    if model is None:
+        from segformer_tao.model import build_model
+
+        # Pretrained weights (train.pretrained_model_path, backbone path) only matter when not resuming.
+        model = build_model(cfg, load_weights=resume is None)
+    module = SegFormerModule(cfg, model)
     datamodule = datamodule or SegDataModule(cfg)
     env_backup = export_topology(topo)
     trainer, ckpt_cb = build_trainer(cfg, results_dir, topo, callbacks)
