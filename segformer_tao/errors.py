@@ -17,7 +17,8 @@ class NotAvailableError(UserError):
 
 
 def explain_exception(e: BaseException) -> UserError | None:
-    """Turn well-known environment failures (out of memory, disk full, permission denied) into a UserError.
+    """Turn well-known environment failures (out of memory, disk full or file too large, permission denied)
+    into a UserError.
 
     Returns None when the exception is not one the user can fix (a bug: the CLI prints the traceback).
     """
@@ -30,10 +31,15 @@ def explain_exception(e: BaseException) -> UserError | None:
             "with img_size^2), or use train.precision=bf16-mixed. The last checkpoint written is kept; running the "
             "same command again resumes from it."
         )
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        # EFBIG: the file outgrew a size limit (`ulimit -f`, filesystem or quota); same remedy as a full disk.
+        why = {errno.ENOSPC: "No space left on the device", errno.EDQUOT: "Disk quota exceeded",
+               errno.EFBIG: "File too large for this system's file-size limit (ulimit -f) or disk"}[e.errno]
         return UserError(
-            f"No space left on the device while writing '{e.filename or 'a file'}'. Free disk space or point "
-            "results_dir at a larger disk; files already written are intact (writes are atomic)."
+            f"{why} while writing '{e.filename or 'a file'}'. Free disk space (or raise the limit) or point "
+            "results_dir at a larger disk, then run the same command again. Nothing was left half-written: "
+            "every file is written to a temporary name and renamed when complete, so the files already there "
+            "(including the last checkpoint) are intact."
         )
     if isinstance(e, PermissionError):
         return UserError(f"Permission denied: '{e.filename}'. Choose a writable results_dir or fix the permissions.")
