@@ -33,7 +33,7 @@ def plan(cfg) -> tuple[bytes, tensorrt.BuildSettings, dict, str]:
         raise UserError(f"gen_trt_engine.onnx_file='{gen.onnx_file}' does not exist. Export one with `segformer "
                         "export` (or `segformer quantize` for INT8), or use parent_job=<export results dir>.")
     onnx_bytes = io.read_bytes(gen.onnx_file)
-    session = make_session(onnx_bytes, threads=1)
+    session = make_session(onnx_bytes, threads=1, source=str(gen.onnx_file))
     meta = read_embedded_meta(session)
     num_classes = int(meta.get("num_classes") or cfg.dataset.segment.num_classes)
     validate_io(session, num_classes=num_classes, img_size=None, source=f"'{gen.onnx_file}'")

@@ -51,7 +51,8 @@ def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None
     stem = os.path.splitext(os.path.basename(str(path)))[0]
     if str(path).endswith(".onnx"):
         model_bytes = io.read_bytes(path)
-        return model_bytes, read_embedded_meta(make_session(model_bytes, threads=1)), None, stem, str(path)
+        meta = read_embedded_meta(make_session(model_bytes, threads=1, source=str(path)))
+        return model_bytes, meta, None, stem, str(path)
     model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path")
     size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
     settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)

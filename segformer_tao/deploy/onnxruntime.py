@@ -27,12 +27,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def make_session(model: bytes | str, threads: int | None = None, providers: list[str] | None = None):
+def make_session(model: bytes | str, threads: int | None = None, providers: list[str] | None = None,
+                 source: str | None = None):
     """An ``onnxruntime.InferenceSession`` tuned for throughput on this machine.
 
     model: serialized ONNX bytes or a path (local or s3://). threads: intra-op threads (default: all
-    available cores). Sequential execution (SegFormer is one chain: parallel branches buy nothing) and every
-    graph optimisation (constant folding, LayerNorm/GELU/attention fusions, Q/DQ fusion into int8 kernels).
+    available cores). source: the file the bytes came from, named in errors. Sequential execution
+    (SegFormer is one chain: parallel branches buy nothing) and every graph optimisation (constant folding,
+    LayerNorm/GELU/attention fusions, Q/DQ fusion into int8 kernels).
     """
     try:
         import onnxruntime as ort
@@ -48,7 +50,7 @@ def make_session(model: bytes | str, threads: int | None = None, providers: list
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-        where = "" if isinstance(model, bytes) else f" '{model}'"
+        where = f" '{source or model}'" if source or not isinstance(model, bytes) else ""
         raise UserError(f"ONNX Runtime cannot load the ONNX model{where}: {str(e).splitlines()[0]}. Check that the "
                         "file is a complete ONNX export of this tool (re-run `segformer export`).") from e
 
