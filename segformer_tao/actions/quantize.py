@@ -106,6 +106,7 @@ def run(cfg) -> dict:
         raise UserError(f"quantize.mode=weight_only_ptq is not offered by quantize.backend={q.backend}, which "
                         "quantizes weights and activations for TensorRT; use quantize.mode=static_ptq (or "
                         "quantize.backend=torchao for weight-only PyTorch INT8).")
+    quant_backends.require_backend(str(q.backend))
     check_writable(f"{out_dir}/quantize_report.json", "quantize.results_dir")
     fp32_bytes, meta, model, stem, fp32_path = _float_model(cfg, out_dir)
     size = int(meta.get("img_size") or seg.img_size)

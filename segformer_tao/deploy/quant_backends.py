@@ -6,6 +6,7 @@ onnxruntime, lives in :mod:`segformer_tao.deploy.quantization` and needs nothing
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from collections.abc import Sequence
@@ -82,3 +83,20 @@ def torchao_int8(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     config = Int8WeightOnlyConfig() if mode == "weight_only_ptq" else Int8DynamicActivationInt8WeightConfig()
     quantize_(model, config)
     return model.eval()
+
+
+# Module each optional backend imports; checked before export and calibration so a missing package fails fast.
+_BACKEND_MODULES = {"modelopt.onnx": "modelopt.onnx", "modelopt.pytorch": "modelopt.torch", "torchao": "torchao"}
+
+
+def require_backend(backend: str) -> None:
+    """Raise NotAvailableError now when quantize.backend needs a package that is not installed."""
+    module = _BACKEND_MODULES.get(backend)
+    if module is None:
+        return
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (modelopt) is missing
+        found = False
+    if not found:
+        raise _missing(backend, ModuleNotFoundError(f"No module named '{module}'", name=module))
