@@ -1,23 +1,127 @@
-"""Build the files the bad-input corpus points at (once per test session)."""
+"""Build the files the bad-input corpus points at (once per test session).
+
+A tiny valid demo dataset (3 classes, 32 px, 2 images per split), broken copies of it, ONE checkpoint trained
+through the CLI (mit_b0, 1 epoch), an encrypted copy of it, its ONNX (via `segformer export`), crafted broken
+model files, a moto S3 server, the extra environments some cases need (``env_<case_id>``) and the file-size
+limit of the disk-full case (``fsize_<case_id>``).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from tests.bad_inputs.runner import preload
+from tests.conftest import run_cli
+
+TINY_TRAIN = ["model=mit_b0", "dataset.segment.num_classes=3", "dataset.segment.img_size=32", "train.num_epochs=1",
+              "dataset.segment.batch_size=2", "dataset.segment.workers=0", "dataset.segment.label_transform=None",
+              "automl_policy=off"]
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
 
 
-def _write(path: str, text: str) -> str:
+def _write(path: str, text: str | bytes) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
     return path
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _broken_copies(data: str, tmp: str) -> dict[str, str]:
+    """Copies of the demo dataset, each with one kind of damage."""
+    def copy(name: str) -> str:
+        return shutil.copytree(data, os.path.join(tmp, name))
+
+    out = {"empty_root": os.path.join(tmp, "empty_root"), "calib": os.path.join(tmp, "calib")}
+    os.makedirs(out["calib"])
+    for i in range(8):  # one calibration batch
+        shutil.copy(os.path.join(data, "images", "train", f"{i % 2:04d}.png"), os.path.join(out["calib"], f"{i}.png"))
+    os.makedirs(out["empty_root"])
+    out["no_val"] = copy("no_val")
+    shutil.rmtree(os.path.join(out["no_val"], "images", "val"))
+    out["unpaired"] = copy("unpaired")
+    shutil.copy(os.path.join(data, "images", "val", "0000.png"), os.path.join(out["unpaired"], "images", "val",
+                                                                            "0099.png"))
+    out["corrupt"] = copy("corrupt")
+    _write(os.path.join(out["corrupt"], "images", "val", "0001.png"), b"\x89PNG\r\n\x1a\nnot really a png")
+    out["size_mismatch"] = copy("size_mismatch")
+    mask_path = os.path.join(out["size_mismatch"], "masks", "val", "0000.png")
+    Image.open(mask_path).resize((16, 16), Image.NEAREST).save(mask_path)
+    out["bad_values"] = copy("bad_values")
+    mask_path = os.path.join(out["bad_values"], "masks", "val", "0000.png")
+    arr = np.array(Image.open(mask_path))
+    arr[:4, :4] = 7
+    Image.fromarray(arr).save(mask_path)
+    return out
+
+
+def _rgb_dataset(tmp: str) -> str:
+    """A demo dataset with colour masks, one of which holds a colour that is not in its palette."""
+    from segformer_tao.data.synthetic import make_demo_dataset
+
+    root = str(make_demo_dataset(os.path.join(tmp, "rgb"), size=32, train=2, val=2, test=2, mask_format="rgb"))
+    mask_path = os.path.join(root, "masks", "val", "0000.png")
+    arr = np.array(Image.open(mask_path).convert("RGB"))
+    arr[:3, :3] = (123, 45, 67)
+    Image.fromarray(arr).save(mask_path)
+    return os.path.join(root, "spec.yaml")
+
+
+def _model_files(tmp: str, data: str) -> dict[str, str]:
+    """Train one tiny checkpoint through the CLI, export it, and derive the broken/encrypted variants."""
+    from segformer_tao.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    train = run_cli("train", f"dataset.segment.root_dir={data}", *TINY_TRAIN, f"results_dir={tmp}/train_job")
+    assert train.returncode == 0, train.output
+    ckpt = os.path.join(tmp, "train_job", "train", "segformer_model_best.pth")
+    onnx_out = os.path.join(tmp, "export_job")
+    export = run_cli("export", f"dataset.segment.root_dir={data}", f"export.checkpoint={ckpt}",
+                     f"results_dir={onnx_out}")
+    assert export.returncode == 0, export.output
+    onnx_file = next(os.path.join(r, f) for r, _, fs in os.walk(onnx_out) for f in fs if f.endswith(".onnx"))
+    enc_ckpt = os.path.join(tmp, "encrypted.pth")
+    save_checkpoint(enc_ckpt, load_checkpoint(ckpt), encryption_key="k1")
+    with open(ckpt, "rb") as f:
+        blob = f.read()
+    return {"ckpt": ckpt, "onnx": onnx_file, "enc_ckpt": enc_ckpt,
+            "truncated_ckpt": _write(os.path.join(tmp, "truncated.pth"), blob[: len(blob) // 2]),
+            "not_onnx": _write(os.path.join(tmp, "not_a_model.onnx"), b"this is not a protobuf at all"),
+            "fake_engine": _write(os.path.join(tmp, "model.engine"), b"\x00" * 64)}
+
+
 @pytest.fixture(scope="session")
-def bad_paths(tmp_path_factory) -> dict[str, str]:
+def moto_server():
+    """A real S3-compatible server (moto) on 127.0.0.1 for the session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def bad_paths(tmp_path_factory, moto_server) -> dict:
+    from segformer_tao.data.synthetic import make_demo_dataset
+
     tmp = str(tmp_path_factory.mktemp("bad_inputs"))
-    paths = {"tmp": tmp, "data": os.path.join(tmp, "no_dataset_needed"), "onnx": os.path.join(tmp, "m.onnx")}
+    preload()
+    data = str(make_demo_dataset(os.path.join(tmp, "data"), size=32, train=2, val=2, test=2))
+    paths: dict = {"tmp": tmp, "data": data, **_broken_copies(data, tmp), **_model_files(tmp, data)}
+    paths["rgb_spec"] = _rgb_dataset(tmp)
     paths["bad_yaml"] = _write(os.path.join(tmp, "bad.yaml"), "train: [unclosed\n")
     paths["scalar_yaml"] = _write(os.path.join(tmp, "scalar.yaml"), "just a string\n")
     paths["unknown_key_yaml"] = _write(os.path.join(tmp, "unknown.yaml"), "train:\n  num_epochz: 3\n")
@@ -25,4 +129,8 @@ def bad_paths(tmp_path_factory) -> dict[str, str]:
     paths["a_file"] = _write(os.path.join(tmp, "a_file"), "x")
     paths["empty_dir"] = os.path.join(tmp, "empty_job")
     os.makedirs(paths["empty_dir"], exist_ok=True)
+    paths["closed_port"] = str(_free_port())
+    paths["env_s3_unreachable"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{paths['closed_port']}"}
+    paths["env_s3_missing_bucket"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_server}
+    paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
     return paths

@@ -7,61 +7,145 @@ the broken datasets/files built in tests/bad_inputs/fixtures.py; needles must al
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from tests.bad_inputs.runner import run_cli_forked
 from tests.conftest import assert_user_error, run_cli
 
-D = "dataset.segment.root_dir={data}"
+LABELS = ["dataset.segment.label_transform=None", "dataset.segment.num_classes=3"]  # the demo masks: 3 class ids
+D = ["dataset.segment.root_dir={data}", *LABELS]
 OFF = "automl_policy=off"
-TINY = ["model=mit_b0", "dataset.segment.num_classes=3", "dataset.segment.img_size=64", "train.num_epochs=1",
+TINY = ["model=mit_b0", "dataset.segment.img_size=32", "train.num_epochs=1",
         "dataset.segment.batch_size=2", "dataset.segment.workers=0", OFF]
+CK = ["evaluate.checkpoint={ckpt}"]
+CAL = "dataset.segment.quant_calibration_dataset.images_dir={calib}"
 CASES: list[tuple[str, list[str], list[str]]] = [
     # ---- CLI and config
     ("unknown_action", ["fly"], ["Unknown action 'fly'", "segformer --help"]),
-    ("unknown_key_suggests", ["train", D, "train.num_epoch=2"], ["train.num_epoch", "Did you mean 'train.num_epochs'"]),
-    ("unknown_nested_key", ["train", D, "dataset.segment.augmentation.random_flipp.enable=false"],
+    ("unknown_key_suggests", ["train", *D, "train.num_epoch=2"],
+     ["train.num_epoch", "Did you mean 'train.num_epochs'"]),
+    ("unknown_nested_key", ["train", *D, "dataset.segment.augmentation.random_flipp.enable=false"],
      ["random_flipp", "Did you mean"]),
-    ("wrong_type_int", ["train", D, "train.num_epochs=ten"], ["train.num_epochs", "ten"]),
-    ("wrong_type_bool", ["train", D, "train.sync_batchnorm=maybe"], ["train.sync_batchnorm", "maybe"]),
-    ("out_of_range_float", ["train", D, "train.optim.momentum=1.5"], ["train.optim.momentum", "between 0.0 and 1.0"]),
-    ("out_of_range_classes", ["train", D, "dataset.segment.num_classes=1"], ["dataset.segment.num_classes", ">= 2"]),
-    ("invalid_option", ["train", D, "train.optim.optim=adagrad"], ["train.optim.optim", "adamw, adam, sgd"]),
-    ("invalid_backbone_suggests", ["train", D, "model.backbone.type=mit_b7"], ["model.backbone.type", "Did you mean"]),
-    ("invalid_precision", ["train", D, "train.precision=fp8"], ["train.precision", "bf16-mixed"]),
-    ("invalid_override_syntax", ["train", D, "train.gpu_ids=[0,"], ["Invalid override syntax", "key=value"]),
-    ("unknown_group", ["train", D, "model=mit_b9"], ["Cannot switch config group", "model"]),
-    ("delete_unknown_key", ["train", D, "~train.nope"], ["train.nope"]),
+    ("wrong_type_int", ["train", *D, "train.num_epochs=ten"], ["train.num_epochs", "ten"]),
+    ("wrong_type_bool", ["train", *D, "train.sync_batchnorm=maybe"], ["train.sync_batchnorm", "maybe"]),
+    ("out_of_range_float", ["train", *D, "train.optim.momentum=1.5"], ["train.optim.momentum", "between 0.0 and 1.0"]),
+    ("out_of_range_classes", ["train", *D, "dataset.segment.num_classes=1"], ["dataset.segment.num_classes", ">= 2"]),
+    ("invalid_option", ["train", *D, "train.optim.optim=adagrad"], ["train.optim.optim", "adamw, adam, sgd"]),
+    ("invalid_backbone_suggests", ["train", *D, "model.backbone.type=mit_b7"], ["model.backbone.type", "Did you mean"]),
+    ("invalid_precision", ["train", *D, "train.precision=fp8"], ["train.precision", "bf16-mixed"]),
+    ("invalid_override_syntax", ["train", *D, "train.gpu_ids=[0,"], ["Invalid override syntax", "key=value"]),
+    ("unknown_group", ["train", *D, "model=mit_b9"], ["Cannot switch config group", "model"]),
+    ("delete_unknown_key", ["train", *D, "~train.nope"], ["train.nope"]),
     ("spec_missing", ["train", "-e", "{tmp}/nope.yaml"], ["nope.yaml", "does not exist"]),
     ("spec_not_yaml", ["train", "-e", "{bad_yaml}"], ["not valid YAML"]),
     ("spec_not_mapping", ["train", "-e", "{scalar_yaml}"], ["mapping"]),
-    ("spec_unknown_key", ["train", "-e", "{unknown_key_yaml}", D], ["train.num_epochs"]),
-    ("spec_results_dir_unset", ["train", "-e", "{results_missing_yaml}", D], ["results_dir", "???"]),
-    ("interpolation_broken", ["train", D, "train.results_dir=${nothing.here}"], ["interpolation", "nothing.here"]),
+    ("spec_unknown_key", ["train", "-e", "{unknown_key_yaml}", *D], ["train.num_epochs"]),
+    ("spec_results_dir_unset", ["train", "-e", "{results_missing_yaml}", *D], ["results_dir", "???"]),
+    ("interpolation_broken", ["train", *D, "train.results_dir=${nothing.here}"], ["interpolation", "nothing.here"]),
     # ---- required data sources per action
     ("train_no_root_dir", ["train"], ["dataset.segment.root_dir", "segformer train"]),
-    ("evaluate_no_model", ["evaluate", D], ["evaluate.checkpoint", "evaluate.onnx_file", "parent_job"]),
-    ("inference_no_model", ["inference", D], ["inference.checkpoint", "parent_job"]),
-    ("export_no_checkpoint", ["export", D], ["export.checkpoint"]),
-    ("quantize_no_calibration", ["quantize", D, "quantize.model_path={onnx}"],
+    ("evaluate_no_model", ["evaluate", *D], ["evaluate.checkpoint", "evaluate.onnx_file", "parent_job"]),
+    ("inference_no_model", ["inference", *D], ["inference.checkpoint", "parent_job"]),
+    ("export_no_checkpoint", ["export", *D], ["export.checkpoint"]),
+    ("quantize_no_calibration", ["quantize", *D, "quantize.model_path={onnx}"],
      ["dataset.segment.quant_calibration_dataset.images_dir"]),
-    ("quantize_no_model", ["quantize", D, "dataset.segment.quant_calibration_dataset.images_dir={data}/images/train"],
+    ("quantize_no_model", ["quantize", *D, "dataset.segment.quant_calibration_dataset.images_dir={data}/images/train"],
      ["quantize.model_path"]),
     ("gen_trt_engine_no_onnx", ["gen_trt_engine"], ["gen_trt_engine.onnx_file"]),
-    ("parent_job_not_a_dir", ["evaluate", D, "parent_job={tmp}/nope"], ["parent_job", "not a directory"]),
-    ("parent_job_without_artifacts", ["export", D, "parent_job={empty_dir}"], ["parent_job", "holds no artifact"]),
-    ("results_dir_unwritable", ["train", D, "results_dir={a_file}/out"], ["a_file", "results_dir"]),
-    ("gpu_ids_conflict", ["train", D, "train.num_gpus=1", "train.gpu_ids=[0,1,2]"],
+    ("parent_job_not_a_dir", ["evaluate", *D, "parent_job={tmp}/nope"], ["parent_job", "not a directory"]),
+    ("parent_job_without_artifacts", ["export", *D, "parent_job={empty_dir}"], ["parent_job", "holds no artifact"]),
+    ("results_dir_unwritable", ["train", *D, "results_dir={a_file}/out"], ["a_file", "results_dir"]),
+    ("gpu_ids_conflict", ["train", *D, "train.num_gpus=1", "train.gpu_ids=[0,1,2]"],
      ["train.gpu_ids", "train.num_gpus"]),
 ]
+# Cases that load models, data or ONNX: run in a forked child of the test process (tests/bad_inputs/runner.py).
+HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
+    # ---- datasets (the dispatcher's dataset check and the readers)
+    ("root_dir_missing", ["train", "dataset.segment.root_dir={tmp}/nowhere", *LABELS, *TINY],
+     ["dataset.segment.root_dir", "nowhere", "does not exist"]),
+    ("root_dir_empty", ["evaluate", "dataset.segment.root_dir={empty_root}", *LABELS, *CK], ["empty_root", "is empty"]),
+    ("split_folder_missing", ["train", "dataset.segment.root_dir={no_val}", *LABELS, *TINY], ["Split folder", "val"]),
+    ("unpaired_files", ["evaluate", "dataset.segment.root_dir={unpaired}", *LABELS, *CK], ["Unpaired", "0099"]),
+    ("corrupt_image", ["evaluate", "dataset.segment.root_dir={corrupt}", *LABELS, *CK], ["0001.png", "corrupt"]),
+    ("mask_size_mismatch", ["evaluate", "dataset.segment.root_dir={size_mismatch}", *LABELS, *CK], ["0000.png", "16x16"]),
+    ("mask_values_out_of_range", ["evaluate", "dataset.segment.root_dir={bad_values}", *LABELS, *CK],
+     ["0000.png", "[7]", "dataset.segment.num_classes=3"]),
+    ("rgb_mask_wrong_colour", ["evaluate", "-e", "{rgb_spec}", *CK, "results_dir={tmp}/results_rgb"],
+     ["dataset.segment.palette", "(123, 45, 67)"]),
+    ("s3_unreachable", ["train", "dataset.segment.root_dir=s3://bucket/data", *LABELS, *TINY],
+     ["Cannot reach the S3 endpoint", "127.0.0.1:{closed_port}"]),
+    ("s3_missing_bucket", ["train", "dataset.segment.root_dir=s3://no-such-bucket/data", *LABELS, *TINY],
+     ["no-such-bucket", "does not exist"]),
+    # ---- checkpoints and weights
+    ("pretrained_other_backbone", ["train", *D, *TINY, "model=mit_b1", "train.pretrained_model_path={ckpt}"],
+     ["segformer_model_best.pth", "mit_b1", "mit_b0"]),
+    ("evaluate_other_class_count", ["evaluate", *D, *CK, "dataset.segment.num_classes=4"],
+     ["3 classes", "dataset.segment.num_classes=4"]),
+    ("truncated_checkpoint", ["evaluate", *D, "evaluate.checkpoint={truncated_ckpt}"],
+     ["truncated.pth", "Cannot read"]),
+    ("truncated_pretrained", ["train", *D, *TINY, "train.pretrained_model_path={truncated_ckpt}"], ["truncated.pth"]),
+    ("checkpoint_is_onnx", ["export", *D, "export.checkpoint={onnx}"], ["Cannot read checkpoint", ".onnx"]),
+    ("checkpoint_missing", ["evaluate", *D, "evaluate.checkpoint={tmp}/nope.pth"], ["nope.pth", "not found"]),
+    ("pretrained_backbone_missing", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={tmp}/nope.pth"],
+     ["nope.pth", "does not exist"]),
+    ("pretrained_model_missing", ["train", *D, *TINY, "train.pretrained_model_path={tmp}/nope.pth"],
+     ["nope.pth", "does not exist"]),
+    ("resume_checkpoint_missing", ["train", *D, *TINY, "train.resume_training_checkpoint_path={tmp}/nope.pth"],
+     ["train.resume_training_checkpoint_path", "nope.pth"]),
+    ("wrong_encryption_key", ["evaluate", *D, "evaluate.checkpoint={enc_ckpt}", "encryption_key=k2"],
+     ["encrypted.pth", "encryption_key is wrong"]),
+    ("missing_encryption_key", ["evaluate", *D, "evaluate.checkpoint={enc_ckpt}"],
+     ["encrypted.pth", "no encryption_key was given"]),
+    ("export_missing_encryption_key", ["export", *D, "export.checkpoint={enc_ckpt}"],
+     ["encrypted.pth", "encryption_key"]),
+    ("disk_full_checkpoint", ["train", *D, *TINY], ["File too large", "results_dir", "half-written"]),
+    # ---- ONNX, quantization, TensorRT
+    ("onnx_other_class_count", ["evaluate", *D, "evaluate.onnx_file={onnx}", "dataset.segment.num_classes=4"],
+     ["3 classes", "dataset.segment.num_classes=4"]),
+    ("onnx_not_onnx", ["evaluate", *D, "evaluate.onnx_file={not_onnx}"], ["not_a_model.onnx"]),
+    ("quantize_not_onnx", ["quantize", *D, "quantize.model_path={not_onnx}", CAL], ["not_a_model.onnx"]),
+    ("quantize_calibration_empty", ["quantize", *D, "quantize.model_path={onnx}",
+                                    "dataset.segment.quant_calibration_dataset.images_dir={empty_dir}"],
+     ["images_dir", "empty_job", "No calibration images"]),
+    ("export_opset_too_low", ["export", *D, "export.checkpoint={ckpt}", "export.opset_version=9"],
+     ["export.opset_version", "17"]),
+    ("gen_trt_engine_no_tensorrt", ["gen_trt_engine", "gen_trt_engine.onnx_file={onnx}",
+                                    "results_dir={tmp}/results_trt"], ["TensorRT"]),
+    ("evaluate_trt_no_tensorrt", ["evaluate", *D, "evaluate.trt_engine={fake_engine}"], ["TensorRT"]),
+    ("quantize_torchao_missing", ["quantize", *D, "quantize.model_path={ckpt}", CAL, "quantize.backend=torchao"],
+     ["quantize.backend=torchao", "torchao"]),
+    ("quantize_modelopt_missing", ["quantize", *D, "quantize.model_path={onnx}", CAL, "quantize.backend=modelopt.onnx"],
+     ["quantize.backend=modelopt.onnx", "nvidia-modelopt"]),
+]
+CASES = CASES + HEAVY_CASES
+HEAVY = {c[0] for c in HEAVY_CASES}
 
 
 def _format(argv: list[str], paths: dict[str, str]) -> list[str]:
     out = []
     for a in argv:
         for k, v in paths.items():
-            a = a.replace("{" + k + "}", v)
+            if isinstance(v, str):
+                a = a.replace("{" + k + "}", v)
         out.append(a)
     return out
+
+
+def _nothing_half_written(results_dir: str) -> None:
+    """After a failed write: no temp file left behind and every checkpoint under its final name loads."""
+    from segformer_tao.engine.checkpoint import load_checkpoint
+
+    for root, _, files in os.walk(results_dir):
+        for name in files:
+            assert not name.endswith(".tmp"), os.path.join(root, name)
+            if name.endswith(".pth"):
+                load_checkpoint(os.path.join(root, name))
+
+
+# Extra checks on what a failed case left in its results dir.
+AFTER = {"disk_full_checkpoint": _nothing_half_written}
 
 
 @pytest.mark.parametrize("case_id, argv, needles", CASES, ids=[c[0] for c in CASES])
@@ -70,4 +154,11 @@ def test_bad_input(case_id, argv, needles, bad_paths):
     if args and args[0] in ("train", "evaluate", "inference", "export", "quantize") and not any(
             a.startswith("results_dir=") for a in args) and "-e" not in args:
         args.append(f"results_dir={bad_paths['tmp']}/results_{case_id}")
-    assert_user_error(run_cli(*args, env=bad_paths.get("env_" + case_id)), *needles)
+    env = bad_paths.get("env_" + case_id)
+    if case_id in HEAVY:
+        result = run_cli_forked(*args, env=env, fsize=bad_paths.get("fsize_" + case_id))
+    else:
+        result = run_cli(*args, env=env)
+    assert_user_error(result, *_format(needles, bad_paths))
+    if case_id in AFTER:
+        AFTER[case_id](f"{bad_paths['tmp']}/results_{case_id}")
