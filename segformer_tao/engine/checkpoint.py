@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io as _io
 import os
+import re
 from typing import Any
 
 import torch
@@ -77,6 +78,22 @@ def strip_secrets(obj: Any) -> Any:
     return obj
 
 
+def refused_pickle(path: str, e: BaseException) -> UserError | None:
+    """The UserError for a file that ``torch.load(weights_only=True)`` refused because its pickle names code
+    (e.g. ``posix.system``) rather than tensors and plain containers; None for any other failure."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return None
+    found = re.search(r"GLOBAL (\S+)", text)
+    what = f" (it references {found.group(1)})" if found else ""
+    return UserError(
+        f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers{what}, and "
+        "unpickling them could run code. segformer_tao only loads weights with torch.load(weights_only=True). "
+        "Use a checkpoint written by `segformer train` or a .safetensors file; if you trust the file's source, "
+        "re-save just its state_dict with the tool that wrote it."
+    )
+
+
 def save_checkpoint(path: str, payload: dict, encryption_key: str | None = None) -> None:
     """Serialize ``payload`` with ``torch.save`` and write it atomically (local or s3://).
 
@@ -110,6 +127,9 @@ def load_checkpoint(path: str, encryption_key: str | None = None, map_location: 
     try:
         return torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as e:  # any unpickling failure means "not a checkpoint we can read"
+        refused = refused_pickle(path, e)
+        if refused is not None:
+            raise refused from e
         hint = (
             " It may be encrypted with a scheme this tool does not read (e.g. a TAO .tlt/.pth): decrypt it "
             "with the tool that wrote it, or import weights with train.pretrained_model_path."
