@@ -65,7 +65,7 @@ class SegformerCheckpoint(pl.Callback):
 
     def _save(self, trainer: pl.Trainer, name: str) -> str:
         path = os.path.join(self.dirpath, name) if not io.is_remote(self.dirpath) else f"{self.dirpath}/{name}"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state (optimizer, loops, RNG): exact resume
         return path
 
     def _save_periodic(self, trainer: pl.Trainer, epochs_done: int) -> None:

@@ -21,8 +21,6 @@ from segformer_tao.engine.module import SegFormerModule
 from segformer_tao.errors import UserError
 
 log = logging.getLogger("segformer_tao")
-# Lightning logs "`weights_only` was not set" at every save; our CheckpointIO always loads weights_only.
-logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
 # Lightning 2.6 builds torch's deprecated LeafSpec on every fit: a FutureWarning users cannot act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
@@ -116,7 +114,7 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
         print(f"Resuming training from {resume}")
     start = time.monotonic()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # no pickled code
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
         raise UserError(oom_message(cfg, "training")) from e
     finally:
