@@ -81,13 +81,12 @@ def strip_secrets(obj: Any) -> Any:
 def refused_pickle(path: str, e: BaseException) -> UserError | None:
     """The UserError for a file that ``torch.load(weights_only=True)`` refused because its pickle names code
     (e.g. ``posix.system``) rather than tensors and plain containers; None for any other failure."""
-    text = str(e)
-    if "Weights only load failed" not in text:
+    found = re.search(r"GLOBAL (\S+)", str(e)) if "Weights only load failed" in str(e) else None
+    if found is None:  # garbage bytes fail weights_only loading too, without naming any code
         return None
-    found = re.search(r"GLOBAL (\S+)", text)
-    what = f" (it references {found.group(1)})" if found else ""
     return UserError(
-        f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers{what}, and "
+        f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers (it "
+        f"references {found.group(1)}), and "
         "unpickling them could run code. segformer_tao only loads weights with torch.load(weights_only=True). "
         "Use a checkpoint written by `segformer train` or a .safetensors file; if you trust the file's source, "
         "re-save just its state_dict with the tool that wrote it."
