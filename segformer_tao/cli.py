@@ -107,6 +107,21 @@ def check_conflicts(action: str, cfg) -> None:
                             f"agree, e.g. {action}.num_gpus={len(ids)}, or drop {action}.gpu_ids.")
 
 
+# Splits checked before an action starts (dataset.segment.check=full|sample|off).
+CHECKED_SPLITS = {"train": ("train", "val"), "evaluate": ("test",)}
+
+
+def check_data(action: str, cfg, out_dir: str) -> None:
+    """Catch bad data (unpaired files, corrupt images, mask values >= num_classes) before any training."""
+    from segformer_tao import jobs
+
+    if action not in CHECKED_SPLITS or cfg.dataset.segment.check == "off" or not jobs.is_primary():
+        return
+    from segformer_tao.data.check import check_dataset
+
+    check_dataset(cfg, CHECKED_SPLITS[action], report_path=f"{out_dir}/dataset_report.json")
+
+
 def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     """Compose, validate, prepare the results dir, run the action, record job.json. Returns the action's result."""
     from segformer_tao import jobs
@@ -118,15 +133,22 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     check_conflicts(action, cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)
     jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
+    module_name = f"segformer_tao.actions.{action}"
+    if action == "train":
+        from segformer_tao.automl.policy import choose_path
+
+        if choose_path(cfg) == "automl":
+            module_name = "segformer_tao.automl.search"
     try:
-        module = importlib.import_module(f"segformer_tao.actions.{action}")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name == f"segformer_tao.actions.{action}":
+        if e.name == module_name:
             raise UserError(f"`segformer {action}` is not available in this version yet. See README.md for the "
                             "actions that are.") from e
         raise
     job = jobs.Job.start(action, cfg, out_dir)
     try:
+        check_data(action, cfg, out_dir)
         result = module.run(cfg) or {}
     except BaseException as e:
         job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
@@ -174,10 +196,21 @@ def dispatch(command: str | None, overrides: list[str], flags: dict) -> int:
                     f"(tools: {', '.join(TOOL_HELP)}). Run `segformer --help`.")
 
 
+def _quiet_third_party() -> None:
+    """Drop third-party chatter that says nothing about this run (advertising tips, internal deprecations)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "Tip:" not in record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("SEGFORMER_DEBUG") == "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    _quiet_third_party()
     start = time.time()
     try:
         command, overrides, flags = parse_args(argv)

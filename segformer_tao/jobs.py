@@ -43,6 +43,11 @@ PARENT_PREFERENCE = {"train": "checkpoint", "automl": "checkpoint", "export": "o
                      "gen_trt_engine": "engine"}
 
 
+def is_primary() -> bool:
+    """False in the extra processes of a multi-process (DDP) run: only global rank 0 writes job files."""
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def action_results_dir(action: str, cfg: DictConfig) -> str:
     """``<action>.results_dir`` if set, else ``<results_dir or ./results>/<action>``."""
     own = OmegaConf.select(cfg, f"{action}.results_dir")
@@ -61,7 +66,8 @@ def prepare_results_dir(action: str, cfg: DictConfig) -> str:
         raise UserError(f"Results dir '{out}' is not writable. Set results_dir (or {action}.results_dir) to a "
                         "writable directory.")
     OmegaConf.update(cfg, f"{action}.results_dir", out)
-    sio.write_text(os.path.join(out, "experiment.yaml"), to_yaml_without_secrets(cfg))
+    if is_primary():
+        sio.write_text(os.path.join(out, "experiment.yaml"), to_yaml_without_secrets(cfg))
     return out
 
 
@@ -130,7 +136,8 @@ class Job:
         return job
 
     def write(self) -> None:
-        sio.write_json(self.path, self.record)
+        if is_primary():
+            sio.write_json(self.path, self.record)
 
     def finish(self, status: str, *, metrics: dict | None = None, artifacts: dict | None = None,
                error: str | None = None) -> None:
@@ -240,7 +247,8 @@ def _job_rows(root: str) -> list[dict[str, Any]]:
     for path in sorted(glob.glob(os.path.join(root, "**", JOB_FILE), recursive=True)):
         job = read_job(os.path.dirname(path))
         if job:
-            metric = job.get("metrics", {}).get(MONITORED_METRIC, job.get("metrics", {}).get("miou"))
+            metrics = job.get("metrics") or {}
+            metric = metrics.get(MONITORED_METRIC, metrics.get("mIoU"))
             rows.append({"dir": os.path.dirname(path), "action": job.get("action"), "status": job.get("status"),
                          "parent": job.get("parent") or "-", "metric": metric, "start": job.get("start")})
     return rows

@@ -72,8 +72,10 @@ def embedded_meta(meta: dict, settings: onnx_export.ExportSettings, cfg) -> dict
     }
 
 
-def _settings(cfg) -> onnx_export.ExportSettings:
+def _settings(cfg, trained_size: int | None = None) -> onnx_export.ExportSettings:
+    """Export settings from cfg.export; an unset input_height/width is the size the model was trained at."""
     exp = cfg.export
+    size = int(trained_size or cfg.dataset.segment.img_size)
     if exp.format != "onnx":
         raise UserError(f"export.format={exp.format} is not supported: segformer_tao writes plain ONNX "
                         "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly.")
@@ -82,7 +84,8 @@ def _settings(cfg) -> onnx_export.ExportSettings:
     if exp.batch_size == 0 or exp.batch_size < -1:
         raise UserError(f"export.batch_size={exp.batch_size}: use -1 (dynamic batch) or a positive batch size.")
     return onnx_export.ExportSettings(
-        height=int(exp.input_height), width=int(exp.input_width), channels=3, batch_size=int(exp.batch_size),
+        height=int(exp.input_height or size), width=int(exp.input_width or size), channels=3,
+        batch_size=int(exp.batch_size),
         dynamic_hw=bool(exp.dynamic_hw), opset=int(exp.opset_version),
         full_resolution_output=bool(exp.full_resolution_output), verbose=bool(exp.verbose))
 
@@ -103,14 +106,15 @@ def export_checkpoint(model: torch.nn.Module, meta: dict, cfg, settings: onnx_ex
     return model_bytes, diff
 
 
+@torch.no_grad()
 def run(cfg) -> dict:
     """Export cfg.export.checkpoint to ONNX; returns metrics (max_abs_diff) and artifact paths."""
-    torch.set_grad_enabled(False)
     exp = cfg.export
-    settings = _settings(cfg)
+    _settings(cfg)  # reject bad keys before loading anything
     onnx_path = exp.onnx_file or default_onnx_path(exp.results_dir, exp.checkpoint)
     check_writable(onnx_path, "export.onnx_file")
     model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
+    settings = _settings(cfg, meta.get("img_size"))
     if meta.get("num_classes") and int(meta["num_classes"]) != int(cfg.dataset.segment.num_classes):
         log.warning("The checkpoint has %s classes, dataset.segment.num_classes=%s: exporting the checkpoint's "
                     "%s classes.", meta["num_classes"], cfg.dataset.segment.num_classes, meta["num_classes"])

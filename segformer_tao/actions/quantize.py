@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import onnx
 import torch
@@ -41,8 +42,8 @@ def _skip_names(q) -> list[str]:
     return names
 
 
-def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None, str]:
-    """(FP32 ONNX bytes, meta, torch model or None, file stem) from quantize.model_path."""
+def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None, str, str]:
+    """(FP32 ONNX bytes, meta, torch model or None, file stem, FP32 ONNX path) from quantize.model_path."""
     path = cfg.quantize.model_path
     if not path or not io.exists(path):
         raise UserError(f"quantize.model_path='{path}' does not exist. Point it at an ONNX from `segformer export` "
@@ -50,7 +51,7 @@ def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None
     stem = os.path.splitext(os.path.basename(str(path)))[0]
     if str(path).endswith(".onnx"):
         model_bytes = io.read_bytes(path)
-        return model_bytes, read_embedded_meta(make_session(model_bytes, threads=1)), None, stem
+        return model_bytes, read_embedded_meta(make_session(model_bytes, threads=1)), None, stem, str(path)
     model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path")
     size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
     settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)
@@ -61,31 +62,42 @@ def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None
     fp32_path = f"{out_dir}/{stem}_fp32.onnx"
     onnx_export.save(fp32_path, model_bytes)
     log.info("Exported %s to %s (max abs diff vs PyTorch %.2g) for quantization", path, fp32_path, diff)
-    return model_bytes, meta, model, stem
+    return model_bytes, meta, model, stem, fp32_path
 
 
-def _report(cfg, fp32: bytes, int8: bytes, out_dir: str) -> dict:
-    """mIoU and images/s of FP32 vs INT8 (both ONNX Runtime) on the eval split."""
-    from segformer_tao.deploy.report import evaluate_runtime
+class _Timed:
+    """A runtime wrapper that adds up the seconds spent in predict (model time, no data loading)."""
 
-    seg = cfg.dataset.segment
+    def __init__(self, runtime):
+        self.runtime, self.meta, self.name, self.seconds = runtime, runtime.meta, runtime.name, 0.0
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = self.runtime.predict(images)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def _report(cfg, fp32_path: str, int8_path: str) -> dict:
+    """mIoU and images/s of FP32 vs INT8 (both ONNX Runtime, evaluate's code path) on the eval split."""
+    from segformer_tao.actions.evaluate import evaluate_runtime
+
     results = {}
-    for name, data in (("fp32", fp32), ("int8", int8)):
-        path = f"{out_dir}/.report_{name}.onnx"
-        io.write_bytes(path, data)
-        try:
-            results[name] = evaluate_runtime(OrtRuntime(path, num_classes=seg.num_classes, img_size=seg.img_size), cfg)
-        finally:
-            os.unlink(path)
+    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+        timed = _Timed(OrtRuntime(path, cfg))
+        scores = evaluate_runtime(cfg, timed, None, int(cfg.evaluate.batch_size))
+        results[name] = {"mIoU": scores["mIoU"], "overall_accuracy": scores["overall_accuracy"],
+                         "images": scores["images"], "images_per_s": scores["images"] / max(timed.seconds, 1e-9),
+                         "split": str(cfg.dataset.segment.test_split)}
     f, i = results["fp32"], results["int8"]
     results["miou_drop_points"] = 100.0 * ((f["mIoU"] or 0.0) - (i["mIoU"] or 0.0))
     results["speedup"] = (i["images_per_s"] / f["images_per_s"]) if f["images_per_s"] and i["images_per_s"] else None
     return results
 
 
+@torch.no_grad()
 def run(cfg) -> dict:
     """Quantize quantize.model_path to INT8; writes <stem>_int8.onnx (or .pth for torchao) + quantize_report.json."""
-    torch.set_grad_enabled(False)
     q, seg = cfg.quantize, cfg.dataset.segment
     out_dir = str(q.results_dir).rstrip("/")
     kwargs = dict(q.backend_kwargs or {})
@@ -94,7 +106,7 @@ def run(cfg) -> dict:
                         "quantizes weights and activations for TensorRT; use quantize.mode=static_ptq (or "
                         "quantize.backend=torchao for weight-only PyTorch INT8).")
     check_writable(f"{out_dir}/quantize_report.json", "quantize.results_dir")
-    fp32_bytes, meta, model, stem = _float_model(cfg, out_dir)
+    fp32_bytes, meta, model, stem, fp32_path = _float_model(cfg, out_dir)
     size = int(meta.get("img_size") or seg.img_size)
     mean, std = meta.get("mean") or list(seg.augmentation.mean), meta.get("std") or list(seg.augmentation.std)
     batch = int(kwargs.pop("calibration_batch_size", 8))
@@ -133,7 +145,7 @@ def run(cfg) -> dict:
     report = {"backend": q.backend, "algorithm": settings.algorithm, "target": settings.target,
               "calibration_images": sum(int(b.shape[0]) for b in batches),
               "kept_float": nodes_to_exclude(onnx.load_from_string(fp32_bytes), settings),
-              "qdq": qdq_summary(int8_bytes), **_report(cfg, fp32_bytes, int8_bytes, out_dir)}
+              "qdq": qdq_summary(int8_bytes), **_report(cfg, fp32_path, artifacts["onnx_file"])}
     artifacts["report"] = f"{out_dir}/quantize_report.json"
     io.write_json(artifacts["report"], report)
     f32, i8 = report["fp32"], report["int8"]

@@ -260,25 +260,16 @@ class EvaluateConfig:
     num_gpus: int = spec(1, "Number of GPUs.", valid_min=1, popular=True)
     gpu_ids: list[int] = spec([0], "GPU ids.", popular=True, automl_enabled=False)
     num_nodes: int = spec(1, "Number of nodes.", valid_min=1, popular=True)
-    checkpoint: str | None = spec(None, "PyTorch checkpoint (.pth) to evaluate.")
-    trt_engine: str | None = spec(None, "TensorRT engine to evaluate (GPU machines with TensorRT).")
-    onnx_file: str | None = spec(None, "(segformer_tao) ONNX model to evaluate with ONNX Runtime.")
+    checkpoint: str | None = spec(None, "PyTorch checkpoint (.pth) to run.")
+    trt_engine: str | None = spec(None, "TensorRT engine to run (GPU machines with TensorRT).")
+    onnx_file: str | None = spec(None, "(segformer_tao) ONNX model to run with ONNX Runtime.")
     results_dir: str | None = spec(None, RESULTS_DIR_DOC)
     batch_size: int = spec(8, "Batch size.", valid_min=1, valid_max="inf")
     vis_after_n_batches: int = spec(16, "Save visualisations every N batches.", valid_min=1, valid_max="inf")
 
 
 @dataclass
-class InferenceConfig:
-    num_gpus: int = spec(1, "Number of GPUs.", valid_min=1, popular=True)
-    gpu_ids: list[int] = spec([0], "GPU ids.", popular=True, automl_enabled=False)
-    num_nodes: int = spec(1, "Number of nodes.", valid_min=1, popular=True)
-    checkpoint: str | None = spec(None, "PyTorch checkpoint (.pth) to run.")
-    trt_engine: str | None = spec(None, "TensorRT engine to run (GPU machines with TensorRT).")
-    onnx_file: str | None = spec(None, "(segformer_tao) ONNX model to run with ONNX Runtime.")
-    results_dir: str | None = spec(None, RESULTS_DIR_DOC)
-    batch_size: int = spec(8, "Batch size.", valid_min=1, valid_max="inf")
-    vis_after_n_batches: int = spec(16, "Save overlays every N batches.", valid_min=1, valid_max="inf")
+class InferenceConfig(EvaluateConfig):
     sliding_window: bool = spec(False, "(segformer_tao) Sliding-window inference for images larger than img_size.")
     flip_tta: bool = spec(False, "(segformer_tao) Horizontal-flip test-time augmentation.")
 
@@ -292,8 +283,12 @@ class ExportConfig:
     onnx_file: str | None = spec(None, "Output ONNX path (default <results_dir>/<checkpoint name>.onnx).")
     on_cpu: bool = spec(False, "Export on the CPU.")
     input_channel: int = spec(3, "Input channels.", valid_min=1, valid_options=[1, 3])
-    input_width: int = spec(544, "Input width (pixels).", valid_min=32)
-    input_height: int = spec(544, "Input height (pixels).", valid_min=32)
+    # TAO defaults to 544x544 whatever the model was trained at, which silently changes the operating resolution;
+    # unset means the checkpoint's img_size.
+    input_width: int | None = spec(None, "Input width (pixels); default: the checkpoint's img_size (TAO: 544).",
+                                   valid_min=32)
+    input_height: int | None = spec(None, "Input height (pixels); default: the checkpoint's img_size (TAO: 544).",
+                                    valid_min=32)
     opset_version: int = spec(17, "ONNX opset.", valid_min=1)
     batch_size: int = spec(-1, "Batch size of the ONNX input; -1 = dynamic.", valid_min=-1)
     verbose: bool = spec(False, "Verbose export log.")

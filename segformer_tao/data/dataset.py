@@ -66,9 +66,7 @@ def _list_split(root: str, kind: str, split: str, exts: tuple[str, ...]) -> dict
     folder = f"{root}/{kind}/{split}"
     try:
         files = storage.list_files(folder, exts)
-    except UserError as e:
-        if "bucket" in str(e) or "endpoint" in str(e) or "credentials" in str(e).lower():
-            raise
+    except FileNotFoundError as e:
         raise UserError(f"Split folder '{folder}' does not exist (split '{split}' of dataset.segment.root_dir="
                         f"'{root}'). Create it or set the split name key (dataset.segment.train_split / "
                         "validation_split / test_split / predict_split).") from e

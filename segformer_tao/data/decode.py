@@ -34,7 +34,8 @@ def open_image(data: bytes, name: str) -> Image.Image:
         im.load()
         return im
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise UserError(f"Cannot read image '{name}': the file is corrupt or not an image ({e}). Remove or "
+        why = "unknown image format" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise UserError(f"Cannot read image '{name}': the file is corrupt or not an image ({why}). Remove or "
                         "replace it.") from e
 
 

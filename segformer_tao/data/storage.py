@@ -37,13 +37,12 @@ def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             "client_kwargs": client_kwargs,
             "config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
                               "retries": {"max_attempts": 3, "mode": "standard"}},
-            "retries": 3,
         }
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
 
 
-def remote_error(err: BaseException, url: str, fs: fsspec.AbstractFileSystem | None = None) -> UserError:
+def remote_error(err: BaseException, url: str) -> UserError:
     """Translate an fsspec/s3fs/botocore exception about ``url`` into one readable :class:`UserError`."""
     name = type(err).__name__
     text = str(err)
@@ -60,10 +59,6 @@ def remote_error(err: BaseException, url: str, fs: fsspec.AbstractFileSystem | N
     if isinstance(err, PermissionError):
         return UserError(f"Access denied reading '{url}' at {endpoint}: the credentials were rejected or lack "
                          "permission. Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy.")
-    bucket = url.split("://", 1)[1].split("/", 1)[0]
-    if fs is not None and isinstance(err, FileNotFoundError) and not _bucket_exists(fs, bucket):
-        return UserError(f"S3 bucket '{bucket}' does not exist at {endpoint} (reading '{url}'). Check the bucket "
-                         "name in dataset.segment.root_dir and AWS_ENDPOINT_URL.")
     return UserError(f"Cannot read '{url}' ({name}: {text.splitlines()[0][:200] if text else ''}). Check the path.")
 
 
@@ -74,36 +69,49 @@ def _bucket_exists(fs: fsspec.AbstractFileSystem, bucket: str) -> bool:
         return False
 
 
-def is_dir(url: str) -> bool:
-    """True when ``url`` is an existing directory (or a non-empty s3 prefix); remote errors -> UserError."""
+def _missing_bucket_error(fs: fsspec.AbstractFileSystem, url: str) -> UserError | None:
+    """A UserError when ``url``'s bucket does not exist (remote only), else None."""
+    if not io.is_remote(url):
+        return None
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    if _bucket_exists(fs, bucket):
+        return None
+    return UserError(f"S3 bucket '{bucket}' does not exist at {_endpoint() or 'the default AWS endpoint'} "
+                     f"(reading '{url}'). Check the bucket name in the path and AWS_ENDPOINT_URL.")
+
+
+def _ls(url: str) -> list[str] | None:
+    """Names in directory ``url`` (None when it does not exist); remote failures -> UserError."""
     fs, path = open_fs(url)
     try:
-        return bool(fs.isdir(path))
+        return fs.ls(path, detail=False)
+    except FileNotFoundError:
+        err = _missing_bucket_error(fs, url)
+        if err is not None:
+            raise err from None
+        return None
+    except NotADirectoryError:
+        return None
     except Exception as e:
         if io.is_remote(url):
-            raise remote_error(e, url, fs) from e
+            raise remote_error(e, url) from e
         raise
+
+
+def is_dir(url: str) -> bool:
+    """True when ``url`` is a directory holding something (or a non-empty s3 prefix)."""
+    return bool(_ls(url))
 
 
 def list_files(url: str, exts: Sequence[str]) -> dict[str, str]:
     """Map file stem -> full path/URL for the files in directory ``url`` with one of ``exts`` (lower case).
 
-    One listing call per directory. Raises UserError for a missing directory and for two files with the
-    same stem (e.g. ``a.png`` and ``a.jpg``), since pairing by stem would be ambiguous.
+    One listing call per directory. Raises UserError for a missing directory (naming it) and for two files
+    with the same stem (e.g. ``a.png`` and ``a.jpg``), since pairing by stem would be ambiguous.
     """
-    fs, path = open_fs(url)
-    try:
-        entries = fs.ls(path, detail=False)
-    except FileNotFoundError as e:
-        if io.is_remote(url):
-            err = remote_error(e, url, fs)
-            if "bucket" in str(err):
-                raise err from e
-        raise UserError(f"Folder not found: '{url}'.") from e
-    except Exception as e:
-        if io.is_remote(url):
-            raise remote_error(e, url, fs) from e
-        raise
+    entries = _ls(url)
+    if entries is None:
+        raise FileNotFoundError(url)
     prefix = url.split("://", 1)[0] + "://" if io.is_remote(url) else ""
     found: dict[str, str] = {}
     for entry in sorted(entries):
@@ -129,7 +137,7 @@ def read_bytes(url: str) -> bytes:
     try:
         return fs.cat_file(path)
     except Exception as e:
-        raise remote_error(e, url, fs) from e
+        raise remote_error(e, url) from e
 
 
 def read_many(urls: Sequence[str]) -> Iterable[tuple[str, bytes]]:
@@ -145,7 +153,7 @@ def read_many(urls: Sequence[str]) -> Iterable[tuple[str, bytes]]:
         try:
             data = fs.cat(paths, on_error="raise")
         except Exception as e:
-            raise remote_error(e, batch[0], fs) from e
+            raise remote_error(e, batch[0]) from e
         for u, p in zip(batch, paths):
             yield u, data[p]
 

@@ -149,7 +149,7 @@ def make_demo_dataset(outdir: str | Path, *, num_classes: int = 3, size: int = 6
             io.write_bytes(str(root / "images" / split / f"{i:04d}.png"), _png(img, "RGB"))
             io.write_bytes(str(root / "masks" / split / f"{i:04d}.png"), _encode_mask(mask, mask_format))
     segment = {
-        "root_dir": str(root.resolve()), "num_classes": num_classes, "img_size": size,
+        "root_dir": str(root.resolve()), "num_classes": num_classes, "img_size": max(size, 32),
         "label_transform": "norm" if mask_format == "binary255" else "None",
         "palette": demo_palette(num_classes, mask_format),
     }

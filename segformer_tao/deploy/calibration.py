@@ -28,20 +28,33 @@ def rebatch(batches: Iterable[torch.Tensor], batch_size: int, max_batches: int) 
             pending, count = [stacked[batch_size:]], count - batch_size
 
 
+def _folder_images(images_dir: str, img_size: int, mean: Sequence[float], std: Sequence[float],
+                   limit: int) -> Iterator[torch.Tensor]:
+    """(1, 3, S, S) tensors for up to ``limit`` images of a folder (local or s3://), sorted by name, through
+    the shared ``preprocess_image`` so calibration sees exactly what every runtime sees."""
+    from segformer_tao.data import preprocess_image
+    from segformer_tao.data.decode import decode_image
+    from segformer_tao.data.storage import IMAGE_EXTS, list_files, read_bytes
+
+    files = list_files(images_dir, IMAGE_EXTS)
+    for stem in sorted(files)[:limit]:
+        rgb = decode_image(read_bytes(files[stem]), files[stem])
+        yield preprocess_image(rgb, img_size, mean, std)[None]
+
+
 def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean: Sequence[float],
                         std: Sequence[float], batch_size: int, max_batches: int, key: str) -> list[torch.Tensor]:
     """Preprocessed (normalized, img_size x img_size) calibration images as a list of NCHW float32 batches.
 
-    Uses the data module's CalibrationImages (the same preprocessing as every runtime). ``key`` names the
-    config key in error messages.
+    Reads at most batch_size * max_batches images from the folders, in name order. ``key`` names the config
+    key in error messages.
     """
-    from segformer_tao.data.calibration import CalibrationImages
-
     dirs = [image_dirs] if isinstance(image_dirs, str) else list(image_dirs or [])
     if not dirs:
         raise UserError(f"{key} is not set: point it at a folder of representative images (a few hundred "
                         "training images are enough) for INT8 calibration.")
-    streams = (batch for d in dirs for batch in CalibrationImages(d, img_size, list(mean), list(std)))
+    limit = batch_size * max_batches
+    streams = (img for d in dirs for img in _folder_images(str(d), img_size, mean, std, limit))
     batches = list(rebatch(streams, batch_size, max_batches))
     if not batches:
         raise UserError(f"No calibration images found in {key}={dirs} (or fewer than one batch of {batch_size}). "

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from segformer_tao import io
+from segformer_tao.deploy.runtime import Runtime
 from segformer_tao.errors import NotAvailableError, UserError
 
 INPUT_NAME = "input"
@@ -89,24 +90,37 @@ def validate_io(session, *, num_classes: int, img_size: int | None, source: str)
     return {"batch": static[0], "height": static[2], "width": static[3], "num_classes": num_classes}
 
 
-class OrtRuntime:
+def runtime_meta(cfg, embedded: dict[str, Any]) -> dict[str, Any]:
+    """Runtime meta: the experiment config's description, overridden by what the model file carries."""
+    from segformer_tao.deploy.runtime import meta_from_config
+
+    return {**meta_from_config(cfg), **{k: v for k, v in embedded.items() if v is not None}}
+
+
+class OrtRuntime(Runtime):
     """Runs an exported SegFormer ONNX with ONNX Runtime on the CPU.
 
     ``predict(images)`` takes normalized float32 NCHW images and returns logits (N, C, h, w) on the CPU,
     like the torch runtime. A static-batch ONNX is fed in chunks of its batch size (last chunk padded).
+    With ``cfg`` (what ``open_runtime`` passes) the class count and img_size are checked against
+    dataset.segment; without it pass ``num_classes`` (and optionally ``img_size``) explicitly.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_file: str, *, num_classes: int, img_size: int | None = None,
-                 meta: dict[str, Any] | None = None, threads: int | None = None):
+    def __init__(self, onnx_file: str, cfg=None, *, num_classes: int | None = None, img_size: int | None = None,
+                 threads: int | None = None):
         self.path = onnx_file
         if not io.exists(onnx_file):
             raise UserError(f"ONNX file '{onnx_file}' does not exist. Check evaluate.onnx_file / "
                             "inference.onnx_file, or run `segformer export` first.")
+        if cfg is not None:
+            num_classes = int(cfg.dataset.segment.num_classes)
+            img_size = int(cfg.dataset.segment.img_size)
         self.session = make_session(onnx_file, threads=threads)
         self.io = validate_io(self.session, num_classes=num_classes, img_size=img_size, source=f"'{onnx_file}'")
-        self.meta = {**read_embedded_meta(self.session), **(meta or {})}
+        embedded = read_embedded_meta(self.session)
+        self.meta = runtime_meta(cfg, embedded) if cfg is not None else {"num_classes": num_classes, **embedded}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) float32 normalized -> logits (N, C, h, w) float32 on the CPU."""

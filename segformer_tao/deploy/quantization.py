@@ -2,8 +2,9 @@
 
 The output is a Q/DQ ONNX: QuantizeLinear/DequantizeLinear pairs on the inputs of Conv/MatMul/Gemm, weights
 per-channel, scales from calibration images. With ``target="tensorrt"`` (default) activations and weights are
-symmetric signed INT8 (zero point 0), the only form TensorRT's explicit quantization accepts; ``target="cpu"``
-uses unsigned activations and 7-bit weights, which ONNX Runtime runs fastest on x86 CPUs without VNNI.
+symmetric signed INT8 (zero point 0) and biases stay float, the form TensorRT's explicit quantization accepts;
+``target="cpu"`` uses unsigned activations, 7-bit weights and INT32 biases, which ONNX Runtime runs fastest
+on x86 CPUs without VNNI.
 
 Kept in float by default, because quantizing them costs the most accuracy for the least speed:
 the final classifier (the last Conv/MatMul before ``output``) and the activation x activation MatMuls of
@@ -126,6 +127,7 @@ def _ort_options(settings: QuantizeSettings) -> dict:
     extra = {
         "ActivationSymmetric": trt,
         "WeightSymmetric": True,
+        "QuantizeBias": not trt,  # TensorRT takes float biases (no INT32 DequantizeLinear); ORT's CPU kernels fuse them
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
         "CalibPercentile": settings.percentile,
         **settings.extra,
@@ -149,7 +151,11 @@ def quantize_onnx(model_bytes: bytes, calibration_batches: Iterable, settings: Q
     model = onnx.load_from_string(model_bytes)
     excluded = nodes_to_exclude(model, settings)
     options = _ort_options(settings)
-    reader = _Reader(calibration_batches)
+    batches = list(calibration_batches)
+    if not batches:
+        raise UserError("No calibration images were read from dataset.segment.quant_calibration_dataset."
+                        "images_dir; put a few hundred representative images there.")
+    reader = _Reader(batches)
     log.info("Quantizing %s to INT8 (Q/DQ, per-channel weights, %s calibration); kept float: %s",
              "/".join(QUANTIZED_OP_TYPES), settings.algorithm, excluded)
     with tempfile.TemporaryDirectory(prefix="segformer_quant_") as tmp:
@@ -157,9 +163,6 @@ def quantize_onnx(model_bytes: bytes, calibration_batches: Iterable, settings: Q
         quantize_static(model, out, calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, nodes_to_exclude=excluded,
                         calibration_providers=["CPUExecutionProvider"], **options)
-        if reader.count == 0:
-            raise UserError("No calibration images were read from dataset.segment.quant_calibration_dataset."
-                            "images_dir; put a few hundred representative images there.")
         quantized = onnx.load(out)
     _copy_metadata(model, quantized)
     return quantized.SerializeToString()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from segformer_tao import io
+from segformer_tao.deploy.runtime import Runtime
 from segformer_tao.errors import NotAvailableError, UserError
 
 log = logging.getLogger(__name__)
@@ -303,14 +304,18 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
-class TrtRuntime:
-    """Runs a serialized SegFormer engine; buffers are torch CUDA tensors, execution on a torch CUDA stream."""
+class TrtRuntime(Runtime):
+    """Runs a serialized SegFormer engine; buffers are torch CUDA tensors, execution on a torch CUDA stream.
+
+    ``cfg`` (what ``open_runtime`` passes) supplies dataset.segment.num_classes and the runtime meta.
+    """
 
     name = "tensorrt"
 
-    def __init__(self, engine_file: str, *, num_classes: int, img_size: int | None = None,
-                 meta: dict[str, Any] | None = None, device: int = 0):
+    def __init__(self, engine_file: str, cfg=None, *, num_classes: int | None = None, device: int = 0):
         trt = require_tensorrt()
+        if cfg is not None:
+            num_classes = int(cfg.dataset.segment.num_classes)
         self.trt = trt
         if not io.exists(engine_file):
             raise UserError(f"TensorRT engine '{engine_file}' does not exist. Check evaluate.trt_engine / "
@@ -331,7 +336,13 @@ class TrtRuntime:
         self.max_batch = tensors["input"]["profile"][2][0]
         self.input_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype("input"))
         self.output_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype("output"))
-        self.meta = {"engine": engine_file, "io": list(tensors.values()), **(meta or {})}
+        self.meta = {"engine": engine_file, "io": list(tensors.values()), "num_classes": num_classes}
+        info = f"{engine_file}.json"
+        embedded = json.loads(io.read_text(info)).get("model_meta", {}) if io.exists(info) else {}
+        if cfg is not None:
+            from segformer_tao.deploy.onnxruntime import runtime_meta
+
+            self.meta.update(runtime_meta(cfg, embedded))
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) float32 normalized -> logits (N, C, h, w) float32 on the CPU."""

@@ -53,8 +53,12 @@ def _loggers(cfg: DictConfig, results_dir: str) -> list:
     return loggers
 
 
-def build_trainer(cfg: DictConfig, results_dir: str, topo) -> tuple[pl.Trainer, SegformerCheckpoint]:
-    """A Trainer configured from cfg.train (precision, clipping, intervals, DDP) writing into results_dir."""
+def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list[pl.Callback] | None = None,
+                  ) -> tuple[pl.Trainer, SegformerCheckpoint]:
+    """A Trainer configured from cfg.train (precision, clipping, intervals, DDP) writing into results_dir.
+
+    ``extra_callbacks`` run after the built-in ones (AutoML adds its pruning callback here).
+    """
     tr = cfg.train
     if tr.precision == "16-mixed" and topo.accelerator == "cpu":
         raise UserError("train.precision=16-mixed needs a CUDA GPU; this machine has none. Use "
@@ -68,6 +72,7 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo) -> tuple[pl.Trainer, 
     callbacks = [ckpt_cb, StatusLogger(results_dir), TQDMProgressBar(refresh_rate=10)]
     if tr.enable_lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += list(extra_callbacks or [])
     trainer = pl.Trainer(
         accelerator=topo.accelerator, devices=topo.devices, num_nodes=topo.num_nodes,
         strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"))),
@@ -82,10 +87,11 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo) -> tuple[pl.Trainer, 
 
 
 def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None = None,
-                datamodule: pl.LightningDataModule | None = None) -> dict:
+                datamodule: pl.LightningDataModule | None = None, callbacks: list[pl.Callback] | None = None) -> dict:
     """Train (or resume) and return ``{"metrics": ..., "artifacts": ...}`` on every rank.
 
     ``model`` / ``datamodule`` default to ``build_model(cfg)`` and :class:`SegDataModule`; tests inject small ones.
+    ``callbacks`` are extra Lightning callbacks (e.g. AutoML's pruning callback).
     """
     seed = int(cfg.train.seed)
     if seed >= 0:
@@ -102,7 +108,7 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
     module = SegFormerModule(cfg, model)
     datamodule = datamodule or SegDataModule(cfg)
     env_backup = export_topology(topo)
-    trainer, ckpt_cb = build_trainer(cfg, results_dir, topo)
+    trainer, ckpt_cb = build_trainer(cfg, results_dir, topo, callbacks)
     if resume and trainer.is_global_zero:
         print(f"Resuming training from {resume}")
     start = time.monotonic()

@@ -68,7 +68,7 @@ class SegFormerHead(nn.Module):
         fused = None
         for i, feat in enumerate(features):
             y = F.conv2d(feat, *self.stage_weights(i))
-            if y.shape[-2:] != size:
+            if i > 0:  # by index, not shape, so a traced/exported graph resizes at any input size
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=self.align_corners)
             fused = y if fused is None else fused + y
         x = self.dropout(self.linear_fuse.bn(fused))

@@ -37,7 +37,8 @@ _HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model
              "pytorch_model.bin.index.json")
 # Keys that exist in published checkpoints but have no counterpart by design (ImageNet classifiers, mmseg's
 # unused conv_seg): dropped and listed in the report as ignored, never an error.
-_IGNORED = re.compile(r"^(backbone\.head\.|backbone\.head_dist\.|classifier\.|decode_head\.conv_seg\.)")
+_IGNORED = re.compile(
+    r"^(backbone\.(head|head_dist|norm)\.|classifier\.|decode_head\.conv_seg\.)")
 
 
 @dataclass
@@ -245,7 +246,16 @@ def convert_state_dict(sd: dict[str, torch.Tensor], layout: str | None = None) -
         return _from_tao(sd)
     if layout == "mmseg":
         return _from_mmseg(sd)
-    return _split_prefix(sd)
+    return _fan_fixups(_split_prefix(sd))
+
+
+def _fan_fixups(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NVlabs FAN releases: ``pos_embeder`` -> ``pos_embed``; packed class-attention qkv -> q, k, v."""
+    out = {k.replace("backbone.pos_embeder.", "backbone.pos_embed."): v for k, v in sd.items()}
+    for key in [k for k in out if re.match(r"backbone\.cls_attn_blocks\.\d+\.attn\.qkv\.", k)]:
+        for name, part in zip("qkv", out.pop(key).chunk(3, dim=0)):
+            out[key.replace(".attn.qkv.", f".attn.{name}.")] = part
+    return out
 
 
 def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> LoadReport:
@@ -289,8 +299,10 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
 
 def _check_backbone(model: nn.Module, sd: dict, target: dict, path: str) -> None:
     """Raise UserError when the checkpoint's backbone is not the model's (missing/extra/misshapen keys)."""
-    want = {k for k in target if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
-    have = {k for k in sd if k.startswith("backbone.")}
+    def backbone_keys(keys) -> set[str]:  # BN step counters are optional in every layout
+        return {k for k in keys if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
+
+    want, have = backbone_keys(target), backbone_keys(sd)
     misshapen = [k for k in have & want if sd[k].shape != target[k].shape]
     if not (want - have or have - want or misshapen):
         return

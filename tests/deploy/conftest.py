@@ -26,7 +26,6 @@ def deploy_cfg(action: str, tmp_path, *overrides: str):
 def save_tiny_checkpoint(path: str, cfg, seed: int = 0, model=None) -> str:
     """Random-init (or given) mit_b0 SegFormer saved in our checkpoint format."""
     from segformer_tao.engine.checkpoint import save_checkpoint
-
     from segformer_tao.model import build_model
 
     torch.manual_seed(seed)

@@ -1,0 +1,81 @@
+"""Dataset check and the `segformer dataset` CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segformer_tao.data.check import check_dataset
+from segformer_tao.data.cli import main
+from segformer_tao.errors import UserError
+from tests.data.conftest import make_cfg
+
+
+def test_check_clean_dataset_writes_report(demo_cfg, tmp_path, capsys):
+    report = check_dataset(demo_cfg, ["train", "val", "predict"], report_path=str(tmp_path / "r.json"))
+    assert report["ok"] and json.loads((tmp_path / "r.json").read_text())["ok"]
+    train = report["splits"][0]
+    assert train["pairs"] == 6 and train["checked"] == 6 and not train["sampled"]
+    assert set(train["class_pixels"]) == {"0", "1", "2", "3"} and sum(train["class_pixels"].values()) == 6 * 48 * 48
+    assert report["splits"][2]["images"] == 2
+    assert "train: 6 pairs" in capsys.readouterr().out
+
+
+def test_check_finds_every_problem(demo_root, tmp_path):
+    root = shutil.copytree(demo_root, tmp_path / "d")
+    mask = np.array(Image.open(root / "masks/train/0003.png"))
+    mask[0, 0] = 9
+    Image.fromarray(mask).save(root / "masks/train/0003.png")
+    (root / "images/val/0001.png").write_bytes(b"junk")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "masks/val/0002.png")
+    (root / "images/test/0000.png").unlink()
+    cfg = make_cfg(root, num_classes=4, label_transform="None", test_split="test")
+    with pytest.raises(UserError) as e:
+        check_dataset(cfg, ["train", "val", "test"], mode="full", report_path=str(tmp_path / "r.json"), quiet=True)
+    msg = str(e.value)
+    assert "masks/train/0003.png' has values [9]" in msg
+    assert "images/val/0001.png" in msg and "10x10" in msg and "without an image" in msg
+    kinds = sorted(p["kind"] for p in json.loads((tmp_path / "r.json").read_text())["problems"])
+    assert kinds == ["bad_mask", "size_mismatch", "unpaired", "unreadable"]
+
+
+def test_check_missing_and_empty_splits(demo_root, tmp_path):
+    root = shutil.copytree(demo_root, tmp_path / "d")
+    for f in (root / "images/val").iterdir():
+        f.unlink()
+    cfg = make_cfg(root, num_classes=4, label_transform="None", train_split="nope")
+    with pytest.raises(UserError, match=r"images/nope' does not exist.*images/val' holds no"):
+        check_dataset(cfg, ["train", "val"], quiet=True)
+
+
+def test_check_sample_mode_caps_checked_pairs(demo_cfg, monkeypatch):
+    monkeypatch.setattr("segformer_tao.data.check.SAMPLE_SIZE", 4)
+    report = check_dataset(demo_cfg, ["train"], quiet=True)
+    assert report["splits"][0]["checked"] == 4 and report["splits"][0]["sampled"]
+    assert check_dataset(demo_cfg, ["train"], mode="off")["splits"] == []
+
+
+def test_cli_demo_then_check_names_planted_bad_mask(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "--classes", "3", "--size", "32", "--train", "4", "--val", "2",
+                 "--test", "1", "--mask-format", "rgb"]) == 0
+    spec = tmp_path / "demo" / "spec.yaml"
+    assert main(["check", "-e", str(spec), f"results_dir={tmp_path}/res"]) == 0
+    assert json.loads((tmp_path / "res" / "dataset_report.json").read_text())["ok"]
+    bad = tmp_path / "demo" / "masks" / "val" / "0001.png"
+    mask = np.array(Image.open(bad))
+    mask[3, 3] = (7, 7, 9)
+    Image.fromarray(mask).save(bad)
+    with pytest.raises(UserError, match=r"masks/val/0001\.png' has colours not in dataset\.segment\.palette: "
+                                        r"\(7, 7, 9\)"):
+        main(["check", "-e", str(spec), f"results_dir={tmp_path}/res", "--full"])
+
+
+def test_cli_demo_binary_masks_read_with_norm(tmp_path):
+    main(["demo", str(tmp_path / "b"), "--classes", "2", "--size", "24", "--train", "2", "--val", "1", "--test", "1",
+          "--mask-format", "binary255"])
+    assert set(np.unique(np.array(Image.open(tmp_path / "b/masks/train/0000.png")))) <= {0, 255}
+    assert main(["check", "-e", str(tmp_path / "b/spec.yaml"), f"results_dir={tmp_path}/res"]) == 0
