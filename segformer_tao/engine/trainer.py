@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +23,8 @@ from segformer_tao.errors import UserError
 log = logging.getLogger("segformer_tao")
 # Lightning logs "`weights_only` was not set" at every save; our CheckpointIO always loads weights_only.
 logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
+# val_miou/val_loss are reduced by the module itself (confusion matrix all-reduce), so sync_dist stays off.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 
