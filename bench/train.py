@@ -1,10 +1,11 @@
 """Training throughput and peak memory: our Lightning SegFormer vs a plain Hugging Face training loop.
 
 Both train MiT-b0 + all-MLP decoder (embed 256) with AdamW on the same in-memory synthetic batches (images
-at img_size, 3 classes), same batch size, fp32. Each side runs in its own subprocess so peak RSS (CPU) or
-peak CUDA memory is its own. Prints a side-by-side table and writes bench/results/train.json.
+at img_size, 3 classes), same batch size, fp32. Throughput = batch / median step time after warmup.
+Each side runs in its own subprocess so peak RSS (CPU) or peak CUDA memory is its own.
+Prints a side-by-side table and writes bench/results/train.json.
 
-    python bench/train.py [--img-size 128] [--batch-size 8] [--steps 20] [--warmup 5]
+    python bench/train.py [--img-size 128] [--batch-size 8] [--steps 12] [--warmup 6] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _summary(times: list[float], args, device) -> dict:
+    """Throughput from the median step time after warmup (first CPU steps pay one-off oneDNN/allocator costs)."""
+    steady = sorted(times[args.warmup :])
+    median = steady[len(steady) // 2]
+    return {"images_per_s": args.batch_size / median, "median_step_s": median,
+            "peak_memory_mb": _peak_memory_mb(device)}
 
 
 def run_ours(args, device) -> dict:
@@ -77,8 +86,7 @@ def run_ours(args, device) -> dict:
                          callbacks=[Timer()], enable_model_summary=False)
     loader = DataLoader(Batches(), batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
-    steady = times[args.warmup :]
-    return {"images_per_s": args.batch_size * len(steady) / sum(steady), "peak_memory_mb": _peak_memory_mb(device)}
+    return _summary(times, args, device)
 
 
 def run_hf(args, device) -> dict:
@@ -100,8 +108,7 @@ def run_hf(args, device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    steady = times[args.warmup :]
-    return {"images_per_s": args.batch_size * len(steady) / sum(steady), "peak_memory_mb": _peak_memory_mb(device)}
+    return _summary(times, args, device)
 
 
 def main() -> None:
@@ -109,7 +116,7 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2, help="alternate the two sides; best of N (shared machines)")
     p.add_argument("--impl", choices=["ours", "hf"], help=argparse.SUPPRESS)
     args = p.parse_args()
