@@ -19,10 +19,10 @@ PYEOF
 
 # mit_b0 from scratch (no downloads): a slim decoder (embed_dim 256, as the original SegFormer-B0), a higher
 # LR than TAO's fine-tuning default, and no AutoML so the run takes minutes.
-COMMON=(-e "$DATA/spec.yaml" results_dir="$RESULTS" model.backbone.type=mit_b0
+COMMON=(-e "$DATA/spec.yaml" results_dir="$RESULTS" model=mit_b0
         model.decode_head.decoder_params.embed_dim=256 dataset.segment.workers=0)
 echo "== 2/4 train"
-"${SEGFORMER[@]}" train "${COMMON[@]}" automl_policy=off dataset.segment.batch_size=8 train.num_epochs=${EPOCHS:-30} \
+"${SEGFORMER[@]}" train "${COMMON[@]}" automl_policy=off dataset.segment.batch_size=8 train.num_epochs=${EPOCHS:-20} \
   train.optim.lr=0.0015 train.optim.warmup_iters=6 train.checkpoint_interval=8 "$@"
 echo "== 3/4 evaluate"
 "${SEGFORMER[@]}" evaluate "${COMMON[@]}" parent_job="$RESULTS/train" evaluate.vis_after_n_batches=1
