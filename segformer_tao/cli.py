@@ -213,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_third_party()
     start = time.time()
     try:
+        tool_args = [a for a in argv if a != "--debug"]
+        if tool_args and tool_args[0] in TOOL_MODULES:  # tools parse their own flags (e.g. dataset check -e)
+            return importlib.import_module(TOOL_MODULES[tool_args[0]]).main(tool_args[1:])
         command, overrides, flags = parse_args(argv)
         return dispatch(command, overrides, flags)
     except UserError as e:
