@@ -196,12 +196,26 @@ def dispatch(command: str | None, overrides: list[str], flags: dict) -> int:
                     f"(tools: {', '.join(TOOL_HELP)}). Run `segformer --help`.")
 
 
+def _quiet_third_party() -> None:
+    """Drop third-party chatter that says nothing about this run (advertising tips, internal deprecations)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda record: "Tip:" not in record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("SEGFORMER_DEBUG") == "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    _quiet_third_party()
     start = time.time()
     try:
+        tool_args = [a for a in argv if a != "--debug"]
+        if tool_args and tool_args[0] in TOOL_MODULES:  # tools parse their own flags (e.g. dataset check -e)
+            return importlib.import_module(TOOL_MODULES[tool_args[0]]).main(tool_args[1:])
         command, overrides, flags = parse_args(argv)
         return dispatch(command, overrides, flags)
     except UserError as e:

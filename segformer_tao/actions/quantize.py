@@ -115,7 +115,7 @@ def run(cfg) -> dict:
     max_images = int(kwargs.pop("max_calibration_images", 256))
     batches = calibration_batches(seg.quant_calibration_dataset.images_dir, img_size=size, mean=mean, std=std,
                                   batch_size=min(batch, max_images), max_batches=max(1, max_images // batch),
-                                  key="dataset.segment.quant_calibration_dataset.images_dir")
+                                  key="dataset.segment.quant_calibration_dataset.images_dir", drop_remainder=False)
     settings = QuantizeSettings(algorithm=str(q.algorithm), skip_names=_skip_names(q),
                                 target=str(kwargs.pop("target", "tensorrt")),
                                 percentile=float(kwargs.pop("percentile", 99.999)), extra=kwargs)

@@ -210,7 +210,9 @@ class OptimConfig:
     momentum: float = spec(0.9, "Momentum (AdamW beta1, SGD momentum).", valid_min=0.0, valid_max=1.0,
                            automl_enabled=True)
     weight_decay: float = spec(0.01, "Weight decay.", valid_min=0.0, valid_max=1.0, automl_enabled=True)
-    warmup_iters: int = spec(0, "(segformer_tao) Linear LR warmup steps.", valid_min=0, valid_max="inf")
+    warmup_iters: int = spec(0, "(segformer_tao) Linear LR warmup steps; 0 = TAO default (1% of all steps for "
+                             "policy=linear, none for step).",
+                             valid_min=0, valid_max="inf")
     decoder_lr_mult: float = spec(10.0, "(segformer_tao) Decoder LR multiplier.", valid_min=0, valid_max="inf")
 
 

@@ -9,10 +9,12 @@ import torch
 from segformer_tao.errors import UserError
 
 
-def rebatch(batches: Iterable[torch.Tensor], batch_size: int, max_batches: int) -> Iterator[torch.Tensor]:
+def rebatch(batches: Iterable[torch.Tensor], batch_size: int, max_batches: int,
+            drop_remainder: bool = True) -> Iterator[torch.Tensor]:
     """Regroup NCHW tensors into exactly ``batch_size`` images per batch, at most ``max_batches`` batches.
 
-    A trailing remainder smaller than ``batch_size`` is dropped (calibrators expect a fixed batch).
+    A trailing remainder smaller than ``batch_size`` is dropped when ``drop_remainder`` (TensorRT's calibrator
+    expects a fixed batch) and kept otherwise (ONNX Runtime calibration takes any batch of a dynamic-batch model).
     """
     pending: list[torch.Tensor] = []
     count, emitted = 0, 0
@@ -26,6 +28,8 @@ def rebatch(batches: Iterable[torch.Tensor], batch_size: int, max_batches: int) 
             yield stacked[:batch_size].contiguous()
             emitted += 1
             pending, count = [stacked[batch_size:]], count - batch_size
+    if not drop_remainder and count and emitted < max_batches:
+        yield torch.cat(pending).contiguous()
 
 
 def _folder_images(images_dir: str, img_size: int, mean: Sequence[float], std: Sequence[float],
@@ -43,7 +47,8 @@ def _folder_images(images_dir: str, img_size: int, mean: Sequence[float], std: S
 
 
 def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean: Sequence[float],
-                        std: Sequence[float], batch_size: int, max_batches: int, key: str) -> list[torch.Tensor]:
+                        std: Sequence[float], batch_size: int, max_batches: int, key: str,
+                        drop_remainder: bool = True) -> list[torch.Tensor]:
     """Preprocessed (normalized, img_size x img_size) calibration images as a list of NCHW float32 batches.
 
     Reads at most batch_size * max_batches images from the folders, in name order. ``key`` names the config
@@ -55,7 +60,7 @@ def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean:
                         "training images are enough) for INT8 calibration.")
     limit = batch_size * max_batches
     streams = (img for d in dirs for img in _folder_images(str(d), img_size, mean, std, limit))
-    batches = list(rebatch(streams, batch_size, max_batches))
+    batches = list(rebatch(streams, batch_size, max_batches, drop_remainder))
     if not batches:
         raise UserError(f"No calibration images found in {key}={dirs} (or fewer than one batch of {batch_size}). "
                         "Put .png/.jpg images there.")

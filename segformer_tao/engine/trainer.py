@@ -23,6 +23,8 @@ from segformer_tao.errors import UserError
 log = logging.getLogger("segformer_tao")
 # Lightning 2.6 builds torch's deprecated LeafSpec on every fit: a FutureWarning users cannot act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+# val_miou/val_loss are reduced by the module itself (confusion matrix all-reduce), so sync_dist stays off.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 

@@ -73,3 +73,20 @@ def test_encrypted_training_checkpoints(tiny, tmp_path):
     blob = (results / "segformer_model_latest.pth").read_bytes()
     assert b"topsecret" not in blob
     assert load_checkpoint(str(results / "segformer_model_latest.pth"), "topsecret")["meta"]["backbone"] == "mit_b0"
+
+
+def test_out_of_memory_is_explained_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch):
+    from segformer_tao.engine.module import SegFormerModule
+    from segformer_tao.errors import UserError
+
+    results = tmp_path / "oom"
+    _run(tiny, tmp_path, results, "train.num_epochs=1")
+    before = (results / "segformer_model_latest.pth").read_bytes()
+
+    def boom(self, batch, batch_idx):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SegFormerModule, "training_step", boom)
+    with pytest.raises(UserError, match="Lower dataset.segment.batch_size or dataset.segment.img_size"):
+        _run(tiny, tmp_path, results, "train.num_epochs=3")  # resumes from latest, then runs out of memory
+    assert (results / "segformer_model_latest.pth").read_bytes() == before
