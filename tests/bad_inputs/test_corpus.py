@@ -2,7 +2,10 @@
 
 Each case is (id, argv, needles): argv may use {data} (a valid demo dataset), {tmp} (a scratch dir), {ckpt}
 (a trained 3-class mit_b0 checkpoint), {enc_ckpt} (the same, encrypted with key 'k1'), {onnx} (its ONNX) and
-the broken datasets/files built in tests/bad_inputs/fixtures.py; needles must all appear in the message.
+the broken datasets/files built in tests/bad_inputs/fixtures.py; needles (formatted the same way) must all appear
+in the message. CASES run through `run_cli` (a fresh `python -m segformer_tao.cli`); HEAVY_CASES, which load
+models, data or ONNX, run `cli.main` in a forked child with torch & co. already imported (runner.py), with the
+case's extra environment (``env_<id>``) or file-size limit (``fsize_<id>``).
 """
 
 from __future__ import annotations
