@@ -90,9 +90,11 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[io.IOBase]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(directory)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = path  # so "disk full while writing <file>" can name it
         raise
 
 
