@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.bad_inputs.fixtures import bad_paths, moto_server  # noqa: F401  (fixtures)
+from tests.bad_inputs.fixtures import bad_paths  # noqa: F401  (fixture)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.bad_inputs.runner import preload
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 TINY_TRAIN = ["model=mit_b0", "dataset.segment.num_classes=3", "dataset.segment.img_size=32", "train.num_epochs=1",
               "dataset.segment.batch_size=2", "dataset.segment.workers=0", "dataset.segment.label_transform=None",
@@ -31,12 +30,6 @@ def _write(path: str, text: str | bytes) -> str:
     with open(path, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _broken_copies(data: str, tmp: str) -> dict[str, str]:
@@ -102,19 +95,7 @@ def _model_files(tmp: str, data: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def moto_server():
-    """A real S3-compatible server (moto) on 127.0.0.1 for the session; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def bad_paths(tmp_path_factory, moto_server) -> dict:
+def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     from segformer_tao.data.synthetic import make_demo_dataset
 
     tmp = str(tmp_path_factory.mktemp("bad_inputs"))
@@ -129,8 +110,8 @@ def bad_paths(tmp_path_factory, moto_server) -> dict:
     paths["a_file"] = _write(os.path.join(tmp, "a_file"), "x")
     paths["empty_dir"] = os.path.join(tmp, "empty_job")
     os.makedirs(paths["empty_dir"], exist_ok=True)
-    paths["closed_port"] = str(_free_port())
+    paths["closed_port"] = str(free_port())
     paths["env_s3_unreachable"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{paths['closed_port']}"}
-    paths["env_s3_missing_bucket"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_server}
+    paths["env_s3_missing_bucket"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint}
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
     return paths

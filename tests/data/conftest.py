@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import s3fs
 from omegaconf import OmegaConf
@@ -31,24 +29,6 @@ def demo_root(tmp_path_factory):
 @pytest.fixture
 def demo_cfg(demo_root):
     return make_cfg(demo_root, num_classes=4, label_transform="None", img_size=32)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    """A real S3-compatible server (moto) for the whole session; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture

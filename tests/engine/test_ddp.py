@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import free_port
 
 ENTRY = os.path.join(os.path.dirname(__file__), "ddp_entry.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,12 +20,6 @@ def _env(**extra):
                                                             "MASTER_ADDR", "MASTER_PORT", "NUM_GPU_PER_NODE")}
     env.update(PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", **extra)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check(tmp_path, prefix):
@@ -43,7 +38,7 @@ def _check(tmp_path, prefix):
 def test_two_processes_on_one_node(tmp_path):
     cmd = [sys.executable, ENTRY, str(tmp_path), str(tmp_path / "single"), "train.num_gpus=2",
            "train.sync_batchnorm=true"]
-    proc = subprocess.run(cmd, env=_env(MASTER_PORT=str(_free_port())), capture_output=True, text=True,
+    proc = subprocess.run(cmd, env=_env(MASTER_PORT=str(free_port())), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check(tmp_path, "single")
@@ -51,7 +46,7 @@ def test_two_processes_on_one_node(tmp_path):
 
 @pytest.mark.slow
 def test_two_nodes_one_process_each(tmp_path):
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for node_rank in (0, 1):
         env = _env(WORLD_SIZE="2", NODE_RANK=str(node_rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
