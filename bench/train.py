@@ -56,9 +56,10 @@ def run_ours(args, device) -> dict:
     from segformer_tao.engine.module import SegFormerModule
 
     cfg = compose_config("train", [
-        "dataset.segment.root_dir=unused", "dataset.segment.num_classes=3", f"dataset.segment.img_size={args.img_size}",
+        "dataset.segment.root_dir=unused", f"dataset.segment.num_classes={args.num_classes}",
+        f"dataset.segment.img_size={args.img_size}",
         "model.backbone.type=mit_b0", "model.decode_head.decoder_params.embed_dim=256", "train.optim.lr=0.0006"])
-    batches = make_batches(args.warmup + args.steps, args.batch_size, args.img_size)
+    batches = make_batches(args.warmup + args.steps, args.batch_size, args.img_size, args.num_classes)
 
     class Batches(Dataset):
         def __len__(self):
@@ -92,12 +93,12 @@ def run_ours(args, device) -> dict:
 def run_hf(args, device) -> dict:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-    config = SegformerConfig(num_labels=3, hidden_sizes=[32, 64, 160, 256], decoder_hidden_size=256,
+    config = SegformerConfig(num_labels=args.num_classes, hidden_sizes=[32, 64, 160, 256], decoder_hidden_size=256,
                              depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8], semantic_loss_ignore_index=255)
     model = SegformerForSemanticSegmentation(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4)
     times = []
-    for x, y in make_batches(args.warmup + args.steps, args.batch_size, args.img_size):
+    for x, y in make_batches(args.warmup + args.steps, args.batch_size, args.img_size, args.num_classes):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -115,6 +116,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-classes", type=int, default=3)
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/train.json)")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2, help="alternate the two sides; best of N (shared machines)")
@@ -129,7 +132,8 @@ def main() -> None:
     rows: dict[str, dict] = {}
     for impl in ("ours", "hf") * args.repeats:
         cmd = [sys.executable, __file__, "--impl", impl, "--img-size", str(args.img_size), "--batch-size",
-               str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+               str(args.batch_size), "--num-classes", str(args.num_classes), "--steps", str(args.steps),
+               "--warmup", str(args.warmup)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -152,7 +156,8 @@ def main() -> None:
     sys.path.insert(0, ROOT)
     from segformer_tao import io
 
-    io.write_json(os.path.join(ROOT, "bench", "results", "train.json"), out)
+    out["num_classes"] = args.num_classes
+    io.write_json(args.out or os.path.join(ROOT, "bench", "results", "train.json"), out)
 
 
 if __name__ == "__main__":
