@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from segformer_tao.engine.checkpoint import FORMAT, strip_secrets
+from segformer_tao.engine.loss import segmentation_loss
 from segformer_tao.engine.metrics import SegmentationMetrics
 
 WARMUP_RATIO = 1e-6  # TAO/mmseg: warmup starts at lr x 1e-6
@@ -38,15 +39,6 @@ def lr_factor(step: int, *, total_steps: int, steps_per_epoch: int, policy: str,
         epoch = step // max(1, steps_per_epoch)
         return 0.1 ** (epoch // max(1, num_epochs // 3))
     raise ValueError(f"unknown LR policy {policy!r}")
-
-
-def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Cross-entropy of (N, C, h, w) logits upsampled (bilinear) to the (N, H, W) mask; ignored pixels skipped."""
-    if logits.shape[-2:] != mask.shape[-2:]:
-        logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-    if not bool((mask != ignore_index).any()):
-        return logits.sum() * 0.0  # an all-ignored batch has no loss (CE would give NaN)
-    return F.cross_entropy(logits.float(), mask.long(), ignore_index=ignore_index)
 
 
 def class_info(cfg: DictConfig) -> tuple[list[str], list[list[int]]]:
