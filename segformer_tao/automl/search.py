@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import logging
 import os
 import warnings
@@ -54,10 +55,30 @@ def trial_epochs(cfg: DictConfig) -> int:
     return int(cfg.automl.max_epochs or cfg.train.num_epochs)
 
 
+def sampler_name(cfg: DictConfig) -> str:
+    """``gp`` or ``tpe`` for automl.sampler (``auto``: gp for bayesian when scipy is installed, else tpe)."""
+    choice, algorithm = str(cfg.automl.sampler), str(cfg.automl.algorithm)
+    has_scipy = importlib.util.find_spec("scipy") is not None
+    if choice == "gp":
+        if algorithm != "bayesian":
+            raise UserError(f"automl.sampler=gp cannot be used with automl.algorithm={algorithm}: Optuna's GP sampler "
+                            "does not learn from pruned trials. Use automl.algorithm=bayesian, or automl.sampler=tpe.")
+        if not has_scipy:
+            raise UserError("automl.sampler=gp needs scipy, which is not installed: `pip install scipy` (or "
+                            "`pip install \"segformer_tao[automl]\"`), or use automl.sampler=tpe.")
+        return "gp"
+    if choice == "auto":
+        return "gp" if algorithm == "bayesian" and has_scipy else "tpe"
+    return "tpe"
+
+
 def build_sampler(cfg: DictConfig) -> optuna.samplers.BaseSampler:
-    """TPE for every algorithm (Hyperband/ASHA only add a pruner); a third of the trials start at random."""
-    startup = max(1, min(10, int(cfg.automl.num_trials) // 3))
-    return optuna.samplers.TPESampler(seed=int(cfg.automl.seed), n_startup_trials=startup)
+    """GP or TPE (see sampler_name); Hyperband/ASHA only add a pruner. A third of the trials start at random."""
+    seed, startup = int(cfg.automl.seed), max(1, min(10, int(cfg.automl.num_trials) // 3))
+    if sampler_name(cfg) == "gp":
+        with _experimental_ok():
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
 
 
 def build_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
@@ -160,14 +181,16 @@ def _check(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict:
     """Run (or resume) the study in cfg.train.results_dir; returns the best trial's val_miou and checkpoint."""
     _check(cfg)
+    sampler_name(cfg)  # a bad sampler choice fails before any trial starts
     out_dir = str(cfg.train.results_dir)
     space = build_space(cfg, load_train_schema())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, out_dir)
     target = int(cfg.automl.num_trials)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    log.info("AutoML: %s over %s; %d/%d trials finished, %d epochs each; study in %s", cfg.automl.algorithm,
-             [p.key for p in space], finished, target, trial_epochs(cfg), out_dir)
+    log.info("AutoML: %s (%s sampler) over %s; %d/%d trials finished, %d epochs each; study in %s",
+             cfg.automl.algorithm, sampler_name(cfg), [p.key for p in space], finished, target, trial_epochs(cfg),
+             out_dir)
     if finished < target:
         study.optimize(lambda t: run_trial(t, cfg, space, out_dir), n_trials=target - finished,
                        timeout=cfg.automl.timeout, catch=(),

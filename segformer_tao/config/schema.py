@@ -377,6 +377,10 @@ class QuantizeConfig:
 class AutoMLConfig:
     algorithm: str = spec("bayesian", "(segformer_tao) Search algorithm.",
                           valid_options=["bayesian", "hyperband", "asha"])
+    sampler: str = spec("auto", "(segformer_tao) Optuna sampler: gp (Gaussian process, sample-efficient for the "
+                        "few trials a training budget allows; needs scipy), tpe, or auto = gp for bayesian when scipy "
+                        "is installed, tpe otherwise (hyperband/asha always pair with tpe, which learns from pruned "
+                        "trials).", valid_options=["auto", "gp", "tpe"])
     num_trials: int = spec(10, "(segformer_tao) Number of trials.", valid_min=1, valid_max="inf")
     max_epochs: int | None = spec(None, "(segformer_tao) Epochs per trial (default train.num_epochs).", valid_min=1)
     timeout: float | None = spec(None, "(segformer_tao) Stop starting trials after this many seconds.",
