@@ -105,6 +105,8 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
     ("export_missing_encryption_key", ["export", *D, "export.checkpoint={enc_ckpt}"],
      ["encrypted.pth", "encryption_key"]),
     ("disk_full_checkpoint", ["train", *D, *TINY], ["File too large", "results_dir", "half-written"]),
+    ("fp16_without_gpu", ["train", *D, *TINY, "train.precision=16-mixed"],
+     ["train.precision=16-mixed", "CUDA GPU", "train.precision=32"]),
     # ---- ONNX, quantization, TensorRT
     ("onnx_other_class_count", ["evaluate", *D, "evaluate.onnx_file={onnx}", "dataset.segment.num_classes=4"],
      ["3 classes", "dataset.segment.num_classes=4"]),
