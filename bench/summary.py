@@ -84,6 +84,19 @@ def _data_rows(results: str) -> list[dict]:
     return [_row(name, r["loader_images_per_s"], r["model_train_images_per_s"], ratio, ">= 3x", ratio >= 3)]
 
 
+def _trt_rows(results: str) -> list[dict]:
+    """GPU rows (no goal in issue 12, so they are reported as measured, never as pass/fail)."""
+    r = _load(results, "trt")
+    if r is None or "skipped" in r:
+        return []
+    ips = r["images_per_s"]
+    rows = [_row(f"TensorRT {k[4:]} img/s on {r['gpu']} (vs PyTorch fp32 eager)", v, ips["torch_fp32"],
+                 v / ips["torch_fp32"], "-", None) for k, v in ips.items() if k.startswith("trt_")]
+    for row in rows:
+        row["status"] = "measured"
+    return rows
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else (f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}")
 
@@ -93,12 +106,15 @@ def main() -> int:
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     rows = (_train_rows(args.results) + _model_rows(args.results) + _deploy_rows(args.results)
-            + _quantize_rows(args.results) + _data_rows(args.results))
+            + _quantize_rows(args.results) + _data_rows(args.results) + _trt_rows(args.results))
     width = max(len(r["metric"]) for r in rows)
     print(f"\n{'metric':<{width}}  {'ours':>9}  {'reference':>9}  {'ratio':>7}  {'goal':>10}  result")
     for r in rows:
         print(f"{r['metric']:<{width}}  {_fmt(r['ours']):>9}  {_fmt(r['reference']):>9}  {_fmt(r['ratio']):>7}  "
               f"{r['goal']:>10}  {r['status']}")
+    trt = _load(args.results, "trt")
+    if trt and "skipped" in trt:
+        print(f"TensorRT rows: skipped ({trt['skipped']})")
     with open(os.path.join(args.results, "summary.json"), "w") as f:
         json.dump({"rows": rows}, f, indent=2)
     return 0
