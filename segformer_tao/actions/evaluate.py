@@ -29,7 +29,7 @@ PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "acc", "precision", "recal
 def eval_loader(cfg: DictConfig, batch_size: int) -> torch.utils.data.DataLoader:
     from segformer_tao.data import UnetSegmentationDataset
 
-    dataset = UnetSegmentationDataset(cfg, cfg.dataset.segment.test_split, "eval")
+    dataset = UnetSegmentationDataset(cfg, "test", "eval")
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_eval,
                                        num_workers=int(cfg.dataset.segment.workers))
 

@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir = str(cfg.inference.results_dir)
     runtime = open_runtime(cfg, "inference")
     meta = runtime.meta
-    dataset = UnetSegmentationDataset(cfg, cfg.dataset.segment.predict_split, "predict")
+    dataset = UnetSegmentationDataset(cfg, "predict", "predict")
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.inference.batch_size), shuffle=False,
                                          collate_fn=collate_eval, num_workers=int(cfg.dataset.segment.workers))
     vis_every = int(cfg.inference.vis_after_n_batches)

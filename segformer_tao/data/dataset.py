@@ -35,7 +35,11 @@ class Sample:
 
 
 def split_name(cfg: Any, split: str) -> str:
-    """Folder name of a split: 'train'|'val'|'test'|'predict' resolve through dataset.segment.*_split keys."""
+    """Folder name of a split role: 'train'|'val'|'test'|'predict' resolve through dataset.segment.*_split keys.
+
+    Callers pass the role, never the folder: mapping a folder name again would send the default
+    ``predict_split: test`` to ``test_split``'s folder (``val``). Any other string is taken as a folder name.
+    """
     seg = cfg.dataset.segment
     keys = {"train": seg.train_split, "val": seg.validation_split, "validation": seg.validation_split,
             "test": seg.test_split, "predict": seg.predict_split}

@@ -38,11 +38,10 @@ class SegDataModule(pl.LightningDataModule):
         if self.train_dataset is None or self.val_dataset is None:
             from segformer_tao.data import UnetSegmentationDataset
 
-            seg = self.cfg.dataset.segment
             if self.train_dataset is None:
-                self.train_dataset = UnetSegmentationDataset(self.cfg, seg.train_split, "train")
+                self.train_dataset = UnetSegmentationDataset(self.cfg, "train", "train")
             if self.val_dataset is None:
-                self.val_dataset = UnetSegmentationDataset(self.cfg, seg.validation_split, "eval")
+                self.val_dataset = UnetSegmentationDataset(self.cfg, "val", "eval")
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

@@ -26,7 +26,9 @@ def _cfg(action, root, out, *extra):
 def test_train_evaluate_inference_end_to_end(tmp_path):
     from segformer_tao.actions import evaluate, inference, train
 
-    root = make_demo_dataset(tmp_path / "data", num_classes=3, size=64, train=4, val=2, test=2)
+    # Split sizes differ so a wrong split mapping shows up in the counts (evaluate reads test_split = val,
+    # inference reads predict_split = test by default).
+    root = make_demo_dataset(tmp_path / "data", num_classes=3, size=64, train=4, val=3, test=2)
     # A test image larger than img_size exercises original-size outputs and the sliding window.
     big = np.asarray(Image.open(root / "images" / "test" / "0000.png").convert("RGB").resize((96, 80)))
     (root / "images" / "big").mkdir()
@@ -37,13 +39,16 @@ def test_train_evaluate_inference_end_to_end(tmp_path):
     assert os.path.exists(ckpt) and out["metrics"]["val_miou"] is not None
 
     ev = evaluate.run(_cfg("evaluate", root, tmp_path / "eval", f"evaluate.checkpoint={ckpt}",
-                           "evaluate.vis_after_n_batches=1"))
+                           "evaluate.vis_after_n_batches=1", "dataset.segment.validation_split=train"))
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["mIoU"] == pytest.approx(ev["metrics"]["mIoU"]) and len(results["per_class"]) == 3
-    assert results["num_pixels"] == 2 * 64 * 64  # metrics counted at the masks' own resolution
+    assert results["num_pixels"] == 3 * 64 * 64  # the 3 test_split (val) masks, at their own resolution
     for name in ("per_class.csv", "confusion_matrix.png"):
         assert (tmp_path / "eval" / name).exists()
-    assert len(os.listdir(tmp_path / "eval" / "vis")) == 2
+    assert len(os.listdir(tmp_path / "eval" / "vis")) == 3
+
+    inference.run(_cfg("inference", root, tmp_path / "inf_test", f"inference.checkpoint={ckpt}"))
+    assert sorted(os.listdir(tmp_path / "inf_test" / "masks")) == ["0000.png", "0001.png"]  # images/test, not val
 
     inference.run(_cfg("inference", root, tmp_path / "inf", f"inference.checkpoint={ckpt}",
                        "inference.sliding_window=true", "inference.flip_tta=true",
