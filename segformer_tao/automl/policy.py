@@ -7,6 +7,7 @@ here); the per-run choice is ``automl_policy``: ``auto`` (default: search when r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -73,6 +74,10 @@ def blocker(cfg: DictConfig, specs_dir: str) -> tuple[str | None, str]:
     problem = specs_problem(specs_dir)
     if problem:
         return f"{NOT_GENERATED} [{problem}]", why
+    missing = [m for m in ("optuna", "scipy") if importlib.util.find_spec(m) is None]
+    if "optuna" in missing or ("scipy" in missing and str(cfg.automl.sampler) == "gp"):
+        return (f"AutoML needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed "
+                "(`pip install \"segformer_tao[automl]\"`)"), why
     if _processes(cfg) > 1:
         return (f"AutoML trials run in one process but train.num_gpus={cfg.train.num_gpus} x "
                 f"train.num_nodes={cfg.train.num_nodes} asks for more; set train.num_gpus=1 train.num_nodes=1 "

@@ -74,3 +74,14 @@ def test_multi_process_training_is_not_searched(specs_copy, caplog):
     assert path == "plain" and "train.num_gpus=2" in lines[0]
     with pytest.raises(UserError, match="train.num_gpus=1"):
         choose_path(_cfg("automl_policy=on", "train.num_gpus=2"), specs_dir=str(specs_copy))
+
+
+def test_without_the_automl_extra_auto_trains_plainly_and_on_says_what_to_install(specs_copy, caplog, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    path, lines = _route(_cfg(), specs_copy, caplog)
+    assert path == "plain" and "optuna" in lines[0] and "segformer_tao[automl]" in lines[0]
+    with pytest.raises(UserError, match=r"optuna.*not installed"):
+        choose_path(_cfg("automl_policy=on"), specs_dir=str(specs_copy))
