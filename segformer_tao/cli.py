@@ -226,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted after {time.time() - start:.0f} s", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`segformer ... | head`): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except Exception as e:  # noqa: BLE001 - last line of defence: a short message, traceback under --debug
         from segformer_tao.errors import explain_exception
 

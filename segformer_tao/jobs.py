@@ -267,6 +267,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(read_job(argv[1]), indent=2))
         return 0
     root = argv[1] if len(argv) > 1 else "results"
+    if not sio.is_remote(root) and not os.path.isdir(root):
+        raise UserError(f"'{root}' is not a folder. Usage: segformer jobs list [DIR] with DIR a results dir or a "
+                        "folder of them (default ./results).")
     rows = _job_rows(root)
     if not rows:
         print(f"no jobs under {root}")

@@ -81,3 +81,14 @@ def test_wheel_ships_conf_and_specs_and_runs_from_anywhere(tmp_path):
     r = subprocess.run([str(target / "bin" / "segformer"), "--help"], cwd="/tmp", env=env, capture_output=True,
                        text=True)
     assert r.returncode == 0 and "gen_trt_engine" in r.stdout, r.stderr
+
+
+def test_a_closed_pipe_stops_quietly():
+    """`segformer train --help | head -1`: the reader goes away; no traceback, exit status as for SIGPIPE."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "segformer_tao.cli", "train", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the CLI (still importing) writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "internal error" not in err, err

@@ -32,8 +32,17 @@ def check_writable(path: str, key: str) -> None:
     """Fail before any work when the output file's folder cannot be written (local paths)."""
     if io.is_remote(path):
         return
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        example = os.path.join(path, "model.engine" if key.endswith("trt_engine") else "model.onnx")
+        raise UserError(f"{key}='{path}' is a folder; it must name the output file, e.g. {key}={example} (or "
+                        "leave the key unset to write into the action's results_dir).")
     folder = os.path.dirname(os.path.abspath(path))
-    io.makedirs(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"Cannot write {key}='{path}': folder '{folder}' cannot be created ({e.strerror or e}). "
+                        "Choose a writable location (or leave the key unset to write into the action's "
+                        "results_dir).") from e
     if not os.access(folder, os.W_OK):
         raise UserError(f"Cannot write {key}='{path}': directory '{folder}' is not writable. Choose a writable "
                         "location (or leave the key unset to write into the action's results_dir).")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
 import warnings
+from io import StringIO
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from segformer_tao import io
 from segformer_tao.engine.callbacks import BEST, LATEST, EncryptedCheckpointIO, SegformerCheckpoint, StatusLogger
@@ -49,8 +52,45 @@ def find_resume_checkpoint(cfg: DictConfig, results_dir: str) -> str | None:
     return latest if io.exists(latest) else None
 
 
-def _loggers(cfg: DictConfig, results_dir: str) -> list:
-    loggers: list = [CSVLogger(results_dir, name="logs", version="csv")]
+class _KeepHistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; on resume we keep the rows logged before the
+    checkpoint's step (rows after it belong to the interrupted part, which is re-run) and append to them."""
+
+    def __init__(self, log_dir: str, resume_step: int | None) -> None:
+        self._resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if self._resume_step is None or not self._fs.isfile(self.metrics_file_path):
+            super()._check_log_dir_exists()
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step", "") == "" or int(float(r["step"])) < self._resume_step]
+        buf = StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        io.write_text(self.metrics_file_path, buf.getvalue())
+        self.metrics_keys = sorted(keys)
+
+
+class _ResumableCSVLogger(CSVLogger):
+    def __init__(self, *args, resume_step: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume_step = resume_step
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepHistoryWriter(self.log_dir, self._resume_step)
+        return self._experiment
+
+
+def _loggers(cfg: DictConfig, results_dir: str, resume_step: int | None = None) -> list:
+    loggers: list = [_ResumableCSVLogger(results_dir, name="logs", version="csv", resume_step=resume_step)]
     if cfg.train.tensorboard.enabled:
         loggers.append(TensorBoardLogger(results_dir, name="logs", version="tensorboard"))
     return loggers
@@ -64,10 +104,11 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list[pl.Callback] | None = None,
-                  ) -> tuple[pl.Trainer, SegformerCheckpoint]:
+                  resume_step: int | None = None) -> tuple[pl.Trainer, SegformerCheckpoint]:
     """A Trainer configured from cfg.train (precision, clipping, intervals, DDP) writing into results_dir.
 
-    ``extra_callbacks`` run after the built-in ones (AutoML adds its pruning callback here).
+    ``extra_callbacks`` run after the built-in ones (AutoML adds its pruning callback here). ``resume_step``:
+    the global step of the checkpoint being resumed (CSV rows logged before it are kept).
     """
     tr = cfg.train
     if tr.precision == "16-mixed" and topo.accelerator == "cpu":
@@ -93,7 +134,7 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
         check_val_every_n_epoch=int(tr.validation_interval), num_sanity_val_steps=0,
         gradient_clip_val=float(tr.clip_grad_norm) or None, gradient_clip_algorithm="norm",
         sync_batchnorm=sync_bn, use_distributed_sampler=False,
-        benchmark=bool(tr.cudnn.benchmark), enable_checkpointing=False, logger=_loggers(cfg, results_dir),
+        benchmark=bool(tr.cudnn.benchmark), enable_checkpointing=False, logger=_loggers(cfg, results_dir, resume_step),
         callbacks=callbacks, log_every_n_steps=1, default_root_dir=results_dir, enable_model_summary=False,
     )
     return trainer, ckpt_cb
@@ -118,12 +159,16 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
 
         # Pretrained weights (train.pretrained_model_path, backbone path) only matter when not resuming.
         model = build_model(cfg, load_weights=resume is None)
+    state = inspect_resume(cfg, results_dir, resume, model) if resume else None
+    if state is not None and state["epochs_done"] >= int(cfg.train.num_epochs):
+        return _already_finished(cfg, results_dir, resume, state)
     module = SegFormerModule(cfg, model)
     datamodule = datamodule or SegDataModule(cfg)
     env_backup = export_topology(topo)
-    trainer, ckpt_cb = build_trainer(cfg, results_dir, topo, callbacks)
+    trainer, ckpt_cb = build_trainer(cfg, results_dir, topo, callbacks,
+                                     resume_step=None if state is None else state["global_step"])
     if resume and trainer.is_global_zero:
-        print(f"Resuming training from {resume}")
+        print(f"Resuming training from {resume} (epoch {state['epochs_done']} of {cfg.train.num_epochs} done)")
     start = time.monotonic()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # no pickled code
@@ -138,12 +183,68 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
         "global_step": trainer.global_step, "train_time_s": round(time.monotonic() - start, 2),
         "world_size": trainer.world_size,
     }
+    return {"metrics": metrics, "artifacts": _artifacts(results_dir, bool(ckpt_cb.best_path)),
+            "is_global_zero": trainer.is_global_zero}
+
+
+def _artifacts(results_dir: str, has_best: bool) -> dict:
     artifacts = {"latest_checkpoint": os.path.join(results_dir, LATEST), "status": os.path.join(results_dir,
                  "status.json"), "training_curves": os.path.join(results_dir, "training_curves.png"),
                  "logs": os.path.join(results_dir, "logs")}
-    if ckpt_cb.best_path:
+    if has_best:
         artifacts["best_checkpoint"] = os.path.join(results_dir, BEST)
-    return {"metrics": metrics, "artifacts": artifacts, "is_global_zero": trainer.is_global_zero}
+    return artifacts
+
+
+def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.nn.Module) -> dict:
+    """Check that ``resume`` holds this run's model (same backbone and classes) before Lightning loads it.
+
+    Returns {"epochs_done", "global_step", "meta"}; UserError naming the directory and the fix otherwise (a
+    results_dir reused for another model would fail deep inside Lightning with a size-mismatch traceback).
+    """
+    from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
+
+    payload = load_checkpoint(resume, cfg.get("encryption_key"))
+    meta = payload.get("meta") or {}
+    ours = model.state_dict()
+    theirs = model_state_dict(payload)
+    differ = sorted(k for k in set(ours) | set(theirs)
+                    if k not in ours or k not in theirs or tuple(ours[k].shape) != tuple(theirs[k].shape))
+    if differ:
+        this = f"{cfg.model.backbone.type}, {cfg.dataset.segment.num_classes} classes"
+        other = f"{meta.get('backbone', 'another backbone')}, {meta.get('num_classes', '?')} classes"
+        if cfg.train.resume_training_checkpoint_path:
+            where = f"train.resume_training_checkpoint_path='{resume}' is a checkpoint of another model"
+            fix = "Point it at a checkpoint of this model, or unset it to start from scratch."
+        else:
+            where = (f"results_dir '{results_dir}' already holds a training checkpoint of another model "
+                     f"({os.path.basename(resume)})")
+            fix = (f"Train into a new results_dir, or delete '{results_dir}' to start over (train resumes by itself "
+                   "from the checkpoints in its results_dir).")
+        raise UserError(f"{where}: {other}, but this run builds {this} ({len(differ)} weights differ, e.g. "
+                        f"{differ[0]}), so training cannot resume from it. {fix}")
+    progress = (payload.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("total", {})
+    epochs_done = int(progress.get("processed", payload.get("epoch", -1) + 1))
+    return {"epochs_done": epochs_done, "global_step": int(payload.get("global_step", 0)), "meta": meta}
+
+
+def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dict) -> dict:
+    """A re-run of a finished training: report its results, touch nothing (logs, curves, checkpoints)."""
+    meta = state["meta"]
+    print(f"Training in {results_dir} already finished: {state['epochs_done']} of {cfg.train.num_epochs} epochs "
+          f"done ({resume}). Nothing to train; raise train.num_epochs to train longer, or use a new results_dir "
+          "to start over.")
+    best = os.path.join(results_dir, BEST)
+    best_miou = None
+    if io.exists(best):  # its meta holds the best val_miou
+        from segformer_tao.engine.checkpoint import load_checkpoint
+
+        best_miou = (load_checkpoint(best, cfg.get("encryption_key")).get("meta") or {}).get("val_miou")
+    metrics = {"val_miou": meta.get("val_miou"), "best_val_miou": best_miou, "epochs": state["epochs_done"],
+               "global_step": state["global_step"], "already_finished": True}
+    # No processes were launched: this process is rank 0 unless a launcher started it as another rank.
+    rank0 = all(int(os.environ.get(k, "0")) == 0 for k in ("NODE_RANK", "LOCAL_RANK", "RANK"))
+    return {"metrics": metrics, "artifacts": _artifacts(results_dir, io.exists(best)), "is_global_zero": rank0}
 
 
 def _float(value) -> float | None:

@@ -90,3 +90,43 @@ def test_out_of_memory_is_explained_and_keeps_the_last_checkpoint(tiny, tmp_path
     with pytest.raises(UserError, match="Lower dataset.segment.batch_size or dataset.segment.img_size"):
         _run(tiny, tmp_path, results, "train.num_epochs=3")  # resumes from latest, then runs out of memory
     assert (results / "segformer_model_latest.pth").read_bytes() == before
+
+
+def _csv_epochs(results) -> set[int]:
+    import csv
+
+    with open(results / "logs" / "csv" / "metrics.csv", newline="") as f:
+        return {int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("epoch")}
+
+
+def test_rerunning_a_finished_training_changes_nothing(tiny, tmp_path):
+    results = tmp_path / "done"
+    _, first = _run(tiny, tmp_path, results, "train.num_epochs=1")
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    _, again = _run(tiny, tmp_path, results, "train.num_epochs=1")
+    assert again["metrics"]["already_finished"] and again["metrics"]["epochs"] == 1
+    assert again["metrics"]["val_miou"] == pytest.approx(first["metrics"]["val_miou"])
+    assert again["metrics"]["best_val_miou"] == pytest.approx(first["metrics"]["best_val_miou"])
+    after = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    assert after == before  # logs, status, curves and checkpoints untouched
+
+
+def test_extending_a_finished_training_keeps_its_csv_history(tiny, tmp_path):
+    results = tmp_path / "extend"
+    _run(tiny, tmp_path, results, "train.num_epochs=1")
+    assert _csv_epochs(results) == {0}
+    _, out = _run(tiny, tmp_path, results, "train.num_epochs=2")
+    assert out["metrics"]["global_step"] == 6 and not out["metrics"].get("already_finished")
+    assert _csv_epochs(results) == {0, 1}
+
+
+def test_resuming_a_results_dir_of_another_model_is_a_user_error(tiny, tmp_path):
+    from segformer_tao.errors import UserError
+
+    net_cls, ds_cls, make_cfg = tiny
+    results = tmp_path / "shared"
+    _run(tiny, tmp_path, results, "train.num_epochs=1")
+    cfg = make_cfg(tmp_path, "train.num_epochs=2", "dataset.segment.num_classes=3")
+    dm = SegDataModule(cfg, ds_cls(12, mode="train"), ds_cls(6, mode="eval", seed=1))
+    with pytest.raises(UserError, match=r"already holds a training checkpoint of another model.*new results_dir"):
+        train_model(cfg, str(results), net_cls(num_classes=3), dm)
