@@ -129,11 +129,30 @@ def load_checkpoint(path: str, encryption_key: str | None = None, map_location: 
         refused = refused_pickle(path, e)
         if refused is not None:
             raise refused from e
+        other = _other_model_file(path)
+        if other:
+            what, key = other
+            raise UserError(f"'{path}' is {what}, not a PyTorch checkpoint: pass it as <action>.{key} (e.g. "
+                            f"evaluate.{key}={path}) instead of a checkpoint key, or give a .pth written by "
+                            "`segformer train`.") from e
+        # torch's own text ends with advice to retry with weights_only=False, which would run untrusted code.
+        reason = str(e).split("\n")[0].split(" Re-running")[0][:200]
         hint = (
-            " It may be encrypted with a scheme this tool does not read (e.g. a TAO .tlt/.pth): decrypt it "
-            "with the tool that wrote it, or import weights with train.pretrained_model_path."
+            " It may be truncated (an interrupted copy), or encrypted with a scheme this tool does not read (e.g. "
+            "a TAO .tlt/.pth): decrypt it with the tool that wrote it, or import weights with "
+            "train.pretrained_model_path."
         )
-        raise UserError(f"Cannot read checkpoint '{path}': {type(e).__name__}: {str(e)[:300]}.{hint}") from e
+        raise UserError(f"Cannot read checkpoint '{path}': {type(e).__name__}: {reason}.{hint}") from e
+
+
+def _other_model_file(path: str) -> tuple[str, str] | None:
+    """(what the file is, the key that takes it) when its name says it is an ONNX model or an engine."""
+    name = path.lower()
+    if name.endswith(".onnx"):
+        return "an ONNX model", "onnx_file"
+    if name.endswith((".engine", ".trt", ".plan")):
+        return "a TensorRT engine", "trt_engine"
+    return None
 
 
 def model_state_dict(payload: dict) -> dict[str, torch.Tensor]:
