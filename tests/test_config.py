@@ -62,10 +62,17 @@ def test_tao_spec_loads_unchanged_with_interpolations():
     assert cfg.train.optim.weight_decay == pytest.approx(5e-4)
 
 
-def test_override_order_spec_then_keys_and_groups():
+def test_override_order_spec_then_keys_and_groups(capsys):
     cfg = compose_config("train", ["model=mit_b2", "train.num_epochs=7", "results_dir=/x"], TAO_SPEC)
     assert cfg.train.num_epochs == 7  # key=value wins over the spec
-    assert cfg.model.backbone.type == "fan_small_12_p4_hybrid"  # the spec wins over the group file
+    # A group chosen on the command line wins over the spec too (it would otherwise be a silent no-op), and
+    # says which spec keys it replaced; key=value overrides still come last.
+    assert cfg.model.backbone.type == "mit_b2" and cfg.model.decode_head.in_channels == [64, 128, 320, 512]
+    assert "model=mit_b2 on the command line replaces model.backbone.type" in capsys.readouterr().err
+    cfg = compose_config("train", ["model=mit_b2", "model.backbone.type=mit_b1", "results_dir=/x"], TAO_SPEC)
+    assert cfg.model.backbone.type == "mit_b1"
+    cfg = compose_config("train", ["results_dir=/x"], TAO_SPEC)
+    assert cfg.model.backbone.type == "fan_small_12_p4_hybrid"  # no group override: the spec's value
     cfg = compose_config("train", ["model=mit_b2", "train=fast_dev"])
     assert cfg.model.backbone.type == "mit_b2" and cfg.model.decode_head.in_channels == [64, 128, 320, 512]
     assert cfg.train.num_epochs == 1

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
@@ -228,10 +229,37 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
             cfg = OmegaConf.merge(cfg, spec)
         except OmegaConfBaseException as e:
             raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
+        _reapply_groups(cfg, group_ovs, spec, spec_file)
     apply_overrides(cfg, key_ovs)
     validate(cfg)
     _unset_missing(cfg)
     return cfg
+
+
+def _reapply_groups(cfg: DictConfig, group_ovs: list[str], spec: DictConfig, spec_file: str) -> None:
+    """A group chosen on the command line (``model=mit_b2``) wins over the spec file, like key=value overrides;
+    otherwise a spec that sets model.backbone.type would silently turn ``model=...`` into a no-op."""
+    for override in group_ovs:
+        group, name = override.split("=", 1)
+        path = os.path.join(package_dir("conf"), group, f"{name}.yaml")
+        if group.startswith(("~", "+")) or group not in spec or not os.path.isfile(path):
+            continue
+        chosen = OmegaConf.load(path)
+        shadowed = sorted(f"{group}.{k}" for k in _leaf_keys(chosen)
+                          if OmegaConf.select(spec[group], k, default=None) is not None
+                          and OmegaConf.select(spec[group], k) != OmegaConf.select(chosen, k))
+        cfg[group] = OmegaConf.merge(cfg[group], chosen)
+        if shadowed:  # stderr: `segformer config ... > spec.yaml` must stay valid YAML
+            print(f"note: {override} on the command line replaces {', '.join(shadowed)} from {spec_file}",
+                  file=sys.stderr)
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        dotted = f"{prefix}{k}"
+        keys += _leaf_keys(v, f"{dotted}.") if isinstance(v, DictConfig) else [dotted]
+    return keys
 
 
 def _unset_missing(cfg: DictConfig) -> None:
