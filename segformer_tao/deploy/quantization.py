@@ -14,6 +14,7 @@ attention (Q.K^T feeding Softmax and Softmax.V). LayerNorm, Softmax, GELU and Re
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -156,9 +157,11 @@ def quantize_onnx(model_bytes: bytes, calibration_batches: Iterable, settings: Q
         raise UserError("No calibration images were read from dataset.segment.quant_calibration_dataset."
                         "images_dir; put a few hundred representative images there.")
     reader = _Reader(batches)
-    log.info("Quantizing %s to INT8 (Q/DQ, per-channel weights, %s calibration); kept float: %s",
-             "/".join(QUANTIZED_OP_TYPES), settings.algorithm, excluded)
-    with tempfile.TemporaryDirectory(prefix="segformer_quant_") as tmp:
+    log.info("Quantizing %s to INT8 (Q/DQ, per-channel weights, %s calibration); %d nodes kept float (the "
+             "classifier, attention MatMuls and skip_names)", "/".join(QUANTIZED_OP_TYPES), settings.algorithm,
+             len(excluded))
+    log.debug("kept float: %s", excluded)
+    with tempfile.TemporaryDirectory(prefix="segformer_quant_") as tmp, _without_preprocessing_hint():
         out = os.path.join(tmp, "int8.onnx")
         quantize_static(model, out, calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, nodes_to_exclude=excluded,
@@ -166,6 +169,22 @@ def quantize_onnx(model_bytes: bytes, calibration_batches: Iterable, settings: Q
         quantized = onnx.load(out)
     _copy_metadata(model, quantized)
     return quantized.SerializeToString()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_hint():
+    """ORT's quantizer logs "Please consider to run pre-processing before quantization" on the root logger; its
+    pre-processing (shape inference + graph optimisation) is what our export already did."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:

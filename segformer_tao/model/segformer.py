@@ -82,8 +82,8 @@ def _check_head_spec(cfg: DictConfig, backbone: nn.Module, name: str, in_index: 
             continue
         msg = (f"model.decode_head.{key}={list(spec)} does not match backbone {name} ({value}); "
                "using the backbone's values.")
-        if list(spec) == _TAO_DEFAULTS[key]:
-            log.info(msg)
+        if list(spec) == _TAO_DEFAULTS[key]:  # TAO's default, left as is: nothing the user needs to hear about
+            log.debug(msg)
         else:
             warnings.warn(msg, stacklevel=3)
 

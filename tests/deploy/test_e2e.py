@@ -34,7 +34,7 @@ def test_export_evaluate_onnx_equals_torch_and_quantize(trained):
     ckpt = f"{root}/results/train/segformer_model_latest.pth"
     exported = run_cli("export", *args, f"export.checkpoint={ckpt}", "export.input_height=64", "export.input_width=64")
     assert exported.returncode == 0, exported.output
-    assert "max abs difference" in exported.output
+    assert "max abs logit difference" in exported.output
     onnx_file = f"{root}/results/export/segformer_model_latest.onnx"
     torch_eval = run_cli("evaluate", *args, f"evaluate.checkpoint={ckpt}", f"results_dir={root}/results/t")
     ort_eval = run_cli("evaluate", *args, f"evaluate.onnx_file={onnx_file}", f"results_dir={root}/results/o")
