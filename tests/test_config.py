@@ -93,7 +93,7 @@ def test_hydra_grammar_lists_add_delete():
     ("train.optim.optim=adagrad", "adamw, adam, sgd"),
     ("model.backbone.type=mit_b7", "Did you mean"),
     ("train.num_epochs=[1", "Invalid override syntax"),
-    ("model=mit_b9", "Cannot switch config group"),
+    ("model=mit_b9", "Did you mean 'model=mit_b5'"),
 ])
 def test_bad_overrides_are_user_errors(override, needle):
     with pytest.raises(UserError, match=None) as e:

@@ -113,13 +113,33 @@ def _key_exists(cfg: DictConfig, key: str) -> bool:
     return True
 
 
+def _override_syntax_error(overrides: Sequence[str], e: OverrideParseException) -> UserError:
+    """Name the override Hydra could not parse, without the parser's internal exception names."""
+    bad = next((o for o in overrides if _unparsable(o)), None)
+    example = "e.g. train.num_epochs=5 or 'train.gpu_ids=[0,1]'"
+    if bad is not None and bad.startswith("-"):
+        return UserError(f"'{bad}' is not an option: settings are given as key=value ({example}); run "
+                         "`segformer <action> --help` for the keys.")
+    reason = str(e).splitlines()[0].split(": ", 1)[-1] if "Exception:" in str(e) else str(e).splitlines()[0]
+    where = f"'{bad}'" if bad is not None else "an override"
+    return UserError(f"Invalid override syntax in {where} ({reason.rstrip('.')}). Overrides look like key=value, "
+                     f"{example}; quote values with brackets or spaces in the shell.")
+
+
+def _unparsable(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except OverrideParseException:
+        return True
+    return False
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
     """Apply Hydra-grammar overrides (``a.b=1``, ``+a.new=x``, ``++a.b=2``, ``~a.b``) in place."""
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as e:
-        raise UserError(f"Invalid override syntax: {str(e).splitlines()[0]} Overrides look like key=value, "
-                        "e.g. train.num_epochs=5 or 'train.gpu_ids=[0,1]'.") from e
+        raise _override_syntax_error(overrides, e) from e
     for ov in parsed:
         key = ov.key_or_group
         try:
@@ -214,8 +234,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
         with initialize_config_dir(config_dir=package_dir("conf"), version_base=None):
             cfg = compose(config_name="experiment", overrides=group_ovs)
     except HydraException as e:
-        raise UserError(f"Cannot switch config group: {str(e).splitlines()[0]} Available groups: "
-                        f"{', '.join(sorted(groups))} (files under conf/<group>/).") from e
+        raise _group_error(group_ovs, groups, e) from e
     OmegaConf.set_struct(cfg, True)
     if spec_file:
         spec = load_spec_file(spec_file)
@@ -234,6 +253,22 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     validate(cfg)
     _unset_missing(cfg)
     return cfg
+
+
+def _group_error(group_ovs: list[str], groups: Sequence[str], e: HydraException) -> UserError:
+    """Name the bad `group=option` and list that group's options (Hydra lists the groups instead)."""
+    for override in group_ovs:
+        group, name = override.split("=", 1)
+        group = group.lstrip("+~")
+        folder = os.path.join(package_dir("conf"), group)
+        options = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+        if name and name not in options:
+            close = difflib.get_close_matches(name, options, n=1)
+            hint = f" Did you mean '{group}={close[0]}'?" if close else ""
+            return UserError(f"'{override}': there is no {group} option '{name}'.{hint} Options: "
+                             f"{', '.join(options)} (files under conf/{group}/).")
+    return UserError(f"Cannot switch config group: {str(e).splitlines()[0]} Groups: {', '.join(sorted(groups))} "
+                     "(files under conf/<group>/).")
 
 
 def _reapply_groups(cfg: DictConfig, group_ovs: list[str], spec: DictConfig, spec_file: str) -> None:

@@ -7,6 +7,7 @@ and counts pixels per class. Writes dataset_report.json and raises one UserError
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from segformer_tao.data import storage
 from segformer_tao.data.dataset import Sample, check_root, index_split, mask_decoder, split_name
 from segformer_tao.data.decode import MaskDecoder, open_image
 from segformer_tao.errors import UserError
+
+log = logging.getLogger("segformer_tao")
 
 SAMPLE_SIZE = 200  # pairs checked per split in 'sample' mode
 _SHOWN = 10
@@ -103,6 +106,22 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _warn_palette_size(seg: Any) -> None:
+    """A palette naming another number of classes than num_classes is legal, but usually a spec mistake."""
+    from segformer_tao.config.schema import DatasetSegmentConfig
+
+    palette = list(seg.get("palette") or [])
+    if not palette or palette == DatasetSegmentConfig().palette:  # TAO's 2-entry default: not the user's choice
+        return
+    ignore = int(seg.get("ignore_index", 255))
+    ids = sorted({int(p["label_id"]) for p in palette if int(p.get("label_id", -1)) not in (ignore, -1)})
+    n = int(seg.num_classes)
+    if ids and len(ids) != n:
+        log.warning("dataset.segment.num_classes=%d but dataset.segment.palette names %d class id(s) (%s). Classes "
+                    "without a palette entry get generic names and colours; if the masks only hold the palette's "
+                    "ids, set num_classes=%d.", n, len(ids), ", ".join(map(str, ids)), len(ids))
+
+
 def check_dataset(cfg: Any, splits: Sequence[str] = ("train", "val"), *, mode: str | None = None,
                   report_path: str | None = None, quiet: bool = False) -> dict:
     """Check the given splits ('train', 'val', 'test', 'predict' or folder names) of dataset.segment.root_dir.
@@ -122,6 +141,7 @@ def check_dataset(cfg: Any, splits: Sequence[str] = ("train", "val"), *, mode: s
         return {"mode": "off", "splits": [], "problems": []}
     root = check_root(seg.root_dir)
     decoder = mask_decoder(cfg)
+    _warn_palette_size(seg)
     report: dict[str, Any] = {"root_dir": root, "mode": mode, "num_classes": decoder.num_classes,
                               "ignore_index": decoder.ignore_index, "splits": [], "problems": []}
     seen = set()

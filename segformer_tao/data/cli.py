@@ -39,7 +39,11 @@ def main(argv: list[str]) -> int:
     if args.command == "demo":
         root = make_demo_dataset(args.outdir, num_classes=args.classes, size=args.size, train=args.train,
                                  val=args.val, test=args.test, mask_format=args.mask_format, seed=args.seed)
-        print(f"Demo dataset written to {root}; train on it with: segformer train -e {root / 'spec.yaml'}")
+        print(f"Demo dataset written to {root}. A quick CPU training run on it (a minute or two):\n"
+              f"  segformer train -e {root / 'spec.yaml'} results_dir={root.parent / 'results'} model=mit_b0 "
+              "automl_policy=off train.num_epochs=20\n"
+              "(without model= and automl_policy=off it runs TAO's default fan_small_12_p4_hybrid in an AutoML "
+              "search, which takes far longer on a CPU).")
         return 0
     from segformer_tao.config import compose_config
     from segformer_tao.data.check import check_dataset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -79,3 +80,17 @@ def test_cli_demo_binary_masks_read_with_norm(tmp_path):
           "--mask-format", "binary255"])
     assert set(np.unique(np.array(Image.open(tmp_path / "b/masks/train/0000.png")))) <= {0, 255}
     assert main(["check", "-e", str(tmp_path / "b/spec.yaml"), f"results_dir={tmp_path}/res"]) == 0
+
+
+def test_palette_naming_fewer_classes_than_num_classes_warns(demo_root, caplog):
+    palette = [{"label_id": i, "seg_class": f"c{i}", "mapping_class": f"c{i}", "rgb": [i, i, i]} for i in range(4)]
+    with caplog.at_level(logging.WARNING, logger="segformer_tao"):
+        check_dataset(make_cfg(demo_root, num_classes=4, label_transform="None", palette=palette), quiet=True)
+    assert "palette" not in caplog.text  # 4 ids for 4 classes: fine
+    with caplog.at_level(logging.WARNING, logger="segformer_tao"):
+        check_dataset(make_cfg(demo_root, num_classes=6, label_transform="None", palette=palette), quiet=True)
+    assert "num_classes=6 but dataset.segment.palette names 4 class id(s) (0, 1, 2, 3)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="segformer_tao"):  # TAO's default palette is not the user's
+        check_dataset(make_cfg(demo_root, num_classes=4, label_transform="None"), quiet=True)
+    assert "palette" not in caplog.text
