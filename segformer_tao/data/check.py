@@ -12,13 +12,15 @@ import os
 import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from segformer_tao import io
 from segformer_tao.data import storage
-from segformer_tao.data.dataset import Sample, check_root, index_split, mask_decoder, split_name
+from segformer_tao.data.dataset import Sample, check_root, mask_decoder, pair_split, split_name
 from segformer_tao.data.decode import MaskDecoder, open_image
 from segformer_tao.errors import UserError
 
@@ -39,16 +41,22 @@ def _check_pair(sample: Sample, decoder: MaskDecoder) -> dict[str, Any]:
         return out
     if sample.mask is None:
         return out
+    data = storage.read_bytes(sample.mask)
     try:
-        ids = decoder(storage.read_bytes(sample.mask), sample.mask)
+        with Image.open(BytesIO(data)) as header:  # the size alone, so a mask with bad values is still checked
+            mask_size = header.size
+    except Exception:  # noqa: BLE001 - unreadable: the decoder below names the file and the reason
+        mask_size = None
+    if mask_size is not None and mask_size != im.size:
+        out["problems"].append({"kind": "size_mismatch", "file": sample.mask, "detail": (
+            f"Mask '{sample.mask}' is {mask_size[0]}x{mask_size[1]} but image '{sample.image}' is "
+            f"{im.size[0]}x{im.size[1]} (WxH).")})
+    try:
+        ids = decoder(data, sample.mask)
     except UserError as e:
         kind = "unreadable" if "Cannot read" in str(e) else "bad_mask"
         out["problems"].append({"kind": kind, "file": sample.mask, "detail": str(e)})
         return out
-    if (ids.shape[1], ids.shape[0]) != im.size:
-        out["problems"].append({"kind": "size_mismatch", "file": sample.mask, "detail": (
-            f"Mask '{sample.mask}' is {ids.shape[1]}x{ids.shape[0]} but image '{sample.image}' is "
-            f"{im.size[0]}x{im.size[1]} (WxH).")})
     out["counts"] = np.bincount(ids.ravel(), minlength=decoder.num_classes)
     return out
 
@@ -57,18 +65,18 @@ def _check_split(cfg: Any, root: str, split: str, mode: str, decoder: MaskDecode
     folder = split_name(cfg, split)
     with_masks = split != "predict"
     try:
-        samples = index_split(root, folder, with_masks)
+        samples, unpaired = pair_split(root, folder, with_masks)
     except UserError as e:
-        kind = "unpaired" if "Unpaired" in str(e) else "missing_or_empty_split"
-        return {"split": folder, "checked": 0}, [{"kind": kind, "split": folder, "file": None, "detail": str(e)}]
-    chosen = samples
+        return {"split": folder, "checked": 0}, [{"kind": "missing_or_empty_split", "split": folder, "file": None,
+                                                  "detail": str(e)}]
+    problems = [{"kind": "unpaired", "split": folder, "file": None, "detail": str(unpaired)}] if unpaired else []
+    chosen = samples  # the pairs that do exist are still checked
     if mode == "sample" and len(samples) > SAMPLE_SIZE:
         chosen = random.Random(0).sample(samples, SAMPLE_SIZE)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
         results = list(pool.map(lambda s: _check_pair(s, decoder), chosen))
     counts = np.zeros(max(decoder.num_classes, decoder.ignore_index + 1), np.int64)
     sizes = []
-    problems = []
     for r in results:
         problems += [dict(p, split=folder) for p in r["problems"]]
         if "counts" in r:
@@ -160,10 +168,25 @@ def check_dataset(cfg: Any, splits: Sequence[str] = ("train", "val"), *, mode: s
     if not quiet:
         print(summary(report))
     if report["problems"]:
-        shown = report["problems"][:_SHOWN]
-        more = len(report["problems"]) - len(shown)
-        details = " ".join(f"[{p['kind']}] {p['detail']}" for p in shown)
-        raise UserError(f"Dataset check of '{root}' found {len(report['problems'])} problem(s): {details}"
-                        f"{f' ... and {more} more' if more else ''}"
-                        f"{f' (full list in {report_path})' if report_path else ''}")
+        raise UserError(f"Dataset check of '{root}' found {len(report['problems'])} problem(s): "
+                        f"{_grouped(report['problems'])}{f' Full list in {report_path}.' if report_path else ''}")
     return report
+
+
+def _grouped(problems: list[dict]) -> str:
+    """One full example per kind of problem, then the other files of that kind by name (not the same fix again)."""
+    by_kind: dict[str, list[dict]] = {}
+    parts = []
+    for p in problems:
+        if p.get("file"):
+            by_kind.setdefault(p["kind"], []).append(p)
+        else:  # split-level problems (missing folder, unpaired files) each say something different
+            parts.append(f"[{p['kind']}] {p['detail']}")
+    for kind, items in by_kind.items():
+        text = f"[{kind}] {items[0]['detail']}"
+        others = [os.path.basename(p["file"]) for p in items[1:]]
+        if others:
+            listed = ", ".join(others[:_SHOWN]) + (f" and {len(others) - _SHOWN} more" if len(others) > _SHOWN else "")
+            text += f" The same for {len(others)} more file(s): {listed}."
+        parts.append(text)
+    return " ".join(parts)

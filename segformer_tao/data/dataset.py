@@ -82,12 +82,21 @@ def _list_split(root: str, kind: str, split: str, exts: tuple[str, ...]) -> dict
 
 def index_split(root: str, split: str, with_masks: bool) -> list[Sample]:
     """List a split once and pair images with masks by stem; unpaired files -> UserError listing up to 10."""
+    samples, unpaired = pair_split(root, split, with_masks)
+    if unpaired is not None:
+        raise unpaired
+    return samples
+
+
+def pair_split(root: str, split: str, with_masks: bool) -> tuple[list[Sample], UserError | None]:
+    """(the pairs matched by file stem, an error naming the unpaired files or None)."""
     images = _list_split(root, "images", split, storage.IMAGE_EXTS)
     if not with_masks:
-        return [Sample(stem, path, None) for stem, path in sorted(images.items())]
+        return [Sample(stem, path, None) for stem, path in sorted(images.items())], None
     masks = _list_split(root, "masks", split, storage.MASK_EXTS)
     lonely_images = sorted(set(images) - set(masks))
     lonely_masks = sorted(set(masks) - set(images))
+    problem = None
     if lonely_images or lonely_masks:
         parts = []
         if lonely_images:
@@ -96,9 +105,9 @@ def index_split(root: str, split: str, with_masks: bool) -> list[Sample]:
         if lonely_masks:
             names = [os.path.basename(masks[s]) for s in lonely_masks[:_MAX_LISTED]]
             parts.append(f"{len(lonely_masks)} mask(s) without an image in images/{split}: {', '.join(names)}")
-        raise UserError(f"Unpaired files in split '{split}' of '{root}' (pairs are matched by file stem): "
-                        f"{'; '.join(parts)}. Add the missing files or remove the extra ones.")
-    return [Sample(stem, images[stem], masks[stem]) for stem in sorted(images)]
+        problem = UserError(f"Unpaired files in split '{split}' of '{root}' (pairs are matched by file stem): "
+                            f"{'; '.join(parts)}. Add the missing files or remove the extra ones.")
+    return [Sample(stem, images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))], problem
 
 
 def mask_decoder(cfg: Any) -> MaskDecoder:

@@ -94,3 +94,19 @@ def test_palette_naming_fewer_classes_than_num_classes_warns(demo_root, caplog):
     with caplog.at_level(logging.WARNING, logger="segformer_tao"):  # TAO's default palette is not the user's
         check_dataset(make_cfg(demo_root, num_classes=4, label_transform="None"), quiet=True)
     assert "palette" not in caplog.text
+
+
+def test_check_reports_every_kind_of_problem_at_once(demo_root, tmp_path):
+    root = shutil.copytree(demo_root, tmp_path / "d")
+    (root / "masks/train/0000.png").unlink()  # unpaired image
+    (root / "images/train/0001.png").write_bytes(b"not a png")  # corrupt image
+    Image.fromarray(np.full((24, 24), 9, np.uint8)).save(root / "masks/train/0002.png")  # wrong size and value
+    Image.fromarray(np.full((48, 48), 9, np.uint8)).save(root / "masks/train/0003.png")  # wrong value only
+    Image.fromarray(np.full((48, 48), 7, np.uint8)).save(root / "masks/train/0004.png")
+    with pytest.raises(UserError) as info:
+        check_dataset(make_cfg(root, num_classes=4, label_transform="None"), ["train"], mode="full", quiet=True)
+    msg = str(info.value)
+    for needle in ("[unpaired]", "0000.png", "[unreadable]", "0001.png", "[size_mismatch]", "24x24", "[bad_mask]",
+                   "The same for 2 more file(s): 0003.png, 0004.png"):
+        assert needle in msg, (needle, msg)
+    assert msg.count("[bad_mask]") == 1  # one full example per kind, not the same fix three times
