@@ -95,6 +95,22 @@ def check_required(action: str, cfg) -> None:
             hint = " (or parent_job=<results dir of a previous job>)" if "dataset" not in group[0] else ""
             raise UserError(f"`segformer {action}` needs {keys} but it is not set. Add it on the command line, "
                             f"e.g. `segformer {action} {example}`{hint}, or set it in the spec file.")
+        _check_model_files_exist(cfg, [k for k in group if "dataset" not in k])
+
+
+def _check_model_files_exist(cfg, keys: list[str]) -> None:
+    """A set model-file key naming a missing file fails now, not after the dataset check."""
+    from omegaconf import OmegaConf
+
+    from segformer_tao import io
+
+    for key in keys:
+        path = OmegaConf.select(cfg, key)
+        if path in (None, "", []) or io.is_remote(str(path)):  # remote files are checked when read
+            continue
+        if not io.exists(str(path)):
+            raise UserError(f"{key}='{path}' does not exist. Check the path, or use parent_job=<results dir of a "
+                            "previous job> to pick its artifact.")
 
 
 def check_conflicts(action: str, cfg) -> None:

@@ -68,11 +68,12 @@ def test_chain_train_evaluate_export_ort_quantize(tmp_path):
 def test_failed_job_is_recorded(tmp_path):
     data = str(make_demo_dataset(tmp_path / "data", num_classes=3, size=64, train=2, val=2, test=2))
     res = str(tmp_path / "results")
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")  # fails inside the job, after it started
     r = run_cli("evaluate", f"dataset.segment.root_dir={data}", f"results_dir={res}",
-                f"evaluate.checkpoint={tmp_path}/missing.pth", *COMMON)
-    assert_user_error(r, "missing.pth")
+                f"evaluate.checkpoint={tmp_path}/broken.pth", *COMMON)
+    assert_user_error(r, "broken.pth")
     job = _job(f"{res}/evaluate")
-    assert job["status"] == "failed" and "missing.pth" in job["error"]
+    assert job["status"] == "failed" and "broken.pth" in job["error"]
     assert SECRET not in json.dumps(job) and SECRET not in open(f"{res}/evaluate/experiment.yaml").read()
     shown = run_cli("jobs", "show", f"{res}/evaluate")
     assert shown.returncode == 0 and '"status": "failed"' in shown.stdout

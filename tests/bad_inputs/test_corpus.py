@@ -94,7 +94,7 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["truncated.pth", "Cannot read"]),
     ("truncated_pretrained", ["train", *D, *TINY, "train.pretrained_model_path={truncated_ckpt}"], ["truncated.pth"]),
     ("checkpoint_is_onnx", ["evaluate", *D, "evaluate.checkpoint={onnx}"], ["is an ONNX model", ".onnx_file"]),
-    ("checkpoint_missing", ["evaluate", *D, "evaluate.checkpoint={tmp}/nope.pth"], ["nope.pth", "not found"]),
+    ("checkpoint_missing", ["evaluate", *D, "evaluate.checkpoint={tmp}/nope.pth"], ["nope.pth", "does not exist"]),
     ("pretrained_backbone_missing", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={tmp}/nope.pth"],
      ["nope.pth", "does not exist"]),
     ("pretrained_model_missing", ["train", *D, *TINY, "train.pretrained_model_path={tmp}/nope.pth"],
