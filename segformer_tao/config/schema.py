@@ -396,7 +396,8 @@ class AutoMLConfig:
 class ExperimentConfig:
     model_name: str | None = spec("segformer", "Model name.")
     encryption_key: str | None = spec(None, "Key to encrypt checkpoints at rest (never written to any file).")
-    results_dir: str | None = spec("", "Root for all outputs; each action writes into <results_dir>/<action>.")
+    results_dir: str | None = spec("", "Root for all outputs; each action writes into <results_dir>/<action> "
+                                    "(unset: ./results).")
     wandb: WandBConfig = group(WandBConfig, "Weights & Biases.")
     model: ModelConfig = group(ModelConfig, "Model.")
     dataset: DatasetConfig = group(DatasetConfig, "Dataset.")

@@ -129,7 +129,11 @@ def keys_for_action(action: str) -> list[tuple[str, Any, str]]:
     for key, f in iter_fields():
         if key.split(".")[0] in sections:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            out.append((key, default, f.metadata.get("description", "")))
+            desc = f.metadata.get("description", "")
+            options = f.metadata.get("valid_options")
+            if options:
+                desc = f"{desc} One of: {', '.join(map(str, options))}."
+            out.append((key, default, desc))
     return out
 
 
