@@ -177,7 +177,8 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
         job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
         raise
     job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
-    log.info("%s finished: outputs in %s", action, out_dir)
+    if jobs.is_primary():  # DDP's extra processes run this CLI too
+        log.info("%s finished: outputs in %s", action, out_dir)
     return result
 
 
@@ -225,6 +226,9 @@ def _quiet_third_party() -> None:
 
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # DDP compares strides literally; the depth-wise conv weights (C, 1, 3, 3) differ only in the stride of their
+    # size-1 dimension, which is the same memory layout, so the "may impair performance" note does not apply.
+    warnings.filterwarnings("ignore", message=r".*Grad strides do not match bucket view strides.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(lambda record: "Tip:" not in record.getMessage())
 

@@ -242,9 +242,10 @@ def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dic
         best_miou = (load_checkpoint(best, cfg.get("encryption_key")).get("meta") or {}).get("val_miou")
     metrics = {"val_miou": meta.get("val_miou"), "best_val_miou": best_miou, "epochs": state["epochs_done"],
                "global_step": state["global_step"], "already_finished": True}
-    # No processes were launched: this process is rank 0 unless a launcher started it as another rank.
-    rank0 = all(int(os.environ.get(k, "0")) == 0 for k in ("NODE_RANK", "LOCAL_RANK", "RANK"))
-    return {"metrics": metrics, "artifacts": _artifacts(results_dir, io.exists(best)), "is_global_zero": rank0}
+    from segformer_tao.jobs import is_primary  # no processes were launched: rank 0 unless a launcher made this one
+
+    return {"metrics": metrics, "artifacts": _artifacts(results_dir, io.exists(best)),
+            "is_global_zero": is_primary()}
 
 
 def _float(value) -> float | None:
