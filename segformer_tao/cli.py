@@ -74,15 +74,14 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, list[str], dict]:
 
 def action_help(action: str) -> str:
     """Every key relevant to an action, with default and description (generated from the dataclasses)."""
-    from segformer_tao.config.compose import package_dir
+    from segformer_tao.config.compose import conf_groups, group_options
     from segformer_tao.config.specs import keys_for_action
 
     lines = [f"segformer {action}: {ACTION_HELP[action]}", "", "required:"]
     lines += ["  " + " or ".join(group) for group in REQUIRED_KEYS[action]]
-    conf = package_dir("conf")
     lines += ["", "config groups (switch a whole group, e.g. model=mit_b2):"]
-    for group in sorted(d for d in os.listdir(conf) if os.path.isdir(os.path.join(conf, d))):
-        options = sorted(f[:-5] for f in os.listdir(os.path.join(conf, group)) if f.endswith(".yaml"))
+    for group in sorted(conf_groups()):
+        options = group_options(group)
         if len(options) > 1:
             lines.append(f"  {group}={'|'.join(options)}")
     lines += ["", "keys (key = default  description):"]

@@ -65,9 +65,15 @@ def suggest(key: str) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def _conf_groups() -> set[str]:
+def conf_groups() -> set[str]:
     root = package_dir("conf")
     return {d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))}
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a conf/ group (``model`` -> mit_b0, ..., fan_*), from its YAML files; [] if no such group."""
+    folder = os.path.join(package_dir("conf"), group)
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
 
 
 def _omegaconf_error(e: OmegaConfBaseException, source: str) -> UserError:
@@ -226,7 +232,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
         an OmegaConf DictConfig in struct mode (unknown keys raise).
     """
     overrides = list(overrides)
-    groups = _conf_groups()
+    groups = conf_groups()
     group_ovs = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") in groups]
     key_ovs = [o for o in overrides if o not in group_ovs]
     _register_schema()
@@ -260,8 +266,7 @@ def _group_error(group_ovs: list[str], groups: Sequence[str], e: HydraException)
     for override in group_ovs:
         group, name = override.split("=", 1)
         group = group.lstrip("+~")
-        folder = os.path.join(package_dir("conf"), group)
-        options = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+        options = group_options(group)
         if name and name not in options:
             close = difflib.get_close_matches(name, options, n=1)
             hint = f" Did you mean '{group}={close[0]}'?" if close else ""
@@ -311,5 +316,5 @@ def to_yaml_without_secrets(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
-__all__ = ["compose_config", "validate", "iter_fields", "all_keys", "suggest", "apply_overrides",
-           "load_spec_file", "to_yaml_without_secrets", "package_dir", "ListConfig"]
+__all__ = ["compose_config", "validate", "iter_fields", "all_keys", "suggest", "apply_overrides", "conf_groups",
+           "group_options", "load_spec_file", "to_yaml_without_secrets", "package_dir", "ListConfig"]

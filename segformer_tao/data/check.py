@@ -41,7 +41,11 @@ def _check_pair(sample: Sample, decoder: MaskDecoder) -> dict[str, Any]:
         return out
     if sample.mask is None:
         return out
-    data = storage.read_bytes(sample.mask)
+    try:
+        data = storage.read_bytes(sample.mask)
+    except UserError as e:  # e.g. a remote read that failed: a problem of this file, not of the whole check
+        out["problems"].append({"kind": "unreadable", "file": sample.mask, "detail": str(e)})
+        return out
     try:
         with Image.open(BytesIO(data)) as header:  # the size alone, so a mask with bad values is still checked
             mask_size = header.size

@@ -135,14 +135,21 @@ def load_checkpoint(path: str, encryption_key: str | None = None, map_location: 
             raise UserError(f"'{path}' is {what}, not a PyTorch checkpoint: pass it as <action>.{key} (e.g. "
                             f"evaluate.{key}={path}) instead of a checkpoint key, or give a .pth written by "
                             "`segformer train`.") from e
-        # torch's own text ends with advice to retry with weights_only=False, which would run untrusted code.
-        reason = str(e).split("\n")[0].split(" Re-running")[0][:200]
+        reason = load_failure_reason(e)
         hint = (
             " It may be truncated (an interrupted copy), or encrypted with a scheme this tool does not read (e.g. "
             "a TAO .tlt/.pth): decrypt it with the tool that wrote it, or import weights with "
             "train.pretrained_model_path."
         )
-        raise UserError(f"Cannot read checkpoint '{path}': {type(e).__name__}: {reason}.{hint}") from e
+        raise UserError(f"Cannot read checkpoint '{path}': {reason}.{hint}") from e
+
+
+def load_failure_reason(e: BaseException) -> str:
+    """``Type: first line`` of a torch.load failure, without torch's advice to retry with weights_only=False
+    (that would run whatever code the file's pickle names)."""
+    lines = str(e).splitlines()
+    first = lines[0].split(" Re-running")[0][:200] if lines else ""
+    return f"{type(e).__name__}: {first}"
 
 
 def _other_model_file(path: str) -> tuple[str, str] | None:

@@ -78,14 +78,14 @@ def _load_bytes(data: bytes, name: str) -> dict:
         with torch.serialization.safe_globals(safe):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        from segformer_tao.engine.checkpoint import refused_pickle
+        from segformer_tao.engine.checkpoint import load_failure_reason, refused_pickle
 
         refused = refused_pickle(name, e)
         if refused is not None:
             raise refused from e
         raise UserError(
-            f"Cannot read weights file '{name}': {e}. Expected a PyTorch checkpoint (.pth/.pt/.ckpt/.bin, "
-            "loadable with weights_only=True) or a .safetensors file.") from e
+            f"Cannot read weights file '{name}': {load_failure_reason(e)}. Expected a PyTorch checkpoint "
+            "(.pth/.pt/.ckpt/.bin, loadable with weights_only=True) or a .safetensors file.") from e
 
 
 def _read_hf_dir(path: str) -> dict:

@@ -38,6 +38,12 @@ def _child(argv: list[str], env: dict | None, fsize: int | None, out_fd: int, er
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     import logging
 
+    import torch
+
+    # A parent that already ran torch ops on several threads leaves an OpenMP thread pool that does not survive
+    # fork(): the child's first parallel op then crashes (seen: a segfault in trunc_normal_ after tests/data ran
+    # first). One thread in the child never touches that pool; these cases are tiny anyway.
+    torch.set_num_threads(1)
     logging.getLogger().handlers.clear()  # pytest's capture handlers belong to the parent
     from segformer_tao.cli import main
 
