@@ -5,6 +5,8 @@ Searched keys: the schema's ``automl_default_parameters`` minus ``automl.disable
 
 - ``valid_options`` (+ ``option_weights``) and booleans: a categorical. With weights, Optuna samples a number
   u in [0, 1) and the option whose cumulative-weight interval holds u is used, so the prior follows the weights.
+- numbers with ``automl_range`` ``[low, high, "log"|"linear"]`` (our metadata, for keys whose valid range is far
+  wider than useful values, e.g. weight_decay valid in [0, 1]): that range, clipped to valid_min/valid_max.
 - numbers with finite ``valid_min``/``valid_max``: uniform in [min, max] (ints: integers in it).
 - numbers with an unbounded side (``valid_max: "inf"``, e.g. ``train.optim.lr``): log-uniform in
   [value / 10, value * 10] around the experiment's current value (the schema default unless overridden),
@@ -123,6 +125,10 @@ def _categorical(key: str, node: dict, options: list) -> Param:
 def _numeric_bounds(key: str, node: dict, current) -> tuple[float, float, bool]:
     """(low, high, log) of a number key from valid_min/valid_max and the current value."""
     lo, hi = _number(node.get("valid_min")), _number(node.get("valid_max"))
+    if node.get("automl_range"):
+        low, high, scale = node["automl_range"]
+        low, high = max(low, lo) if lo is not None else low, min(high, hi) if hi is not None else high
+        return low, high, scale == "log" and low > 0
     if lo is not None and hi is not None:
         return lo, hi, False
     center = _number(current)

@@ -10,7 +10,8 @@ import copy
 import dataclasses
 from typing import Any
 
-# The metadata vocabulary of TAO Core's schemas (nvidia_tao_core.config.utils.types), plus `automl_enabled`.
+# The metadata vocabulary of TAO Core's schemas (nvidia_tao_core.config.utils.types), plus `automl_enabled` and our
+# `automl_range`.
 META_KEYS = (
     "description",
     "display_name",
@@ -22,6 +23,7 @@ META_KEYS = (
     "depends_on",
     "popular",
     "automl_enabled",
+    "automl_range",
     "required",
     "regex",
 )
@@ -39,6 +41,7 @@ def spec(
     depends_on: str | None = None,
     popular: bool = False,
     automl_enabled: bool | None = None,
+    automl_range: tuple[float, float, str] | None = None,
     display_name: str | None = None,
     required: bool = False,
     regex: str | None = None,
@@ -46,8 +49,14 @@ def spec(
     """Declare a spec key with its default and metadata.
 
     ``valid_max="inf"`` means unbounded (TAO's convention). ``automl_enabled=True`` lets AutoML search the key;
-    ``False`` forbids it; ``None`` leaves it out of AutoML.
+    ``False`` forbids it; ``None`` leaves it out of AutoML. ``automl_range=(low, high, "log"|"linear")`` is the
+    range AutoML samples a number from when the valid range is far wider than useful values (TAO's weight_decay is
+    valid in [0, 1], but AdamW with 0.5 only wastes a trial); validation still uses valid_min/valid_max.
     """
+    if automl_range is not None:
+        low, high, scale = automl_range
+        if not (low < high and scale in ("log", "linear") and (scale == "linear" or low > 0)):
+            raise ValueError(f"automl_range {automl_range!r}: need low < high, scale log|linear, low > 0 for log")
     if valid_options is not None and default is not None and default not in valid_options:
         raise ValueError(f"default {default!r} not in valid_options {valid_options}")
     metadata = {
@@ -61,6 +70,7 @@ def spec(
         "depends_on": depends_on,
         "popular": popular,
         "automl_enabled": automl_enabled,
+        "automl_range": list(automl_range) if automl_range is not None else None,
         "required": required,
         "regex": regex,
     }

@@ -208,8 +208,9 @@ class OptimConfig:
                      valid_max="inf", automl_enabled=True, popular=True)
     policy: str = spec("linear", "LR decay policy after warmup.", valid_options=["linear", "step"])
     momentum: float = spec(0.9, "Momentum (AdamW beta1, SGD momentum).", valid_min=0.0, valid_max=1.0,
-                           automl_enabled=True)
-    weight_decay: float = spec(0.01, "Weight decay.", valid_min=0.0, valid_max=1.0, automl_enabled=True)
+                           automl_enabled=True, automl_range=(0.8, 0.99, "linear"))
+    weight_decay: float = spec(0.01, "Weight decay.", valid_min=0.0, valid_max=1.0, automl_enabled=True,
+                               automl_range=(1e-4, 0.1, "log"))
     warmup_iters: int = spec(0, "(segformer_tao) Linear LR warmup steps; 0 = TAO default (1% of all steps for "
                              "policy=linear, none for step).",
                              valid_min=0, valid_max="inf")

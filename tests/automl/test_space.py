@@ -42,6 +42,10 @@ def test_space_matches_the_packaged_schema_for_every_parameter():
             assert p.kind == "categorical" and list(p.choices) == [o for o in node["valid_options"] if o is not None]
         elif "boolean" in types:
             assert p.kind == "categorical" and set(p.choices) == {True, False}
+        elif node.get("automl_range"):
+            low, high, scale = node["automl_range"]
+            assert (p.low, p.high, p.log) == (low, high, scale == "log"), p.key
+            assert node["valid_min"] <= low < high <= node["valid_max"], p.key
         elif node.get("valid_max") == "inf":
             assert p.log and p.low == pytest.approx(node["default"] / UNBOUNDED_SPAN)
             assert p.high == pytest.approx(node["default"] * UNBOUNDED_SPAN) and p.low >= node["valid_min"]
@@ -97,6 +101,19 @@ def test_option_weights_make_a_weighted_categorical():
     assert space[0].weights == pytest.approx((0.7, 0.2, 0.1))
     counts = collections.Counter(v["train.x.opt"] for v in _samples(space, cfg, n=400))
     assert counts["a"] > counts["b"] > counts["c"] > 0 and 0.6 < counts["a"] / 400 < 0.8
+
+
+def test_automl_range_narrows_the_search_but_not_validation():
+    """weight_decay is valid in [0, 1] (TAO), but AutoML samples it log-uniformly in [1e-4, 0.1]; momentum in
+    [0.8, 0.99]. A user value outside the AutoML range is still a valid plain-train value."""
+    space = {p.key: p for p in build_space(_cfg(), load_train_schema())}
+    wd, mom = space["train.optim.weight_decay"], space["train.optim.momentum"]
+    assert (wd.low, wd.high, wd.log) == (1e-4, 0.1, True) and (mom.low, mom.high, mom.log) == (0.8, 0.99, False)
+    assert _cfg("train.optim.weight_decay=0.5").train.optim.weight_decay == 0.5
+    schema = _schema(rate={"type": "number", "default": 0.5, "valid_min": 0.2, "valid_max": 1.0,
+                           "automl_range": [0.01, 0.9, "log"]})
+    (rate,), _ = _space(schema, {"rate": 0.5})
+    assert (rate.low, rate.high, rate.log) == (0.2, 0.9, True)  # clipped to valid_min
 
 
 def test_math_cond_tightens_bounds_and_keeps_powers():
