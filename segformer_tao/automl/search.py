@@ -181,7 +181,7 @@ def _check(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict:
     """Run (or resume) the study in cfg.train.results_dir; returns the best trial's val_miou and checkpoint."""
     _check(cfg)
-    sampler_name(cfg)  # a bad sampler choice fails before any trial starts
+    sampler = sampler_name(cfg)  # a bad sampler choice fails before any trial starts
     out_dir = str(cfg.train.results_dir)
     space = build_space(cfg, load_train_schema())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -189,7 +189,7 @@ def run(cfg: DictConfig) -> dict:
     target = int(cfg.automl.num_trials)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     log.info("AutoML: %s (%s sampler) over %s; %d/%d trials finished, %d epochs each; study in %s",
-             cfg.automl.algorithm, sampler_name(cfg), [p.key for p in space], finished, target, trial_epochs(cfg),
+             cfg.automl.algorithm, sampler, [p.key for p in space], finished, target, trial_epochs(cfg),
              out_dir)
     if finished < target:
         study.optimize(lambda t: run_trial(t, cfg, space, out_dir), n_trials=target - finished,

@@ -29,7 +29,7 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         logp = torch.log_softmax(up.permute(0, 2, 3, 1), dim=-1)  # (N, H, W, C), contiguous
         del up
         valid = mask != ignore_index
-        count = valid.sum()
+        count = valid.sum().clamp_min(1)  # an all-ignored batch: loss 0, gradient 0 (masked by valid)
         target = mask.masked_fill(~valid, 0).long().unsqueeze(-1)
         loss = -(logp.gather(-1, target).squeeze(-1) * valid).sum() / count
         ctx.save_for_backward(logp, target, valid, count)
@@ -55,8 +55,6 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: in
 
     ``logits``: (N, C, h, w), any float dtype and memory format, upsampled bilinearly (align_corners=False) to
     the mask size; ``mask``: (N, H, W) integer class ids, ``ignore_index`` pixels skipped. An all-ignored batch
-    has loss 0 with zero gradient (plain cross-entropy would give NaN).
+    has loss 0 with zero gradient (plain cross-entropy would give NaN), without a host sync to find out.
     """
-    if not bool((mask != ignore_index).any()):
-        return logits.sum() * 0.0
     return _UpsampledCrossEntropy.apply(logits, mask, ignore_index)
