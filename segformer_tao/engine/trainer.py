@@ -104,11 +104,13 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list[pl.Callback] | None = None,
-                  resume_step: int | None = None) -> tuple[pl.Trainer, SegformerCheckpoint]:
+                  resume_step: int | None = None, preloaded: tuple[str, dict] | None = None,
+                  ) -> tuple[pl.Trainer, SegformerCheckpoint]:
     """A Trainer configured from cfg.train (precision, clipping, intervals, DDP) writing into results_dir.
 
     ``extra_callbacks`` run after the built-in ones (AutoML adds its pruning callback here). ``resume_step``:
-    the global step of the checkpoint being resumed (CSV rows logged before it are kept).
+    the global step of the checkpoint being resumed (CSV rows logged before it are kept); ``preloaded``: its
+    (path, payload) when already read, so that Lightning does not read it again.
     """
     tr = cfg.train
     if tr.precision == "16-mixed" and topo.accelerator == "cpu":
@@ -129,7 +131,7 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
     callbacks += list(extra_callbacks or [])
     trainer = pl.Trainer(
         accelerator=topo.accelerator, devices=topo.devices, num_nodes=topo.num_nodes,
-        strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"))),
+        strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"), preloaded)),
         precision=PRECISION[str(tr.precision)], max_epochs=int(tr.num_epochs),
         check_val_every_n_epoch=int(tr.validation_interval), num_sanity_val_steps=0,
         gradient_clip_val=float(tr.clip_grad_norm) or None, gradient_clip_algorithm="norm",
@@ -166,7 +168,8 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
     datamodule = datamodule or SegDataModule(cfg)
     env_backup = export_topology(topo)
     trainer, ckpt_cb = build_trainer(cfg, results_dir, topo, callbacks,
-                                     resume_step=None if state is None else state["global_step"])
+                                     resume_step=None if state is None else state["global_step"],
+                                     preloaded=None if state is None else (resume, state.pop("payload")))
     if resume and trainer.is_global_zero:
         print(f"Resuming training from {resume} (epoch {state['epochs_done']} of {cfg.train.num_epochs} done)")
     start = time.monotonic()
@@ -199,8 +202,9 @@ def _artifacts(results_dir: str, has_best: bool) -> dict:
 def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.nn.Module) -> dict:
     """Check that ``resume`` holds this run's model (same backbone and classes) before Lightning loads it.
 
-    Returns {"epochs_done", "global_step", "meta"}; UserError naming the directory and the fix otherwise (a
-    results_dir reused for another model would fail deep inside Lightning with a size-mismatch traceback).
+    Returns {"epochs_done", "global_step", "meta", "payload"} (payload: the loaded checkpoint, handed on to
+    Lightning); UserError naming the directory and the fix otherwise (a results_dir reused for another model
+    would fail deep inside Lightning with a size-mismatch traceback).
     """
     from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
 
@@ -225,7 +229,8 @@ def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.
                         f"{differ[0]}), so training cannot resume from it. {fix}")
     progress = (payload.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("total", {})
     epochs_done = int(progress.get("processed", payload.get("epoch", -1) + 1))
-    return {"epochs_done": epochs_done, "global_step": int(payload.get("global_step", 0)), "meta": meta}
+    return {"epochs_done": epochs_done, "global_step": int(payload.get("global_step", 0)), "meta": meta,
+            "payload": payload}
 
 
 def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dict) -> dict:

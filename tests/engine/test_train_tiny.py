@@ -54,12 +54,24 @@ def test_training_writes_checkpoints_status_and_curves(tiny, tmp_path):
     assert lrs[-1] == pytest.approx(10 * lrs[0])
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     _, full = _run(tiny, tmp_path, tmp_path / "full", "train.num_epochs=4")
     _, part = _run(tiny, tmp_path, tmp_path / "part", "train.num_epochs=4")  # same run; keep its epoch-2 ckpt
     mid = tmp_path / "part" / "model_epoch_002_step_00006.pth"
+    import segformer_tao.engine.callbacks as callbacks
+    import segformer_tao.engine.checkpoint as checkpoint
+
+    reads = []
+
+    def counting(load):
+        return lambda path, *a, **k: reads.append(path) or load(path, *a, **k)
+
+    for module in (callbacks, checkpoint):
+        monkeypatch.setattr(module, "load_checkpoint", counting(module.load_checkpoint))
     _, resumed = _run(tiny, tmp_path, tmp_path / "resumed", "train.num_epochs=4",
                       f"train.resume_training_checkpoint_path={mid}")
+    assert reads == [str(mid)]  # read once: the resume check's payload is handed to Lightning
+    monkeypatch.undo()
     a = load_checkpoint(str(tmp_path / "full" / "segformer_model_latest.pth"))["state_dict"]
     b = load_checkpoint(str(tmp_path / "resumed" / "segformer_model_latest.pth"))["state_dict"]
     assert resumed["metrics"]["global_step"] == full["metrics"]["global_step"] == 12
