@@ -28,8 +28,9 @@ def tao_core_path(tmp_path_factory) -> str:
         if candidate and _holds_tao_core(candidate):
             return candidate
     target = str(tmp_path_factory.mktemp("tao-core"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check",
-                           "--target", target, TAO_CORE], capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check",
+           "--target", target, TAO_CORE]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0 or not _holds_tao_core(target):
         pytest.fail(f"cannot install {TAO_CORE} (needed to check status.json with TAO's own StatusParser): "
                     f"pip exited with {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}", pytrace=False)
