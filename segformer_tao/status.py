@@ -53,10 +53,11 @@ def status_line(status: str, message: str, *, verbosity: str = "INFO", kpi: Mapp
                 categorical: Mapping[str, Mapping[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
     """One status.json record. ``fields``: TAO's progress fields (epoch, max_epoch, step, time_per_epoch, eta)
     and our extras; empty kpi/graphical/categorical are left out, as TAO's StatusLogger does."""
-    now = datetime.now()
+    utc = datetime.now(UTC)
+    now = utc.astimezone()  # TAO's date and time are local
     line: dict[str, Any] = {
         "date": f"{now.month}/{now.day}/{now.year}", "time": f"{now.hour}:{now.minute}:{now.second}",
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"), "status": status, "verbosity": verbosity,
+        "timestamp": utc.isoformat(timespec="seconds"), "status": status, "verbosity": verbosity,
         "message": message, **{k: v for k, v in fields.items() if v is not None},
     }
     cat = {metric: _clean(per_class) for metric, per_class in (categorical or {}).items()}

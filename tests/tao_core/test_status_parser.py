@@ -56,7 +56,7 @@ def test_tao_status_parser_reads_train_evaluate_inference_and_failure(tmp_path, 
     res = str(tmp_path / "results")
     d = [f"dataset.segment.root_dir={data}", f"results_dir={res}", *COMMON]
     # 4 epochs, validation every 2nd: epochs 2 and 4 have val_miou, 1 and 3 must have none.
-    for args in (["train", "train.num_epochs=4", "train.validation_interval=2", "train.checkpoint_interval=1",
+    for args in (["train", "train.num_epochs=4", "train.validation_interval=2", "train.checkpoint_interval=2",
                   "automl_policy=off"],
                  ["evaluate", f"parent_job={res}/train"], ["inference", f"parent_job={res}/train"]):
         r = run_cli(*args, *d)
