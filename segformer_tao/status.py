@@ -106,7 +106,8 @@ def action_status(results_dir: str, action: str, enabled: bool = True) -> Iterat
         yield outcome
     except BaseException as e:
         if enabled:
-            write_status(results_dir, FAILURE, failure_message(action, e), verbosity="ERROR")
+            with contextlib.suppress(OSError):  # e.g. a full disk: never hide the error being reported
+                write_status(results_dir, FAILURE, failure_message(action, e), verbosity="ERROR")
         raise
     if enabled:
         write_status(results_dir, SUCCESS, outcome["message"])

@@ -60,3 +60,11 @@ def test_values_stay_strict_json_and_empty_groups_are_left_out(tmp_path):
 def test_durations_read_like_taos():
     assert duration(3725.5) == "1:02:05.500000"
     time.strptime(duration(59.9).split(".")[0], "%H:%M:%S")  # how TAO's AutoML controller reads time_per_epoch
+
+
+def test_unwritable_status_does_not_hide_the_error(tmp_path, monkeypatch):
+    import segformer_tao.status as status
+
+    with pytest.raises(UserError, match="the real problem"), action_status(str(tmp_path), "train"):
+        monkeypatch.setattr(status.io, "append_line", lambda *a: (_ for _ in ()).throw(OSError(28, "No space")))
+        raise UserError("the real problem")
