@@ -13,7 +13,8 @@ import time
 import pytest
 
 from segformer_tao.data.synthetic import make_demo_dataset
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.bad_inputs.runner import preload, run_cli_forked
+from tests.conftest import REPO, assert_user_error
 
 PARSE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parse_status.py")
 COMMON = ["dataset.segment.num_classes=3", "dataset.segment.img_size=32", "dataset.segment.label_transform=None",
@@ -52,6 +53,7 @@ def _by_metric(entries: list[dict]) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_tao_status_parser_reads_train_evaluate_inference_and_failure(tmp_path, tao_core_path):
+    preload()  # each CLI run below is a fresh forked process of the real `segformer` main(), started warm
     data = str(make_demo_dataset(tmp_path / "data", num_classes=3, size=32, train=4, val=2, test=2))
     res = str(tmp_path / "results")
     d = [f"dataset.segment.root_dir={data}", f"results_dir={res}", *COMMON]
@@ -59,10 +61,10 @@ def test_tao_status_parser_reads_train_evaluate_inference_and_failure(tmp_path, 
     for args in (["train", "train.num_epochs=4", "train.validation_interval=2", "train.checkpoint_interval=2",
                   "automl_policy=off"],
                  ["evaluate", f"parent_job={res}/train"], ["inference", f"parent_job={res}/train"]):
-        r = run_cli(*args, *d)
+        r = run_cli_forked(*args, *d)
         assert r.returncode == 0, r.output[-4000:]
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")  # a user error inside the job
-    failed = run_cli("evaluate", *d, f"evaluate.checkpoint={tmp_path}/broken.pth",
+    failed = run_cli_forked("evaluate", *d, f"evaluate.checkpoint={tmp_path}/broken.pth",
                      f"evaluate.results_dir={res}/failed")
     assert_user_error(failed, "broken.pth")
 
