@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -23,8 +24,9 @@ from typing import Any
 from segformer_tao import io
 from segformer_tao.errors import UserError, explain_exception
 
+log = logging.getLogger("segformer_tao")
 STATUS_FILE = "status.json"
-STARTED, RUNNING, SUCCESS, FAILURE, SKIPPED = "STARTED", "RUNNING", "SUCCESS", "FAILURE", "SKIPPED"
+STARTED, RUNNING, SUCCESS, FAILURE = "STARTED", "RUNNING", "SUCCESS", "FAILURE"  # TAO also has SKIPPED
 ACTION_NAMES = {"train": "Train", "evaluate": "Evaluation", "inference": "Inference", "export": "Export",
                 "quantize": "Quantization", "gen_trt_engine": "TensorRT engine generation"}
 
@@ -94,6 +96,15 @@ def failure_message(action: str, error: BaseException) -> str:
     return f"{type(error).__name__}: internal error in segformer_tao; rerun with --debug for the traceback."
 
 
+def _write_quietly(results_dir: str, status: str, message: str, **kwargs: Any) -> None:
+    """Action outcome lines never decide an action's fate: e.g. a full disk is reported by the action itself (and
+    job.json), not by a traceback from here that would hide it."""
+    try:
+        write_status(results_dir, status, message, **kwargs)
+    except OSError as e:
+        log.warning("could not write %s to %s: %s", status, os.path.join(results_dir, STATUS_FILE), e)
+
+
 @contextlib.contextmanager
 def action_status(results_dir: str, action: str, enabled: bool = True) -> Iterator[dict[str, str]]:
     """STARTED before the block, SUCCESS after it, FAILURE (with :func:`failure_message`) if it raises; the
@@ -101,13 +112,12 @@ def action_status(results_dir: str, action: str, enabled: bool = True) -> Iterat
     ``enabled=False`` (DDP ranks other than 0) writes nothing."""
     outcome = {"message": f"{ACTION_NAMES.get(action, action)} finished successfully."}
     if enabled:
-        write_status(results_dir, STARTED, f"Starting segformer {action}.")
+        _write_quietly(results_dir, STARTED, f"Starting segformer {action}.")
     try:
         yield outcome
     except BaseException as e:
         if enabled:
-            with contextlib.suppress(OSError):  # e.g. a full disk: never hide the error being reported
-                write_status(results_dir, FAILURE, failure_message(action, e), verbosity="ERROR")
+            _write_quietly(results_dir, FAILURE, failure_message(action, e), verbosity="ERROR")
         raise
     if enabled:
-        write_status(results_dir, SUCCESS, outcome["message"])
+        _write_quietly(results_dir, SUCCESS, outcome["message"])
