@@ -33,7 +33,7 @@ echo "== 4/4 inference"
 import json, sys, time
 res, start = sys.argv[1], int(sys.argv[2])
 status = [json.loads(s) for s in open(f"{res}/train/status.json")]
-val = [s["val_miou"] for s in status if s.get("val_miou") is not None]
+val = [s["kpi"]["val_miou"] for s in status if "val_miou" in s.get("kpi", {})]  # TAO's schema: scores in kpi
 ev = json.load(open(f"{res}/evaluate/results.json"))
 print(f"""
 Demo finished in {time.time() - start:.0f} s.

@@ -148,6 +148,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     """Compose, validate, prepare the results dir, run the action, record job.json. Returns the action's result."""
     from segformer_tao import jobs
     from segformer_tao.config import compose_config
+    from segformer_tao.status import action_status
 
     cfg = compose_config(action, overrides, spec)
     jobs.apply_parent_job(action, cfg)
@@ -169,13 +170,15 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
                             "actions that are.") from e
         raise
     job = jobs.Job.start(action, cfg, out_dir)
-    try:
-        check_data(action, cfg, out_dir)
-        result = module.run(cfg) or {}
-    except BaseException as e:
-        job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
-        raise
-    job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
+    # status.json (TAO's schema): STARTED now, SUCCESS or FAILURE (the user error's message) at the end.
+    with action_status(out_dir, action, enabled=jobs.is_primary()):
+        try:
+            check_data(action, cfg, out_dir)
+            result = module.run(cfg) or {}
+        except BaseException as e:
+            job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
+            raise
+        job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
     if jobs.is_primary():  # DDP's extra processes run this CLI too
         log.info("%s finished: outputs in %s", action, out_dir)
     return result

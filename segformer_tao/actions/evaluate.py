@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from segformer_tao import io
+from segformer_tao import io, status
 from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits
 from segformer_tao.engine.datamodule import collate_eval
 from segformer_tao.engine.metrics import SegmentationMetrics
@@ -24,6 +24,10 @@ from segformer_tao.engine.visualize import colorize, denormalize, plot_confusion
 from segformer_tao.errors import UserError
 
 PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "acc", "precision", "recall", "f1", "dice", "support"]
+# status.json kpi names (TAO's evaluate writes test_miou, test_acc, test_mf1, test_mprecision, test_mrecall)
+# -> our results.json keys.
+STATUS_KPI = {"test_miou": "mIoU", "test_acc": "overall_accuracy", "test_mAcc": "mAcc", "test_mf1": "mF1",
+              "test_mprecision": "mPrecision", "test_mrecall": "mRecall", "test_mdice": "mDice"}
 
 
 def eval_loader(cfg: DictConfig, batch_size: int) -> torch.utils.data.DataLoader:
@@ -49,6 +53,18 @@ def write_per_class_csv(path: str, per_class: list[dict]) -> None:
     for row in per_class:
         writer.writerow({k: ("" if row[k] is None else row[k]) for k in PER_CLASS_COLUMNS})
     io.write_text(path, buf.getvalue())
+
+
+def write_status_summary(out_dir: str, scores: dict, runtime_name: str) -> None:
+    """The metrics line of status.json: ``kpi`` (STATUS_KPI), ``categorical`` per class (iou, acc, precision,
+    recall, f1, dice and pixels = ground-truth pixel count), keyed by class name."""
+    per_class = scores["per_class"]
+    categorical = {m: {row["class_name"]: row[m] for row in per_class}
+                   for m in ("iou", "acc", "precision", "recall", "f1", "dice")}
+    categorical["pixels"] = {row["class_name"]: row["support"] for row in per_class}
+    status.write_status(out_dir, status.RUNNING, f"Evaluation metrics generated ({runtime_name}, "
+                        f"{scores['images']} images).", kpi={k: scores[v] for k, v in STATUS_KPI.items()},
+                        categorical=categorical, images=scores["images"])
 
 
 def _save_panels(out_dir: str, batch: dict, preds: list[torch.Tensor], meta: dict) -> None:
@@ -107,6 +123,7 @@ def run(cfg: DictConfig) -> dict:
                "confusion_matrix": scores["confusion_matrix"], "class_names": runtime.meta["class_names"]}
     paths = {name: os.path.join(out_dir, name) for name in ("results.json", "per_class.csv", "confusion_matrix.png")}
     io.write_json(paths["results.json"], results)
+    write_status_summary(out_dir, scores, runtime.name)
     write_per_class_csv(paths["per_class.csv"], scores["per_class"])
     plot_confusion_matrix(torch.tensor(scores["confusion_matrix"]), runtime.meta["class_names"],
                           paths["confusion_matrix.png"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from segformer_tao import io
+from segformer_tao import io, status
 from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits, sliding_window_logits
 from segformer_tao.engine.datamodule import collate_eval
 from segformer_tao.engine.trainer import oom_message
@@ -70,9 +70,11 @@ def run(cfg: DictConfig) -> dict:
                                          collate_fn=collate_eval, num_workers=int(cfg.dataset.segment.workers))
     vis_every = int(cfg.inference.vis_after_n_batches)
     start, images, overlays = time.monotonic(), 0, 0
+    pixels = torch.zeros(meta["num_classes"], dtype=torch.int64)  # predicted pixels per class
     try:
         for batch_idx, batch in enumerate(loader):
             for path, pred in zip(batch["path"], _predict_batch(cfg, runtime, batch)):
+                pixels += torch.bincount(pred.flatten().cpu().long(), minlength=meta["num_classes"])
                 labels = label_png_array(pred, meta["num_classes"])
                 write_png(os.path.join(out_dir, "masks", _stem(path) + ".png"), labels)
                 if batch_idx % vis_every == 0:
@@ -89,6 +91,10 @@ def run(cfg: DictConfig) -> dict:
     seconds = time.monotonic() - start
     print(f"inference ({runtime.name}): {images} masks -> {os.path.join(out_dir, 'masks')}, {overlays} overlays -> "
           f"{os.path.join(out_dir, 'overlays')}")
-    return {"metrics": {"images": images, "overlays": overlays, "seconds": round(seconds, 3),
-                        "images_per_s": round(images / max(seconds, 1e-9), 3)},
+    metrics = {"images": images, "overlays": overlays, "seconds": round(seconds, 3),
+               "images_per_s": round(images / max(seconds, 1e-9), 3)}
+    status.write_status(out_dir, status.RUNNING, f"Inference finished ({runtime.name}): {images} masks.",
+                        kpi=metrics, categorical={"predicted_pixels": dict(zip(meta["class_names"],
+                                                                               pixels.tolist()))})
+    return {"metrics": metrics,
             "artifacts": {"masks": os.path.join(out_dir, "masks"), "overlays": os.path.join(out_dir, "overlays")}}

@@ -143,7 +143,8 @@ def trial_config(cfg: DictConfig, values: dict, trial_dir: str) -> DictConfig:
 def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str) -> float:
     """Objective: train one trial as a normal job and return its best val_miou (raises TrialPruned if pruned)."""
     from segformer_tao.engine.trainer import train_model
-    from segformer_tao.jobs import Job, prepare_results_dir
+    from segformer_tao.jobs import Job, is_primary, prepare_results_dir
+    from segformer_tao.status import action_status
 
     trial_dir = trial_dir_of(trial, out_dir)
     values = sample(trial, space, cfg)
@@ -155,16 +156,19 @@ def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir:
     job.record["automl_trial"] = {"number": trial.number, "params": values}
     log.info("AutoML trial %d (%s): %s", trial.number, trial_dir, ", ".join(f"{k}={v}" for k, v in values.items()))
     pruning = PruningCallback(trial)
-    try:
-        result = train_model(tcfg, trial_dir, callbacks=[pruning])
-    except BaseException as e:
-        job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
-        raise
-    result.pop("is_global_zero", None)
-    metrics, artifacts = result["metrics"], result["artifacts"]
-    if artifacts.get("best_checkpoint"):
-        trial.set_user_attr("best_checkpoint", artifacts["best_checkpoint"])
-    job.finish("pruned" if pruning.pruned else "done", metrics=metrics, artifacts=artifacts)
+    with action_status(trial_dir, "train", enabled=is_primary()) as outcome:  # status.json as in any train job
+        try:
+            result = train_model(tcfg, trial_dir, callbacks=[pruning])
+        except BaseException as e:
+            job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
+            raise
+        result.pop("is_global_zero", None)
+        metrics, artifacts = result["metrics"], result["artifacts"]
+        if artifacts.get("best_checkpoint"):
+            trial.set_user_attr("best_checkpoint", artifacts["best_checkpoint"])
+        job.finish("pruned" if pruning.pruned else "done", metrics=metrics, artifacts=artifacts)
+        if pruning.pruned:
+            outcome["message"] = f"Train stopped early: AutoML pruned this trial after epoch {max(pruning.reported)}."
     if pruning.pruned:
         raise optuna.TrialPruned(f"pruned at epoch {max(pruning.reported)}")
     best = metrics.get("best_val_miou")

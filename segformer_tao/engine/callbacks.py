@@ -6,13 +6,12 @@ import json
 import math
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins import CheckpointIO
 
-from segformer_tao import io
+from segformer_tao import io, status
 from segformer_tao.engine.checkpoint import load_checkpoint, save_checkpoint
 
 LATEST = "segformer_model_latest.pth"
@@ -109,55 +108,63 @@ def _scalar(metrics: dict, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-class StatusLogger(pl.Callback):
-    """Appends one JSON line per epoch to ``status.json`` (rank 0) and draws ``training_curves.png`` at the end.
+# Validation results (SegFormerModule.last_val) that are scores (kpi); val_loss is a curve (graphical).
+VAL_KPI = ("val_miou", "val_acc", "val_mAcc", "val_mf1", "val_mprecision", "val_mrecall")
 
-    Each line: date, time, status, epoch (1-based), max_epoch, step, train_loss, lr, val_miou, val_loss,
-    elapsed_s, eta_s, message.
+
+class StatusLogger(pl.Callback):
+    """Training progress in ``status.json`` (TAO's StatusLogger schema, see :mod:`segformer_tao.status`; rank 0
+    only) and ``training_curves.png`` at the end.
+
+    One RUNNING line when the loop starts, one per finished epoch (epoch = epochs done, 1-based; ``graphical``:
+    train_loss, lr (first param group) and val_loss; ``kpi`` on epochs that validated: val_miou, val_acc, ...),
+    and one when the loop ends. STARTED/SUCCESS/FAILURE are written around the whole action by
+    :func:`segformer_tao.status.action_status`.
     """
 
     def __init__(self, results_dir: str):
         self.results_dir = results_dir
-        self.status_path = os.path.join(results_dir, "status.json")
         self.history: list[dict] = []
         self._start = time.monotonic()
+        self._epoch_start = self._start
         self._start_epoch = 0
 
-    def _write(self, trainer: pl.Trainer, record: dict) -> None:
+    def _write(self, trainer: pl.Trainer, message: str, **fields: Any) -> dict:
+        record = status.status_line(status.RUNNING, message, **fields)
         if trainer.is_global_zero:
-            now = datetime.now(UTC)
-            line = {"date": now.strftime("%Y-%m-%d"), "time": now.strftime("%H:%M:%S"), **record}
-            io.append_line(self.status_path, json.dumps(line))
+            io.append_line(os.path.join(self.results_dir, status.STATUS_FILE), json.dumps(record))
+        return record
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.monotonic()
         self._start_epoch = trainer.current_epoch
-        self._write(trainer, {"status": "STARTED", "epoch": trainer.current_epoch, "max_epoch": trainer.max_epochs,
-                              "step": trainer.global_step, "message": "Training started."})
+        self._write(trainer, f"Training loop started ({trainer.current_epoch} of {trainer.max_epochs} epochs "
+                    "done).", epoch=trainer.current_epoch, max_epoch=trainer.max_epochs, step=trainer.global_step)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         m = trainer.callback_metrics
         epochs_done = trainer.current_epoch + 1
-        elapsed = time.monotonic() - self._start
-        per_epoch = elapsed / max(1, epochs_done - self._start_epoch)
+        now = time.monotonic()
+        per_epoch = (now - self._start) / max(1, epochs_done - self._start_epoch)
+        eta = per_epoch * max(0, (trainer.max_epochs or epochs_done) - epochs_done)
         lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
-        val_ran = validated_this_epoch(trainer, pl_module)
-        record = {
-            "status": "RUNNING", "epoch": epochs_done, "max_epoch": trainer.max_epochs, "step": trainer.global_step,
-            "train_loss": _scalar(m, "train_loss_epoch"), "lr": lrs[0] if lrs else None,
-            "val_miou": _scalar(m, "val_miou") if val_ran else None,
-            "val_loss": _scalar(m, "val_loss") if val_ran else None,
-            "elapsed_s": round(elapsed, 2),
-            "eta_s": round(per_epoch * max(0, (trainer.max_epochs or epochs_done) - epochs_done), 2),
-            "message": f"Epoch {epochs_done}/{trainer.max_epochs} done.",
-        }
+        val = getattr(pl_module, "last_val", {}) if validated_this_epoch(trainer, pl_module) else {}
+        record = self._write(
+            trainer, f"Epoch {epochs_done}/{trainer.max_epochs} done.", epoch=epochs_done,
+            max_epoch=trainer.max_epochs, step=trainer.global_step,
+            time_per_epoch=status.duration(now - self._epoch_start), eta=status.duration(eta),
+            eta_s=round(eta, 2), elapsed_s=round(now - self._start, 2),
+            graphical={"train_loss": _scalar(m, "train_loss_epoch"), "lr": lrs[0] if lrs else None,
+                       "val_loss": val.get("val_loss")},
+            kpi={k: val.get(k) for k in VAL_KPI})
         self.history.append(record)
-        self._write(trainer, record)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, {"status": "SUCCESS", "epoch": trainer.current_epoch, "step": trainer.global_step,
-                              "elapsed_s": round(time.monotonic() - self._start, 2),
-                              "message": "Training finished."})
+        self._write(trainer, "Training loop complete.", epoch=trainer.current_epoch, max_epoch=trainer.max_epochs,
+                    step=trainer.global_step, elapsed_s=round(time.monotonic() - self._start, 2))
         if trainer.is_global_zero and self.history:
             plot_training_curves(self.history, os.path.join(self.results_dir, "training_curves.png"))
 
@@ -168,16 +175,27 @@ class StatusLogger(pl.Callback):
         self.history = json.loads(state_dict.get("history", "[]"))
 
 
+def _curve(history: list[dict], group: str, key: str) -> list[tuple[int, float]]:
+    """(epoch, value) points of status records; records of older checkpoints (resumed runs) hold flat keys."""
+    points = []
+    for h in history:
+        value = h.get(group, h).get(key)
+        if isinstance(value, int | float):  # "nan"/"inf" strings are not plotted
+            points.append((h["epoch"], float(value)))
+    return points
+
+
 def plot_training_curves(history: list[dict], path: str) -> None:
-    """Train loss and val_miou per epoch, side by side, as a PNG written atomically."""
+    """Train loss (``graphical``) and val_miou (``kpi``) per epoch of the status records, side by side, as a
+    PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
-    loss = [(h["epoch"], h["train_loss"]) for h in history if h.get("train_loss") is not None]
-    miou = [(h["epoch"], h["val_miou"]) for h in history if h.get("val_miou") is not None]
+    loss = _curve(history, "graphical", "train_loss")
+    miou = _curve(history, "kpi", "val_miou")
     if loss:
         ax_loss.plot(*zip(*loss), marker="o")
     ax_loss.set(title="train loss", xlabel="epoch", ylabel="cross-entropy")

@@ -181,7 +181,10 @@ class SegFormerModule(pl.LightningModule):
         val_loss = float(loss[0] / max(1.0, float(loss[1])))
         if self.trainer.sanity_checking:
             return
+        # TAO's validation names (val_acc = overall pixel accuracy, val_mAcc = mean class accuracy).
         self.last_val = {"val_miou": miou, "val_loss": val_loss, "val_acc": scores["overall_accuracy"],
+                         "val_mAcc": scores["mAcc"], "val_mf1": scores["mF1"],
+                         "val_mprecision": scores["mPrecision"], "val_mrecall": scores["mRecall"],
                          "epoch": int(self.current_epoch)}
         # Values are already reduced over ranks (identical everywhere): no further sync.
         self.log("val_miou", miou, prog_bar=True, sync_dist=False)

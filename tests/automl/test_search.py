@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from segformer_tao.automl import search
 from segformer_tao.config import compose_config
 from segformer_tao.jobs import prepare_results_dir, resolve_parent
+from segformer_tao.status import read_status
 from tests.automl.conftest import tiny_overrides
 from tests.conftest import REPO, run_cli
 
@@ -45,6 +46,10 @@ def test_hyperband_study_prunes_and_leaves_trial_jobs_reports_and_best_model(dem
         tdir = os.path.join(out, "trials", str(t.number))
         job = json.load(open(os.path.join(tdir, "job.json")))
         assert job["action"] == "train" and job["status"] == ("done" if t.state == TrialState.COMPLETE else "pruned")
+        lines = read_status(tdir)  # a trial's status.json reads like any train job's (TAO's schema)
+        assert (lines[0]["status"], lines[-1]["status"]) == ("STARTED", "SUCCESS")
+        assert [ln["epoch"] for ln in lines if "kpi" in ln] == sorted(t.intermediate_values)
+        assert ("pruned" in lines[-1]["message"]) == (t.state == TrialState.PRUNED)
         spec = yaml.safe_load(open(os.path.join(tdir, "experiment.yaml")))
         # every user override kept, epochs from automl.max_epochs, the trial's own values applied
         assert spec["dataset"]["segment"]["root_dir"] == str(demo_root) and spec["train"]["seed"] == 7

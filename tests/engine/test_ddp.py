@@ -31,7 +31,7 @@ def _check(tmp_path, prefix):
     ckpts = sorted(p for p in os.listdir(results) if p.endswith(".pth"))
     assert "model_epoch_002_step_00004.pth" in ckpts  # 12 images / (2 ranks x batch 4) -> 2 steps per epoch
     status = [json.loads(s) for s in (results / "status.json").read_text().splitlines()]
-    assert [s["epoch"] for s in status if s["status"] == "RUNNING"] == [1, 2]  # written once, by rank 0
+    assert [s["epoch"] for s in status if "graphical" in s] == [1, 2]  # written once, by rank 0
 
 
 @pytest.mark.slow
