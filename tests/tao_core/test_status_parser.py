@@ -65,13 +65,11 @@ def test_tao_status_parser_reads_train_evaluate_inference_and_failure(tmp_path, 
         assert r.returncode == 0, r.output[-4000:]
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")  # a user error inside the job
     failed = run_cli_forked("evaluate", *d, f"evaluate.checkpoint={tmp_path}/broken.pth",
-                     f"evaluate.results_dir={res}/failed")
+                            f"evaluate.results_dir={res}/failed")
     assert_user_error(failed, "broken.pth")
 
     dirs = {name: os.path.join(res, name) for name in ("train", "evaluate", "inference", "failed")}
-    start = time.monotonic()
     seen = tao_parse(tao_core_path, *(os.path.join(p, "status.json") for p in dirs.values()))
-    parse_s = time.monotonic() - start
     tao = {name: seen[os.path.join(p, "status.json")] for name, p in dirs.items()}
 
     # --- train: kpi per validated epoch, equal to metrics.csv (Lightning's CSVLogger) and to status.json
@@ -129,4 +127,3 @@ def test_tao_status_parser_reads_train_evaluate_inference_and_failure(tmp_path, 
     assert [ln["status"] for ln in fail_lines] == ["STARTED", "FAILURE"]
     assert tao["failed"]["detailed_status"]["status"] == "FAILURE"
     assert tao["failed"]["detailed_status"]["message"] == failed.stderr.strip().removeprefix("error: ")
-    print(f"TAO StatusParser over 4 status.json files: {parse_s:.1f} s")
