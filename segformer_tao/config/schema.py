@@ -365,8 +365,9 @@ class LayerQuantizationConfig:
 @dataclass
 class QuantizeConfig:
     backend: str | None = spec(
-        "onnxruntime", "Quantization backend (onnxruntime runs on CPU; the others need their packages).",
-        valid_options=["onnxruntime", "modelopt.onnx", "modelopt.pytorch", "torchao"],
+        "onnxruntime", "Quantization backend (onnxruntime runs on CPU; the others need their packages; nncf writes "
+        "an INT8 OpenVINO IR for CPUs, from the [openvino] extra).",
+        valid_options=["onnxruntime", "modelopt.onnx", "modelopt.pytorch", "torchao", "nncf"],
     )
     mode: str | None = spec("static_ptq", "Quantization mode.", valid_options=["static_ptq", "weight_only_ptq"])
     algorithm: str | None = spec(
