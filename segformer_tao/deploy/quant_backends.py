@@ -7,6 +7,7 @@ onnxruntime, lives in :mod:`segformer_tao.deploy.quantization` and needs nothing
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -142,8 +143,14 @@ def nncf_int8(model, batches: Sequence[torch.Tensor], *, ignored: list[str], fas
     # One image per item: NNCF counts subset_size in items, and some of its statistics assume batch 1.
     data = [np.ascontiguousarray(img[None], dtype=np.float32) for b in batches
             for img in (b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b))]
-    return nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
-                         fast_bias_correction=fast, ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))  # NNCF logs one INFO line per op it leaves float
+    try:
+        return nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
+                             fast_bias_correction=fast, ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    finally:
+        logger.setLevel(level)
 
 
 # Module each optional backend imports; checked before export and calibration so a missing package fails fast.
