@@ -132,3 +132,34 @@ def test_evaluate_through_openvino_equals_torch(exported, tmp_path, tiny_checkpo
         assert abs(scores[name]["mIoU"] - scores["torch"]["mIoU"]) <= 1e-4
         assert scores[name]["confusion_matrix"] == scores["torch"]["confusion_matrix"]
     assert np.isfinite(scores["torch"]["mIoU"])
+
+
+def test_missing_extra_names_it(exported, tmp_path, monkeypatch):
+    import sys
+
+    from segformer_tao.deploy import quant_backends
+    from segformer_tao.errors import NotAvailableError
+
+    onnx_file, _, _ = exported
+    cfg = deploy_cfg("evaluate", tmp_path, f"evaluate.onnx_file={onnx_file}", "evaluate.onnx_engine=openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
+    with pytest.raises(NotAvailableError, match=r"evaluate.onnx_file needs OpenVINO.*segformer_tao\[openvino\]"):
+        cpu_select.open_onnx_runtime(onnx_file, cfg, "evaluate")
+    monkeypatch.setattr(quant_backends.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(NotAvailableError, match=r"quantize.backend=nncf.*segformer_tao\[openvino\]"):
+        quant_backends.require_backend("nncf")
+
+
+def test_nncf_keeps_classifier_and_attention_float(exported):
+    from segformer_tao.deploy import quant_backends
+
+    _, xml, _ = exported
+    model, _ = openvino.read_model(xml, "x")
+    kept = quant_backends.openvino_float_ops(model, classifier=True, attention=True,
+                                             skip_names=["*decode_head/Conv_1*"])
+    assert [n for n in kept if "linear_pred" in n] == ["/model/decode_head/linear_pred/Conv/WithoutBiases"]
+    attention = [n for n in kept if "/attn/MatMul" in n]
+    assert len(attention) == 16  # mit_b0: 8 blocks x (Q.K^T, softmax.V); q/kv/proj MatMuls have weights
+    assert "/model/decode_head/Conv_1/WithoutBiases" in kept
+    with pytest.raises(UserError, match="'nope' matches no"):
+        quant_backends.openvino_float_ops(model, classifier=False, attention=False, skip_names=["nope"])
