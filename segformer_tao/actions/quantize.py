@@ -108,6 +108,10 @@ def run(cfg) -> dict:
                         "quantizes weights and activations for TensorRT; use quantize.mode=static_ptq (or "
                         "quantize.backend=torchao for weight-only PyTorch INT8).")
     quant_backends.require_backend(str(q.backend))
+    if q.backend == "nncf" and q.algorithm not in ("minmax", "max"):
+        raise UserError(f"quantize.algorithm={q.algorithm} is not offered by quantize.backend=nncf, which sets "
+                        "activation ranges with NNCF's own min/max estimators (plus SmoothQuant and bias "
+                        "correction); use quantize.algorithm=minmax.")
     check_writable(f"{out_dir}/quantize_report.json", "quantize.results_dir")
     fp32_bytes, meta, model, stem, fp32_path = _float_model(cfg, out_dir)
     size = int(meta.get("img_size") or seg.img_size)

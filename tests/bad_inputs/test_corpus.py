@@ -138,6 +138,9 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
     ("quantize_nncf_calibration_empty", ["quantize", *D, "quantize.model_path={onnx}", "quantize.backend=nncf",
                                          "dataset.segment.quant_calibration_dataset.images_dir={empty_dir}"],
      ["images_dir", "empty_job", "No calibration images"]),
+    ("quantize_nncf_algorithm", ["quantize", *D, "quantize.model_path={onnx}", CAL, "quantize.backend=nncf",
+                                 "quantize.algorithm=entropy"],
+     ["quantize.algorithm=entropy", "backend=nncf", "minmax"]),
     ("quantize_modelopt_missing", ["quantize", *D, "quantize.model_path={onnx}", CAL, "quantize.backend=modelopt.onnx"],
      ["quantize.backend=modelopt.onnx", "nvidia-modelopt"]),
 ]
