@@ -1,13 +1,20 @@
-"""Deploy benchmark: images/s at 512x512 batch 1 for torch eager, ORT FP32, ORT INT8 vs this machine's limit.
+"""CPU deploy benchmark: images/s at 512x512 batch 1 of every CPU runtime side by side, in one process.
 
-The limit is model GFLOPs / measured fp32 matmul GFLOP/s (all cores): what a runtime would reach if every
-FLOP ran at peak GEMM speed. Writes bench/results/deploy.json. Usage: python bench/deploy.py [--size 512]
+Rows: PyTorch eager, ONNX Runtime FP32 and INT8 (Q/DQ, CPU form), OpenVINO FP32, BF16 (only where the CPU has
+native BF16) and INT8 (NNCF), for decoder width 768 (19 classes) and 256 (150 classes), mit_b0, random weights
+(speed does not depend on them). Each round times every runtime once in turn (alternating, so a change of machine
+load hits all alike); the table shows the median and the min-max spread over rounds. Also the machine limit (model
+GFLOPs / measured fp32 matmul GFLOP/s), the CPU's flags and which goal of issue 18 holds on this CPU.
+Writes bench/results/deploy.json. Usage: python bench/deploy.py [--size 512] [--rounds 5] [--seconds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import platform
+import statistics
 import sys
 import time
 
@@ -21,6 +28,8 @@ from segformer_tao.deploy import onnx_export  # noqa: E402
 from segformer_tao.deploy.onnxruntime import available_cores, make_session  # noqa: E402
 from segformer_tao.deploy.quantization import QuantizeSettings, quantize_onnx  # noqa: E402
 from segformer_tao.model import build_model  # noqa: E402
+
+SETTINGS = ((768, 19), (256, 150))  # (decoder width, classes): SegFormer's Cityscapes and ADE20K heads
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
@@ -41,48 +50,158 @@ def model_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def images_per_s(fn, x, seconds: float) -> float:
-    fn(x)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < 3:
+def cpu_info() -> dict:
+    """The CPU's name and the flags that decide which runtime/precision can be fast here."""
+    from segformer_tao.deploy.openvino import cpu_flags
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"name": name, "cores": available_cores(), "flags": cpu_flags()}
+
+
+def alternating(fns: dict, x, rounds: int, seconds: float) -> dict[str, list[float]]:
+    """images/s of each fn per round; rounds alternate between fns, each fn runs once untimed first."""
+    speeds: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
         fn(x)
-        count += 1
-    return count * x.shape[0] / (time.perf_counter() - start)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            count, start = 0, time.perf_counter()
+            while count < 2 or time.perf_counter() - start < seconds:
+                fn(x)
+                count += 1
+            speeds[name].append(count * x.shape[0] / (time.perf_counter() - start))
+    return speeds
+
+
+def runtimes(width: int, classes: int, size: int, threads: int, tmp: str) -> tuple[dict, torch.nn.Module]:
+    """{row name: callable(NCHW tensor)} for one decoder setting, plus the torch model."""
+    cfg = OmegaConf.create({"model": {"backbone": {"type": "mit_b0"}, "decode_head": {
+        "decoder_params": {"embed_dim": width}}}, "dataset": {"segment": {"num_classes": classes}}})
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False).eval()
+    fp32 = onnx_export.simplify(onnx_export.export_onnx_bytes(
+        model, onnx_export.ExportSettings(height=size, width=size)))
+    calib = [torch.randn(1, 3, size, size) for _ in range(4)]  # speed only: accuracy is quantize_demo.sh's job
+    int8 = quantize_onnx(fp32, calib, QuantizeSettings(target="cpu"))
+
+    def ort(data: bytes):
+        session = make_session(data, threads=threads)
+        return lambda t: session.run(None, {"input": t.numpy()})
+
+    def torch_eager(n: int):
+        def run(t):
+            torch.set_num_threads(n)  # per call: the rows differ only in this
+            try:
+                return model(t)
+            finally:
+                torch.set_num_threads(threads)
+        return run
+
+    # PyTorch's OpenMP pool collapses when the cores are oversubscribed (4-15x slower with 2 threads than with 1
+    # on a loaded 2-core machine), so its 1-thread figure is measured too and the better one is the reference.
+    fns = {"torch_eager_fp32": torch_eager(threads), "torch_eager_fp32_1thread": torch_eager(1),
+           "ort_fp32": ort(fp32), "ort_int8_cpu": ort(int8)}
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        from segformer_tao.deploy import quant_backends
+        from segformer_tao.deploy.openvino import compile_model, native_bf16
+
+        path = os.path.join(tmp, f"fp32_{width}.onnx")
+        io.write_bytes(path, fp32)
+        import openvino as ov
+
+        ov_model = ov.Core().read_model(path)
+        kept = quant_backends.openvino_float_ops(ov_model, classifier=True, attention=True, skip_names=[])
+        ov_int8 = quant_backends.nncf_int8(ov.Core().read_model(path), calib, ignored=kept)
+        precisions = ["f32", "bf16"] if native_bf16() else ["f32"]
+        for name, m in (("fp32", ov_model), ("int8", ov_int8)):
+            for p in precisions:
+                compiled = compile_model(m, p, threads)
+                row = f"openvino_{name}" if p == "f32" else f"openvino_{name}_bf16"
+                row = "openvino_bf16" if row == "openvino_fp32_bf16" else row
+                fns[row] = lambda t, c=compiled: c({0: t.numpy()})
+    return fns, model
+
+
+def goals(cpu: dict, settings: dict) -> list[dict]:
+    """Issue 18's three goals, judged per benchmarked setting on this CPU."""
+    flags = cpu["flags"]
+    vnni = flags["avx512_vnni"] or flags["avx_vnni"] or flags["amx_int8"]
+    out = []
+    for key, s in settings.items():
+        med = s["median"]
+        ort32 = med["ort_fp32"]
+        torch_ref = max((k for k in med if k.startswith("torch")), key=med.get)
+        torch32 = med[torch_ref]
+        best = max((k for k in med if not k.startswith("torch")), key=med.get)
+        default = max(("ort_fp32", "openvino_fp32"), key=lambda k: med.get(k, 0.0))  # onnx_engine=auto, f32
+        out.append({"setting": key, "goal": "best CPU runtime >= 2.0x ORT FP32", "runtime": best,
+                    "reference": "ort_fp32", "target": ">= 2.0x",
+                    "ratio": med[best] / ort32, "pass": med[best] / ort32 >= 2.0,
+                    "accuracy": "see bench/results/quantize_openvino.json (demo set mIoU drop)"})
+        out.append({"setting": key, "goal": "default CPU runtime (onnx_engine=auto) >= PyTorch eager",
+                    "runtime": default, "reference": torch_ref, "target": ">= 1.0x", "ratio": med[default] / torch32,
+                    "pass": med[default] >= torch32})
+        if "openvino_int8" in med:
+            ratio = med["openvino_int8"] / med["openvino_fp32"]
+            out.append({"setting": key, "goal": "INT8 >= 1.5x FP32 on CPUs with VNNI", "runtime": "openvino_int8",
+                        "reference": "openvino_fp32", "target": ">= 1.5x",
+                        "ratio": ratio, "pass": (ratio >= 1.5) if vnni else None,
+                        "applies": bool(vnni)})
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--backbone", default="mit_b0")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per runtime per round")
     args = parser.parse_args()
+    import tempfile
+
     threads = available_cores()
     torch.set_num_threads(threads)
-    cfg = OmegaConf.create({"model": {"backbone": {"type": args.backbone}},
-                            "dataset": {"segment": {"num_classes": 19}}})
-    model = build_model(cfg, load_weights=False).eval()
+    cpu = cpu_info()
+    print(f"CPU: {cpu['name']}, {threads} cores; flags: "
+          + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["flags"].items()))
+    peak = matmul_gflops()
     x = torch.randn(1, 3, args.size, args.size)
-    gflops, peak = model_gflops(model, x), matmul_gflops()
-    limit = peak / gflops
-    fp32 = onnx_export.simplify(onnx_export.export_onnx_bytes(
-        model, onnx_export.ExportSettings(height=args.size, width=args.size)))
-    calib = [torch.randn(1, 3, args.size, args.size) for _ in range(4)]
-    int8 = {t: quantize_onnx(fp32, calib, QuantizeSettings(target=t)) for t in ("cpu", "tensorrt")}
-    runs = {}
-    with torch.inference_mode():
-        runs["torch_eager_fp32"] = images_per_s(model, x, args.seconds)
-    for name, data in (("ort_fp32", fp32), ("ort_int8_cpu", int8["cpu"]), ("ort_int8_tensorrt_qdq", int8["tensorrt"])):
-        session = make_session(data, threads=threads)
-        runs[name] = images_per_s(lambda t, s=session: s.run(None, {"input": t.numpy()}), x, args.seconds)
-    result = {"backbone": args.backbone, "size": args.size, "batch": 1, "threads": threads,
-              "model_gflops": gflops, "matmul_fp32_gflops": peak, "limit_images_per_s": limit,
-              "images_per_s": runs, "fraction_of_limit": {k: v / limit for k, v in runs.items()},
-              "int8_speedup_vs_ort_fp32": {k: runs[k] / runs["ort_fp32"] for k in runs if "int8" in k}}
-    print(f"{args.backbone} {args.size}x{args.size} batch 1, {threads} threads: {gflops:.2f} GFLOP/image, "
-          f"fp32 matmul {peak:.1f} GFLOP/s -> limit {limit:.2f} img/s")
-    print(f"{'runtime':<24}{'img/s':>8}{'of limit':>10}")
-    for name, ips in runs.items():
-        print(f"{name:<24}{ips:>8.2f}{ips / limit:>9.0%}")
+    settings, result = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench_deploy_") as tmp, torch.inference_mode():
+        for width, classes in SETTINGS:
+            fns, model = runtimes(width, classes, args.size, threads, tmp)
+            gflops = model_gflops(model, x)
+            speeds = alternating(fns, x, args.rounds, args.seconds)
+            med = {k: statistics.median(v) for k, v in speeds.items()}
+            key = f"width{width}_classes{classes}"
+            settings[key] = {"model_gflops": gflops, "limit_images_per_s": peak / gflops, "median": med,
+                             "min": {k: min(v) for k, v in speeds.items()},
+                             "max": {k: max(v) for k, v in speeds.items()},
+                             "rounds": speeds}
+            print(f"\nmit_b0 {args.size}x{args.size} batch 1, decoder width {width}, {classes} classes: "
+                  f"{gflops:.2f} GFLOP/image, limit {peak / gflops:.1f} img/s ({args.rounds} alternating rounds)")
+            torch_best = max(v for k, v in med.items() if k.startswith("torch"))
+            print(f"{'runtime':<26}{'median img/s':>13}{'min-max':>15}{'vs ORT FP32':>13}{'vs best torch':>15}")
+            for name, v in speeds.items():
+                print(f"{name:<26}{med[name]:>13.2f}{f'{min(v):.2f}-{max(v):.2f}':>15}"
+                      f"{med[name] / med['ort_fp32']:>12.2f}x{med[name] / torch_best:>14.2f}x")
+            if "openvino_fp32" in med and "openvino_bf16" not in med:
+                print("openvino_bf16: not run (this CPU has no native BF16: AVX-512 BF16 or AMX)")
+    judged = goals(cpu, settings)
+    print("\nGoals on this CPU (ratios of medians; the machine is shared, so single figures are noisy):")
+    for g in judged:
+        verdict = "n/a (no VNNI)" if g["pass"] is None else ("pass" if g["pass"] else "FAIL")
+        print(f"  {g['setting']:<21}{g['goal']:<58}{g['runtime']:<20}{g['ratio']:>6.2f}x  {verdict}")
+    first = settings[f"width{SETTINGS[0][0]}_classes{SETTINGS[0][1]}"]
+    result = {"backbone": "mit_b0", "size": args.size, "batch": 1, "threads": threads, "cpu": cpu,
+              "matmul_fp32_gflops": peak, "rounds": args.rounds, "settings": settings, "goals": judged,
+              # the default setting's figures at top level, as bench/summary.py reads them
+              "model_gflops": first["model_gflops"], "limit_images_per_s": first["limit_images_per_s"],
+              "images_per_s": first["median"]}
     io.write_json(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "deploy.json"), result)
     return 0
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # INT8 accuracy on the demo set: reuse `make demo`'s model when present, else train a short one; export; quantize.
-# quantize_report.json (FP32 vs INT8 mIoU and images/s, both ONNX Runtime) is copied to bench/results/.
+# quantize_report.json (FP32 vs INT8 mIoU and images/s, both ONNX Runtime) is copied to bench/results/; with the
+# [openvino] extra also NNCF's INT8 IR report (quantize_openvino.json) and OpenVINO bf16 vs f32 mIoU
+# (openvino_bf16.json; bf16 only where the CPU has it natively, else the evaluate notes f32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -22,3 +24,23 @@ fi
 "${SEG[@]}" quantize "${COMMON[@]}" parent_job="$OUT/export" \
   dataset.segment.quant_calibration_dataset.images_dir="$DATA/images/train" | tail -2
 cp "$OUT/quantize/quantize_report.json" bench/results/quantize.json
+if "$PY" -c "import openvino, nncf" 2>/dev/null; then
+  "${SEG[@]}" quantize "${COMMON[@]}" parent_job="$OUT/export" quantize.backend=nncf \
+    quantize.results_dir="$OUT/quantize_nncf" \
+    dataset.segment.quant_calibration_dataset.images_dir="$DATA/images/train" | tail -1
+  cp "$OUT/quantize_nncf/quantize_report.json" bench/results/quantize_openvino.json
+  for p in f32 bf16; do
+    "${SEG[@]}" evaluate "${COMMON[@]}" parent_job="$OUT/export" evaluate.onnx_engine=openvino \
+      evaluate.cpu_precision=$p evaluate.results_dir="$OUT/evaluate_ov_$p" | tail -1
+  done
+  "$PY" - "$OUT" <<'PY'
+import json, sys
+r = {p: json.load(open(f"{sys.argv[1]}/evaluate_ov_{p}/results.json")) for p in ("f32", "bf16")}
+out = {p: {"mIoU": r[p]["mIoU"], "runtime": r[p]["runtime_label"]} for p in r}
+out["miou_drop_points"] = 100 * (r["f32"]["mIoU"] - r["bf16"]["mIoU"])
+json.dump(out, open("bench/results/openvino_bf16.json", "w"), indent=2)
+print(f"OpenVINO {out['bf16']['runtime']} mIoU {out['bf16']['mIoU']:.4f} vs f32 {out['f32']['mIoU']:.4f}")
+PY
+else
+  echo "OpenVINO/NNCF not installed (pip install '.[openvino]'): no NNCF INT8 or bf16 accuracy rows"
+fi

@@ -66,6 +66,26 @@ def _deploy_rows(results: str) -> list[dict]:
                  ">= 1.5x", ips[int8_name] / fp32 >= 1.5)]
 
 
+def _cpu_runtime_rows(results: str) -> list[dict]:
+    """Issue 18's goals as judged by bench/deploy.py on this CPU, plus the demo-set accuracy of BF16 and NNCF."""
+    r = _load(results, "deploy")
+    rows = []
+    for g in (r or {}).get("goals", []):
+        med = r["settings"][g["setting"]]["median"]
+        rows.append(_row(f"{g['goal']}, {g['setting']} ({g['runtime']} vs {g['reference']})", med[g["runtime"]],
+                         med[g["reference"]], g["ratio"], g["target"], g["pass"]))
+    for name, title in (("quantize_openvino", "NNCF INT8 (OpenVINO IR)"), ("openvino_bf16", "OpenVINO BF16")):
+        q = _load(results, name)
+        metric = f"{title} mIoU on the demo set (vs f32, drop in points)"
+        if q is None:
+            rows.append(_row(metric, None, None, None, "<= 1 point", None))
+            continue
+        low, ref = (q["int8"], q["fp32"]) if "int8" in q else (q["bf16"], q["f32"])
+        rows.append(_row(metric, low["mIoU"], ref["mIoU"], q["miou_drop_points"], "<= 1 point",
+                         q["miou_drop_points"] <= 1.0))
+    return rows
+
+
 def _quantize_rows(results: str) -> list[dict]:
     r = _load(results, "quantize")
     name = "INT8 mIoU on the demo set (vs FP32, drop in points)"
@@ -106,7 +126,8 @@ def main() -> int:
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     rows = (_train_rows(args.results) + _model_rows(args.results) + _deploy_rows(args.results)
-            + _quantize_rows(args.results) + _data_rows(args.results) + _trt_rows(args.results))
+            + _cpu_runtime_rows(args.results) + _quantize_rows(args.results) + _data_rows(args.results)
+            + _trt_rows(args.results))
     width = max(len(r["metric"]) for r in rows)
     print(f"\n{'metric':<{width}}  {'ours':>9}  {'reference':>9}  {'ratio':>7}  {'goal':>10}  result")
     for r in rows:

@@ -209,11 +209,14 @@ def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
             candidates.append(("checkpoint", ckpts["best"], f"best-by-{MONITORED_METRIC} checkpoint"))
         if "latest" in ckpts:
             candidates.append(("checkpoint", ckpts["latest"], "latest checkpoint (no best-by-val_miou one)"))
-    for kind, pattern in (("onnx", "*.onnx"), ("engine", "*.engine")):
+    # evaluate/inference also run OpenVINO IRs (.xml) through their onnx_file key (quantize.backend=nncf writes one).
+    onnx_exts = (".onnx", ".xml") if action in ("evaluate", "inference") else (".onnx",)
+    for kind, exts in (("onnx", onnx_exts), ("engine", (".engine",))):
         if kind in wanted:
-            files = sorted(glob.glob(os.path.join(parent_dir, pattern)), key=os.path.getmtime)
+            files = sorted((f for ext in exts for f in glob.glob(os.path.join(parent_dir, "*" + ext))),
+                           key=os.path.getmtime)
             # A quantize job also holds intermediate ONNX files; prefer the one it recorded as its artifact.
-            recorded = [a["path"] for a in job.get("artifacts", {}).values() if a.get("path", "").endswith(pattern[1:])]
+            recorded = [a["path"] for a in job.get("artifacts", {}).values() if a.get("path", "").endswith(exts)]
             for path in (recorded or files[-1:]):
                 candidates.append((kind, path, f"{kind} file of the {parent_action or 'parent'} job"))
     if not candidates:

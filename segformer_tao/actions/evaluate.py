@@ -118,7 +118,8 @@ def run(cfg: DictConfig) -> dict:
                                                                 "evaluate.batch_size")) from e
     seconds = time.monotonic() - start
     summary = {k: scores[k] for k in ("mIoU", "mAcc", "mPrecision", "mRecall", "mF1", "mDice", "overall_accuracy")}
-    results = {**summary, "runtime": runtime.name, "images": scores["images"], "num_pixels": scores["num_pixels"],
+    results = {**summary, "runtime": runtime.name, "runtime_label": runtime.label,
+               "images": scores["images"], "num_pixels": scores["num_pixels"],
                "seconds": round(seconds, 3), "per_class": scores["per_class"],
                "confusion_matrix": scores["confusion_matrix"], "class_names": runtime.meta["class_names"]}
     paths = {name: os.path.join(out_dir, name) for name in ("results.json", "per_class.csv", "confusion_matrix.png")}
@@ -127,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
     write_per_class_csv(paths["per_class.csv"], scores["per_class"])
     plot_confusion_matrix(torch.tensor(scores["confusion_matrix"]), runtime.meta["class_names"],
                           paths["confusion_matrix.png"])
-    print(f"evaluate ({runtime.name}): mIoU={summary['mIoU'] or 0:.4f} overall_accuracy="
+    print(f"evaluate ({runtime.label}): mIoU={summary['mIoU'] or 0:.4f} overall_accuracy="
           f"{summary['overall_accuracy'] or 0:.4f} on {scores['images']} images -> {paths['results.json']}")
     return {"metrics": {**summary, "images": scores["images"]},
             "artifacts": {**{k.split(".")[0]: v for k, v in paths.items()}, "vis": os.path.join(out_dir, "vis")}}

@@ -85,9 +85,14 @@ def _settings(cfg, trained_size: int | None = None) -> onnx_export.ExportSetting
     """Export settings from cfg.export; an unset input_height/width is the size the model was trained at."""
     exp = cfg.export
     size = int(trained_size or cfg.dataset.segment.img_size)
-    if exp.format != "onnx":
+    if exp.format not in ("onnx", "openvino"):
         raise UserError(f"export.format={exp.format} is not supported: segformer_tao writes plain ONNX "
-                        "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly.")
+                        "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly, or ONNX "
+                        "plus an OpenVINO IR (export.format=openvino).")
+    if exp.format == "openvino":
+        from segformer_tao.deploy.openvino import require_openvino
+
+        require_openvino("export.format=openvino")
     if exp.input_channel != 3:
         raise UserError(f"export.input_channel={exp.input_channel}: SegFormer takes RGB images; use 3.")
     if exp.batch_size == 0 or exp.batch_size < -1:
@@ -145,4 +150,29 @@ def run(cfg) -> dict:
             onnx_path, class_names=info["class_names"], channels=3, height=settings.height, width=settings.width,
             mean=info["mean"], std=info["std"], batch_size=max(1, settings.batch_size)))
     log.info("ONNX written to %s", onnx_path)
-    return {"metrics": {"max_abs_diff": diff, "opset": settings.opset}, "artifacts": artifacts}
+    metrics = {"max_abs_diff": diff, "opset": settings.opset}
+    if exp.format == "openvino":
+        metrics["openvino_max_abs_diff"] = _write_ir(model, onnx_path, embedded_meta(meta, settings, cfg), settings,
+                                                     artifacts)
+    return {"metrics": metrics, "artifacts": artifacts}
+
+
+def _write_ir(model: torch.nn.Module, onnx_path: str, meta: dict, settings: onnx_export.ExportSettings,
+              artifacts: dict) -> float:
+    """<onnx stem>.xml/.bin beside the ONNX, checked in f32 against PyTorch; returns the max |logit diff|."""
+    from segformer_tao.deploy.openvino import compile_model, read_model, save_ir
+
+    ov_model, _ = read_model(onnx_path, "export.onnx_file")
+    compiled = compile_model(ov_model, "f32")
+    wrapper = onnx_export.ExportWrapper(model, settings.full_resolution_output).eval()
+    diff = 0.0
+    for x in onnx_export.parity_inputs(settings):
+        got = compiled({0: x.numpy()})[0]
+        diff = max(diff, float((torch.from_numpy(got) - wrapper(x)).abs().max()))
+    if diff > onnx_export.PARITY_ATOL:
+        raise UserError(f"The OpenVINO IR differs from PyTorch by {diff:.3g} (> {onnx_export.PARITY_ATOL:g}) in f32. "
+                        "Use the ONNX (export.format=onnx) and report it with the checkpoint's backbone.")
+    xml, bin_ = save_ir(ov_model, os.path.splitext(onnx_path)[0] + ".xml", meta)
+    artifacts.update({"openvino_xml": xml, "openvino_bin": bin_})
+    log.info("OpenVINO IR written to %s (+ .bin), max abs logit difference vs PyTorch %.3g", xml, diff)
+    return diff

@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"No images found in split '{cfg.dataset.segment.predict_split}' under "
                         f"{cfg.dataset.segment.root_dir}/images. Check dataset.segment.predict_split and root_dir.")
     seconds = time.monotonic() - start
-    print(f"inference ({runtime.name}): {images} masks -> {os.path.join(out_dir, 'masks')}, {overlays} overlays -> "
+    print(f"inference ({runtime.label}): {images} masks -> {os.path.join(out_dir, 'masks')}, {overlays} overlays -> "
           f"{os.path.join(out_dir, 'overlays')}")
     metrics = {"images": images, "overlays": overlays, "seconds": round(seconds, 3),
                "images_per_s": round(images / max(seconds, 1e-9), 3)}

@@ -79,13 +79,14 @@ class _Timed:
         return out
 
 
-def _report(cfg, fp32_path: str, int8_path: str) -> dict:
-    """mIoU and images/s of FP32 vs INT8 (both ONNX Runtime, evaluate's code path) on the eval split."""
+def _report(cfg, fp32_path: str, int8_path: str, open_runtime=OrtRuntime) -> dict:
+    """mIoU and images/s of FP32 vs INT8 (both on ``open_runtime(path, cfg)``, evaluate's code path) on the eval
+    split."""
     from segformer_tao.actions.evaluate import evaluate_runtime
 
     results = {}
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        timed = _Timed(OrtRuntime(path, cfg))
+        timed = _Timed(open_runtime(path, cfg))
         scores = evaluate_runtime(cfg, timed, None, int(cfg.evaluate.batch_size))
         results[name] = {"mIoU": scores["mIoU"], "overall_accuracy": scores["overall_accuracy"],
                          "images": scores["images"], "images_per_s": scores["images"] / max(timed.seconds, 1e-9),
@@ -107,6 +108,10 @@ def run(cfg) -> dict:
                         "quantizes weights and activations for TensorRT; use quantize.mode=static_ptq (or "
                         "quantize.backend=torchao for weight-only PyTorch INT8).")
     quant_backends.require_backend(str(q.backend))
+    if q.backend == "nncf" and q.algorithm not in ("minmax", "max"):
+        raise UserError(f"quantize.algorithm={q.algorithm} is not offered by quantize.backend=nncf, which sets "
+                        "activation ranges with NNCF's own min/max estimators (plus SmoothQuant and bias "
+                        "correction); use quantize.algorithm=minmax.")
     check_writable(f"{out_dir}/quantize_report.json", "quantize.results_dir")
     fp32_bytes, meta, model, stem, fp32_path = _float_model(cfg, out_dir)
     size = int(meta.get("img_size") or seg.img_size)
@@ -120,6 +125,8 @@ def run(cfg) -> dict:
                                 target=str(kwargs.pop("target", "tensorrt")),
                                 percentile=float(kwargs.pop("percentile", 99.999)), extra=kwargs)
     artifacts: dict[str, str] = {}
+    if q.backend == "nncf":
+        return _run_nncf(cfg, fp32_path, stem, batches, settings, out_dir)
     if q.backend == "torchao":
         if model is None:
             raise UserError("quantize.backend=torchao quantizes a PyTorch model: set quantize.model_path to a .pth.")
@@ -148,6 +155,11 @@ def run(cfg) -> dict:
               "calibration_images": sum(int(b.shape[0]) for b in batches),
               "kept_float": nodes_to_exclude(onnx.load_from_string(fp32_bytes), settings),
               "qdq": qdq_summary(int8_bytes), **_report(cfg, fp32_path, artifacts["onnx_file"])}
+    return _finish(report, artifacts, out_dir)
+
+
+def _finish(report: dict, artifacts: dict, out_dir: str) -> dict:
+    """Write quantize_report.json, print the FP32 vs INT8 line, return the action's metrics and artifacts."""
     artifacts["report"] = f"{out_dir}/quantize_report.json"
     io.write_json(artifacts["report"], report)
     f32, i8 = report["fp32"], report["int8"]
@@ -156,3 +168,29 @@ def run(cfg) -> dict:
           f"{report['speedup']:.2f}x")
     return {"metrics": {"fp32_mIoU": f32["mIoU"], "int8_mIoU": i8["mIoU"], "miou_drop_points":
                         report["miou_drop_points"], "speedup": report["speedup"]}, "artifacts": artifacts}
+
+
+def _run_nncf(cfg, fp32_path: str, stem: str, batches: list, settings: QuantizeSettings, out_dir: str) -> dict:
+    """quantize.backend=nncf: NNCF INT8 of the FP32 model as an OpenVINO IR (<stem>_int8.xml/.bin), reported
+    against the FP32 model, both run by OpenVINO in f32 (INT8 ops in INT8)."""
+    from segformer_tao.deploy.openvino import OpenVinoRuntime, read_model, save_ir
+
+    model, meta = read_model(fp32_path, "quantize.model_path")
+    kept = quant_backends.openvino_float_ops(model, classifier=settings.keep_classifier_float,
+                                             attention=settings.keep_attention_float,
+                                             skip_names=list(settings.skip_names))
+    int8 = quant_backends.nncf_int8(model, batches, ignored=kept)
+    xml, bin_ = save_ir(int8, f"{out_dir}/{stem}_int8.xml", meta)
+    artifacts = {"openvino_xml": xml, "openvino_bin": bin_}
+
+    def open_f32(path: str, cfg) -> OpenVinoRuntime:
+        return OpenVinoRuntime(path, cfg, precision="f32", key="quantize.model_path")
+
+    report = {"backend": "nncf", "runtime": "openvino f32",
+              "calibration_images": sum(int(b.shape[0]) for b in batches),
+              "kept_float": kept + ["LayerNorm, Softmax, GELU and residual Adds (NNCF transformer preset)"],
+              "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in int8.get_ops()),
+              "note": "INT8 OpenVINO IR only: NNCF's Q/DQ ONNX of this model is not readable by OpenVINO, and "
+                      "quantize.backend=onnxruntime writes the Q/DQ ONNX for TensorRT and ONNX Runtime.",
+              **_report(cfg, fp32_path, xml, open_f32)}
+    return _finish(report, artifacts, out_dir)

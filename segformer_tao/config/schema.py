@@ -265,7 +265,15 @@ class EvaluateConfig:
     num_nodes: int = spec(1, "Number of nodes.", valid_min=1, popular=True)
     checkpoint: str | None = spec(None, "PyTorch checkpoint (.pth) to run.")
     trt_engine: str | None = spec(None, "TensorRT engine to run (GPU machines with TensorRT).")
-    onnx_file: str | None = spec(None, "(segformer_tao) ONNX model to run with ONNX Runtime.")
+    onnx_file: str | None = spec(None, "(segformer_tao) ONNX model (or OpenVINO IR .xml) to run on the CPU.")
+    onnx_engine: str = spec(
+        "auto", "(segformer_tao) What runs onnx_file: onnxruntime, openvino (the [openvino] extra), or auto = the "
+        "faster of the installed ones, timed at start-up and printed. An OpenVINO IR (.xml) runs on openvino.",
+        valid_options=["auto", "onnxruntime", "openvino"])
+    cpu_precision: str = spec(
+        "f32", "(segformer_tao) OpenVINO's float precision: f32, or bf16 where the CPU has native BF16 (AVX-512 "
+        "BF16 or AMX; elsewhere a note and f32). ONNX Runtime runs f32; INT8 comes from quantize.backend=nncf.",
+        valid_options=["f32", "bf16"])
     results_dir: str | None = spec(None, RESULTS_DIR_DOC)
     batch_size: int = spec(8, "Batch size.", valid_min=1, valid_max="inf")
     vis_after_n_batches: int = spec(16, "Save visualisations every N batches.", valid_min=1, valid_max="inf")
@@ -295,7 +303,9 @@ class ExportConfig:
     opset_version: int = spec(17, "ONNX opset.", valid_min=1)
     batch_size: int = spec(-1, "Batch size of the ONNX input; -1 = dynamic.", valid_min=-1)
     verbose: bool = spec(False, "Verbose export log.")
-    format: str = spec("onnx", "Export format.", valid_options=["onnx", "xdl"])
+    format: str = spec("onnx", "Export format: onnx, or (segformer_tao) openvino = the ONNX plus an OpenVINO IR "
+                       "(<onnx name>.xml/.bin beside it; the [openvino] extra). TAO's xdl is not supported.",
+                       valid_options=["onnx", "xdl", "openvino"])
     serialize_nvdsinfer: bool = spec(False, "Write a DeepStream nvinfer config and labels file.")
     dynamic_hw: bool = spec(False, "(segformer_tao) Make input height/width dynamic too.")
     simplify: bool = spec(True, "(segformer_tao) Simplify the graph with onnxslim when installed.")
@@ -355,8 +365,9 @@ class LayerQuantizationConfig:
 @dataclass
 class QuantizeConfig:
     backend: str | None = spec(
-        "onnxruntime", "Quantization backend (onnxruntime runs on CPU; the others need their packages).",
-        valid_options=["onnxruntime", "modelopt.onnx", "modelopt.pytorch", "torchao"],
+        "onnxruntime", "Quantization backend (onnxruntime runs on CPU; the others need their packages; nncf writes "
+        "an INT8 OpenVINO IR for CPUs, from the [openvino] extra).",
+        valid_options=["onnxruntime", "modelopt.onnx", "modelopt.pytorch", "torchao", "nncf"],
     )
     mode: str | None = spec("static_ptq", "Quantization mode.", valid_options=["static_ptq", "weight_only_ptq"])
     algorithm: str | None = spec(

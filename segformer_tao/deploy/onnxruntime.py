@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,21 @@ def runtime_meta(cfg, embedded: dict[str, Any]) -> dict[str, Any]:
     return {**meta_from_config(cfg), **{k: v for k, v in embedded.items() if v is not None}}
 
 
+def run_in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, fixed: int | None) -> np.ndarray:
+    """``run(x)``, or for a model with a static batch size ``fixed``: ``run`` over chunks of ``fixed`` images
+    (the last chunk padded by repeating its last image), outputs concatenated and trimmed to len(x)."""
+    if fixed is None or fixed == x.shape[0]:
+        return run(x)
+    outs = []
+    for start in range(0, x.shape[0], fixed):
+        chunk = x[start:start + fixed]
+        n = chunk.shape[0]
+        if n < fixed:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        outs.append(run(chunk)[:n])
+    return np.concatenate(outs)
+
+
 class OrtRuntime(Runtime):
     """Runs an exported SegFormer ONNX with ONNX Runtime on the CPU.
 
@@ -127,17 +143,7 @@ class OrtRuntime(Runtime):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) float32 normalized -> logits (N, C, h, w) float32 on the CPU."""
         x = images.detach().cpu().float().contiguous().numpy()
-        fixed = self.io["batch"]
-        if fixed is None or fixed == x.shape[0]:
-            return torch.from_numpy(self._run(x))
-        outs = []
-        for start in range(0, x.shape[0], fixed):
-            chunk = x[start:start + fixed]
-            n = chunk.shape[0]
-            if n < fixed:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
-            outs.append(self._run(chunk)[:n])
-        return torch.from_numpy(np.concatenate(outs))
+        return torch.from_numpy(run_in_fixed_batches(self._run, x, self.io["batch"]))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]

@@ -1,4 +1,4 @@
-"""Optional quantization backends named as in TAO 7: modelopt.onnx, modelopt.pytorch, torchao.
+"""Optional quantization backends: modelopt.onnx, modelopt.pytorch, torchao (TAO 7's names) and nncf (OpenVINO).
 
 Each needs its package; without it a NotAvailableError (exit 2) names what to install. The default backend,
 onnxruntime, lives in :mod:`segformer_tao.deploy.quantization` and needs nothing extra.
@@ -7,6 +7,7 @@ onnxruntime, lives in :mod:`segformer_tao.deploy.quantization` and needs nothing
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ INSTALL = {
     "modelopt.onnx": "pip install 'nvidia-modelopt[onnx]'",
     "modelopt.pytorch": "pip install 'nvidia-modelopt[torch]'",
     "torchao": "pip install torchao",
+    "nncf": "pip install 'segformer_tao[openvino]'",
 }
 
 
@@ -85,18 +87,86 @@ def torchao_int8(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model.eval()
 
 
+def _ov_compute(op) -> bool:
+    return op.get_type_name() in ("Convolution", "MatMul")
+
+
+def _ov_is_weight(port) -> bool:
+    """True when an input comes from a constant (possibly through Convert/Reshape/Transpose of one)."""
+    node = port.get_source_output().get_node()
+    while node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze") and node.get_input_size():
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
+
+
+def openvino_float_ops(model, *, classifier: bool, attention: bool, skip_names: Sequence[str]) -> list[str]:
+    """Friendly names of OpenVINO ops to keep float: the classifier (the last Convolution/MatMul before each
+    output), attention's activation x activation MatMuls, and ops matching skip_names (exact, glob or substring
+    of the ONNX node name, which OpenVINO keeps as the op's friendly name)."""
+    import fnmatch
+
+    ops = list(model.get_ordered_ops())
+    kept: set[str] = set()
+    if classifier:
+        for result in model.get_results():
+            stack = [result.input_value(0).get_node()]
+            while stack:
+                node = stack.pop()
+                if _ov_compute(node):
+                    kept.add(node.get_friendly_name())
+                else:
+                    stack.extend(v.get_node() for v in node.input_values())
+    if attention:
+        kept |= {op.get_friendly_name() for op in ops if op.get_type_name() == "MatMul"
+                 and not any(_ov_is_weight(p) for p in op.inputs())}
+    names = [op.get_friendly_name() for op in ops if _ov_compute(op)]
+    for pattern in skip_names:
+        matched = [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern) or pattern in n]
+        if not matched:
+            raise UserError(f"quantize.skip_names entry '{pattern}' matches no Convolution/MatMul of the model. Use "
+                            "ONNX node names (or glob patterns such as '*decode_head*') as shown by Netron.")
+        kept |= set(matched)
+    return sorted(kept)
+
+
+def nncf_int8(model, batches: Sequence[torch.Tensor], *, ignored: list[str], fast: bool = True):
+    """INT8 post-training quantization of an ``openvino.Model`` with NNCF; returns the quantized model.
+
+    NNCF's transformer preset keeps LayerNorm, Softmax, GELU and residual Adds float and applies SmoothQuant to
+    the MatMuls; ``ignored`` (friendly names) stay float too. Weights per-channel symmetric INT8, activations
+    per-tensor; ``fast`` uses NNCF's fast bias correction.
+    """
+    try:
+        import nncf
+    except ImportError as e:
+        raise _missing("nncf", e) from e
+    # One image per item: NNCF counts subset_size in items, and some of its statistics assume batch 1.
+    data = [np.ascontiguousarray(img[None], dtype=np.float32) for b in batches
+            for img in (b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b))]
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))  # NNCF logs one INFO line per op it leaves float
+    try:
+        return nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
+                             fast_bias_correction=fast, ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    finally:
+        logger.setLevel(level)
+
+
 # Module each optional backend imports; checked before export and calibration so a missing package fails fast.
-_BACKEND_MODULES = {"modelopt.onnx": "modelopt.onnx", "modelopt.pytorch": "modelopt.torch", "torchao": "torchao"}
+_BACKEND_MODULES = {"modelopt.onnx": "modelopt.onnx", "modelopt.pytorch": "modelopt.torch", "torchao": "torchao",
+                    "nncf": "nncf"}
 
 
 def require_backend(backend: str) -> None:
     """Raise NotAvailableError now when quantize.backend needs a package that is not installed."""
-    module = _BACKEND_MODULES.get(backend)
-    if module is None:
-        return
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the parent package (modelopt) is missing
-        found = False
-    if not found:
-        raise _missing(backend, ModuleNotFoundError(f"No module named '{module}'", name=module))
+    modules = [_BACKEND_MODULES[backend]] if backend in _BACKEND_MODULES else []
+    if backend == "nncf":
+        modules.append("openvino")
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # the parent package (modelopt) is missing
+            found = False
+        if not found:
+            raise _missing(backend, ModuleNotFoundError(f"No module named '{module}'", name=module))

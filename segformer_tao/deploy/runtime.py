@@ -1,4 +1,4 @@
-"""One interface for every way of running the network: PyTorch checkpoint, ONNX Runtime, TensorRT.
+"""One interface for every way of running the network: PyTorch checkpoint, ONNX Runtime, OpenVINO, TensorRT.
 
 ``Runtime.predict`` takes normalized float32 NCHW images at img_size and returns logits (N, C, h, w) on the
 CPU (h, w = img_size / 4 for our models). Post-processing (resize to original size, argmax, flip TTA, sliding
@@ -25,6 +25,11 @@ class Runtime(ABC):
     name = "runtime"
     meta: dict
 
+    @property
+    def label(self) -> str:
+        """The runtime and, where it has a choice, its precision (e.g. "openvino bf16"), for logs and reports."""
+        return self.name
+
     @abstractmethod
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) float32 normalized -> (N, C, h, w) float32 logits on the CPU."""
@@ -48,8 +53,8 @@ class TorchRuntime(Runtime):
 
 
 def open_runtime(cfg: DictConfig, action: str) -> Runtime:
-    """The runtime for ``cfg[action]``: ``trt_engine`` -> TensorRT, ``onnx_file`` -> ONNX Runtime,
-    ``checkpoint`` -> PyTorch (first one set wins, in that order)."""
+    """The runtime for ``cfg[action]``: ``trt_engine`` -> TensorRT, ``onnx_file`` -> ONNX Runtime or OpenVINO
+    (``onnx_engine``, see deploy/cpu_select.py), ``checkpoint`` -> PyTorch (first one set wins, in that order)."""
     section = cfg[action]
     key = cfg.get("encryption_key")
     if section.get("trt_engine"):
@@ -57,9 +62,9 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
 
         return TrtRuntime(str(section.trt_engine), cfg)
     if section.get("onnx_file"):
-        from segformer_tao.deploy.onnxruntime import OrtRuntime
+        from segformer_tao.deploy.cpu_select import open_onnx_runtime
 
-        return OrtRuntime(str(section.onnx_file), cfg)
+        return open_onnx_runtime(str(section.onnx_file), cfg, action)
     if section.get("checkpoint"):
         return TorchRuntime(str(section.checkpoint), key)
     raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "

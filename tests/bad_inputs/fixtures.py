@@ -88,7 +88,12 @@ def _model_files(tmp: str, data: str) -> dict[str, str]:
     save_checkpoint(enc_ckpt, load_checkpoint(ckpt), encryption_key="k1")
     with open(ckpt, "rb") as f:
         blob = f.read()
-    return {"ckpt": ckpt, "onnx": onnx_file, "enc_ckpt": enc_ckpt,
+    ir = os.path.join(tmp, "ir", "model.xml")  # the ONNX as an OpenVINO IR (the [openvino] extra, in dev)
+    from segformer_tao.deploy.openvino import read_model, save_ir
+
+    save_ir(read_model(onnx_file, "onnx")[0], ir, {})
+    return {"ckpt": ckpt, "onnx": onnx_file, "enc_ckpt": enc_ckpt, "ir": ir,
+            "ir_without_bin": _write(os.path.join(tmp, "ir_alone", "model.xml"), open(ir).read()),
             "truncated_ckpt": _write(os.path.join(tmp, "truncated.pth"), blob[: len(blob) // 2]),
             "not_onnx": _write(os.path.join(tmp, "not_a_model.onnx"), b"this is not a protobuf at all"),
             "fake_engine": _write(os.path.join(tmp, "model.engine"), b"\x00" * 64)}

@@ -76,3 +76,33 @@ def test_onnx_of_another_model_and_tensorrt_missing(trained, tmp_path):
         has_trt = False
     if not has_trt:
         assert_user_error(trt, "TensorRT")
+
+
+@pytest.mark.slow
+def test_openvino_ir_export_evaluate_and_nncf_int8(trained):
+    pytest.importorskip("nncf", reason="NNCF/OpenVINO are not installed (pip install '.[openvino]')")
+    root, data, args = trained
+    ckpt = f"{root}/results/train/segformer_model_latest.pth"
+    torch_eval = run_cli("evaluate", *args, f"evaluate.checkpoint={ckpt}", f"results_dir={root}/results/vt")
+    exported = run_cli("export", *args, f"export.checkpoint={ckpt}", "export.format=openvino",
+                       f"results_dir={root}/results/vx")
+    assert torch_eval.returncode == 0 and exported.returncode == 0, torch_eval.output + exported.output
+    m_torch = json.load(open(f"{root}/results/vt/evaluate/results.json"))["mIoU"]
+    ir_eval = run_cli("evaluate", *args, f"parent_job={root}/results/vx/export", "evaluate.onnx_engine=openvino",
+                      f"results_dir={root}/results/vi")
+    assert ir_eval.returncode == 0, ir_eval.output
+    ir_results = json.load(open(f"{root}/results/vi/evaluate/results.json"))
+    assert ir_results["runtime_label"] == "openvino f32" and abs(ir_results["mIoU"] - m_torch) <= 1e-4
+    calib = f"dataset.segment.quant_calibration_dataset.images_dir={data}/images/train"
+    quant = run_cli("quantize", *args, calib, f"quantize.model_path={ckpt}", "quantize.backend=nncf",
+                    f"results_dir={root}/results/vq")
+    assert quant.returncode == 0, quant.output
+    report = json.load(open(f"{root}/results/vq/quantize/quantize_report.json"))
+    assert abs(report["fp32"]["mIoU"] - m_torch) <= 1e-4  # the FP32 side is the checkpoint's model
+    assert report["fake_quantize_ops"] > 10 and report["miou_drop_points"] <= 1.0
+    # parent_job picks the INT8 IR (not the FP32 ONNX beside it), which scores as the report says.
+    int8_eval = run_cli("evaluate", *args, f"parent_job={root}/results/vq/quantize", f"results_dir={root}/results/v8")
+    assert int8_eval.returncode == 0, int8_eval.output
+    int8_results = json.load(open(f"{root}/results/v8/evaluate/results.json"))
+    assert int8_results["runtime_label"] == "openvino int8+f32"
+    assert abs(int8_results["mIoU"] - report["int8"]["mIoU"]) <= 1e-4
