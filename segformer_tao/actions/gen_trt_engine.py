@@ -52,10 +52,11 @@ def run(cfg) -> dict:
     legacy_int8 = settings.data_type == "int8" and not tensorrt.has_qdq(onnx_bytes)
     if legacy_int8 and hasattr(trt, "IInt8EntropyCalibrator2") and settings.cal_image_dirs:
         seg = cfg.dataset.segment
+        batch, _, size, _ = tensorrt.calibration_shape(settings.profile, settings.cal_batch_size)
         calibration = calibration_batches(
-            settings.cal_image_dirs, img_size=settings.profile.opt[2], mean=meta.get("mean") or seg.augmentation.mean,
-            std=meta.get("std") or seg.augmentation.std, batch_size=settings.cal_batch_size,
-            max_batches=settings.cal_batches, key="gen_trt_engine.tensorrt.calibration.cal_image_dir")
+            settings.cal_image_dirs, img_size=size, mean=meta.get("mean") or seg.augmentation.mean,
+            std=meta.get("std") or seg.augmentation.std, batch_size=batch, max_batches=settings.cal_batches,
+            key="gen_trt_engine.tensorrt.calibration.cal_image_dir", require_all=True)
     engine_bytes, info = tensorrt.build_engine(onnx_bytes, settings, calibration)
     info["onnx_file"] = cfg.gen_trt_engine.onnx_file
     info["model_meta"] = meta

@@ -25,7 +25,8 @@ from segformer_tao.errors import NotAvailableError, UserError
 log = logging.getLogger(__name__)
 
 DATA_TYPES = ("fp32", "fp16", "bf16", "int8")
-# Ops that overflow or lose accuracy in half precision (variance sums, exp): kept FP32 for fp16/bf16.
+# Ops that overflow or lose accuracy in half precision (variance sums, exp): kept FP32 for fp16/bf16 and for
+# int8, whose non-quantized layers run in fp16.
 FP32_OP_TYPES = ("LayerNormalization", "Softmax")
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 
@@ -135,7 +136,7 @@ def has_qdq(onnx_bytes: bytes) -> bool:
 
 def _layer_precision_rules(settings: BuildSettings) -> list[tuple[str, str]]:
     rules = list(settings.layers_precision)
-    if settings.data_type in ("fp16", "bf16"):
+    if settings.data_type in ("fp16", "bf16", "int8"):
         rules += [(f"type:{t}", "fp32") for t in FP32_LAYER_TYPES]
     return rules
 
@@ -211,6 +212,34 @@ def _entropy_calibrator(trt, batches: list[torch.Tensor], cache_file: str | None
     return EntropyCalibrator()
 
 
+def calibration_shape(profile: Profile, cal_batch_size: int) -> tuple[int, int, int, int]:
+    """The (N, C, H, W) the legacy calibrator feeds: cal_batch_size images (the ONNX's batch when it is fixed,
+    i.e. min == max) at the profile's H x W. TensorRT calibrates at the calibration profile's opt shape, so this
+    shape is that profile's min = opt = max and every device buffer handed to TensorRT has exactly this size."""
+    n, c, h, w = profile.opt
+    fixed = profile.min[0] == profile.max[0]
+    if fixed and cal_batch_size != n:
+        log.warning("The engine's batch is fixed at %d: calibrating with batches of %d images, not "
+                    "gen_trt_engine.tensorrt.calibration.cal_batch_size=%d.", n, n, cal_batch_size)
+    if h != w:
+        raise UserError(f"INT8 calibration of a {h}x{w} (non-square) input is not supported: calibration images "
+                        "are resized to a square like every runtime's input. Export with "
+                        "export.input_height == export.input_width, or use a Q/DQ ONNX from `segformer quantize`.")
+    return (n if fixed else cal_batch_size, c, h, w)
+
+
+def _calibration_profile(builder, profile: Profile, batches: list[torch.Tensor]):
+    """A profile whose min = opt = max is the calibration batches' shape (checked against the build profile)."""
+    shape = tuple(int(d) for d in batches[0].shape) if batches else profile.opt
+    expected = calibration_shape(profile, shape[0])
+    if any(tuple(b.shape) != expected for b in batches):
+        raise UserError(f"INT8 calibration batches have shapes {sorted({tuple(b.shape) for b in batches})}; "
+                        f"TensorRT reads {expected} per batch. Check gen_trt_engine.tensorrt.calibration.")
+    cal_profile = builder.create_optimization_profile()
+    cal_profile.set_shape("input", expected, expected, expected)
+    return cal_profile
+
+
 def build_engine(onnx_bytes: bytes, settings: BuildSettings, calibration: list[torch.Tensor] | None = None
                  ) -> tuple[bytes, dict]:
     """Parse the ONNX and build a serialized engine; returns (engine bytes, engine.json dict)."""
@@ -250,16 +279,22 @@ def build_engine(onnx_bytes: bytes, settings: BuildSettings, calibration: list[t
                     raise UserError("data_type=int8 without a Q/DQ ONNX needs calibration images: set "
                                     "gen_trt_engine.tensorrt.calibration.cal_image_dir (or a cal_cache_file).")
                 config.int8_calibrator = _entropy_calibrator(trt, cal, settings.cal_cache_file)
-                config.set_calibration_profile(profile)
+                config.set_calibration_profile(_calibration_profile(builder, settings.profile, cal))
         rules = _layer_precision_rules(settings)
         if rules:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
             pinned = _apply_layer_precisions(trt, network, rules)
-    cache = None
+    cache, cache_report = None, None
     if settings.timing_cache:
         cache = config.create_timing_cache(io.read_bytes(settings.timing_cache) if io.exists(settings.timing_cache)
                                            else b"")
-        config.set_timing_cache(cache, ignore_mismatch=True)
+        attached = cache is not None and bool(config.set_timing_cache(cache, ignore_mismatch=True))
+        cache_report = {"path": settings.timing_cache, "attached": attached}
+        if not attached:
+            log.warning("TensorRT could not attach the timing cache %s (unreadable or from another TensorRT): "
+                        "building without it, and it is not rewritten. Delete the file to start a new cache.",
+                        settings.timing_cache)
+            cache = None
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError("TensorRT failed to build the engine (see the log above). Try a larger "
@@ -268,7 +303,8 @@ def build_engine(onnx_bytes: bytes, settings: BuildSettings, calibration: list[t
         io.write_bytes(settings.timing_cache, bytes(config.get_timing_cache().serialize()))
     engine_bytes = bytes(serialized)
     info = {"tensorrt_version": trt.__version__, "strongly_typed": not weakly_typed, "qdq_onnx": qdq,
-            "layers_pinned": pinned, "build_settings": asdict(settings), "io": engine_io(trt, engine_bytes, logger)}
+            "layers_pinned": pinned, "timing_cache": cache_report, "build_settings": asdict(settings),
+            "io": engine_io(trt, engine_bytes, logger)}
     return engine_bytes, info
 
 
@@ -278,6 +314,17 @@ def _deserialize(trt, engine_bytes: bytes, logger):
         raise UserError("TensorRT cannot deserialize the engine: it was built with another TensorRT version or GPU. "
                         "Rebuild it with `segformer gen_trt_engine` on this machine.")
     return engine
+
+
+# TensorRT DataType member names -> numpy's (bfloat16/float8 as ml_dtypes and torch spell them).
+NUMPY_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+                     "INT64": "int64", "UINT8": "uint8", "BOOL": "bool", "FP8": "float8_e4m3fn", "INT4": "int4"}
+
+
+def dtype_name(dtype) -> str:
+    """numpy's name for a TensorRT DataType (``trt.float32`` -> "float32")."""
+    member = str(dtype).split(".")[-1]
+    return NUMPY_DTYPE_NAMES.get(member, member.lower())
 
 
 def engine_io(trt, engine_or_bytes, logger=None) -> list[dict]:
@@ -290,7 +337,7 @@ def engine_io(trt, engine_or_bytes, logger=None) -> list[dict]:
         name = engine.get_tensor_name(i)
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
         entry = {"name": name, "mode": "input" if is_input else "output", "shape": list(engine.get_tensor_shape(name)),
-                 "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1]}
+                 "dtype": dtype_name(engine.get_tensor_dtype(name))}
         if is_input:
             entry["profile"] = [list(s) for s in engine.get_tensor_profile_shape(name, 0)]
         tensors.append(entry)
@@ -333,7 +380,8 @@ class TrtRuntime(Runtime):
             raise UserError(f"Engine '{engine_file}' outputs {tensors['output']['shape'][1]} classes but "
                             f"dataset.segment.num_classes={num_classes}; use the engine of a model trained on "
                             "this dataset.")
-        self.max_batch = tensors["input"]["profile"][2][0]
+        profile = tensors["input"]["profile"]  # [min, opt, max] (N, C, H, W)
+        self.min_batch, self.max_batch = int(profile[0][0]), int(profile[2][0])
         self.input_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype("input"))
         self.output_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype("output"))
         self.meta = {"engine": engine_file, "io": list(tensors.values()), "num_classes": num_classes}
@@ -343,10 +391,20 @@ class TrtRuntime(Runtime):
             from segformer_tao.deploy.onnxruntime import runtime_meta
 
             self.meta.update(runtime_meta(cfg, embedded))
+        size = self.meta.get("img_size")
+        if size and (profile[0][1:] != [3, size, size] or profile[2][1:] != [3, size, size]):
+            raise UserError(f"Engine '{engine_file}' takes inputs {profile[0]}..{profile[2]} (N, C, H, W) but images "
+                            f"are fed at 3 x {size} x {size} (img_size). Rebuild the engine from an ONNX exported at "
+                            f"{size}x{size}, or set dataset.segment.img_size to the engine's size.")
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (N, 3, H, W) float32 normalized -> logits (N, C, h, w) float32 on the CPU."""
-        return torch.cat([self._run(chunk) for chunk in images.split(self.max_batch)])
+        """images: (N, 3, H, W) float32 normalized -> logits (N, C, h, w) float32 on the CPU.
+
+        Batches are split to the engine's max batch and a chunk below its min batch (a fixed-batch engine, the
+        last evaluate batch, a sliding-window crop) is zero-padded up to it and the result sliced back (as TAO).
+        """
+        chunks = pad_to_profile(images, self.min_batch, self.max_batch)
+        return torch.cat([self._run(chunk)[:real] for chunk, real in chunks])
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:
         with torch.cuda.stream(self.stream):
@@ -362,6 +420,18 @@ class TrtRuntime(Runtime):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
         self.stream.synchronize()
         return out.float().cpu()
+
+
+def pad_to_profile(images: torch.Tensor, min_batch: int, max_batch: int) -> list[tuple[torch.Tensor, int]]:
+    """(chunk, real images in it): chunks of at most ``max_batch`` images, zero-padded at the end to at least
+    ``min_batch``; the real images come first, so ``output[:real]`` is theirs."""
+    chunks = []
+    for chunk in images.split(max_batch):
+        real = len(chunk)
+        if real < min_batch:
+            chunk = torch.cat([chunk, chunk.new_zeros((min_batch - real, *chunk.shape[1:]))])
+        chunks.append((chunk, real))
+    return chunks
 
 
 def write_engine(engine_path: str, engine_bytes: bytes, info: dict) -> str:

@@ -67,3 +67,52 @@ def test_build_and_run_engine(tmp_path, tiny_checkpoint):
     got = tensorrt.TrtRuntime(engine, num_classes=3).predict(x)
     ref = OrtRuntime(onnx_file, num_classes=3).predict(x)
     assert (got - ref).abs().max() < 1e-2
+
+
+def test_pad_to_profile_pads_below_min_batch_and_splits_above_max():
+    images = torch.arange(5 * 3 * 2 * 2, dtype=torch.float32).reshape(5, 3, 2, 2)
+    chunks = tensorrt.pad_to_profile(images, min_batch=4, max_batch=4)
+    assert [(tuple(c.shape), real) for c, real in chunks] == [((4, 3, 2, 2), 4), ((4, 3, 2, 2), 1)]
+    assert torch.equal(chunks[1][0][0], images[4]) and not chunks[1][0][1:].any()  # real first, zeros after
+    assert [real for _, real in tensorrt.pad_to_profile(images, 1, 2)] == [2, 2, 1]
+
+
+def test_int8_keeps_layernorm_softmax_reduce_fp32():
+    settings = tensorrt.BuildSettings(data_type="int8", workspace_mib=1, profile=tensorrt.Profile(*[(1, 3, 8, 8)] * 3))
+    rules = tensorrt._layer_precision_rules(settings)
+    assert {("type:NORMALIZATION", "fp32"), ("type:SOFTMAX", "fp32"), ("type:REDUCE", "fp32")} <= set(rules)
+
+
+def test_calibration_shape_is_what_tensorrt_reads():
+    dynamic = tensorrt.Profile((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))
+    assert tensorrt.calibration_shape(dynamic, cal_batch_size=2) == (2, 3, 64, 64)
+    fixed = tensorrt.Profile(*[(4, 3, 32, 32)] * 3)
+    assert tensorrt.calibration_shape(fixed, cal_batch_size=2) == (4, 3, 32, 32)  # the engine's fixed batch
+    with pytest.raises(UserError, match="non-square"):
+        tensorrt.calibration_shape(tensorrt.Profile(*[(1, 3, 32, 48)] * 3), cal_batch_size=1)
+
+
+def test_too_few_calibration_images(tmp_path):
+    from PIL import Image
+
+    from segformer_tao.deploy.calibration import calibration_batches
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    kw = {"img_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3,
+          "key": "gen_trt_engine.tensorrt.calibration.cal_image_dir"}
+    assert len(calibration_batches([str(tmp_path)], batch_size=1, max_batches=3, require_all=True, **kw)) == 3
+    with pytest.raises(UserError, match=r"fewer calibration images than the 4 needed.*found 2"):
+        calibration_batches([str(tmp_path)], batch_size=2, max_batches=2, require_all=True, **kw)
+
+
+def test_engine_json_dtype_names_are_numpy_names():
+    class DataType:  # what str() of the bindings' enum gives
+        def __init__(self, name):
+            self.name = name
+
+        def __str__(self):
+            return f"DataType.{self.name}"
+
+    assert [tensorrt.dtype_name(DataType(n)) for n in ("FLOAT", "HALF", "BF16", "INT8", "INT32")] == [
+        "float32", "float16", "bfloat16", "int8", "int32"]
