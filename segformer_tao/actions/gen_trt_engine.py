@@ -47,10 +47,9 @@ def run(cfg) -> dict:
     """Build the engine; returns the engine path, its JSON and the build settings."""
     onnx_bytes, settings, meta, engine_path = plan(cfg)
     check_writable(engine_path, "gen_trt_engine.trt_engine")
-    trt = tensorrt.require_tensorrt()
     calibration = None
     legacy_int8 = settings.data_type == "int8" and not tensorrt.has_qdq(onnx_bytes)
-    if legacy_int8 and hasattr(trt, "IInt8EntropyCalibrator2") and settings.cal_image_dirs:
+    if legacy_int8 and settings.cal_image_dirs:  # read (and checked) before TensorRT is needed
         seg = cfg.dataset.segment
         batch, _, size, _ = tensorrt.calibration_shape(settings.profile, settings.cal_batch_size)
         calibration = calibration_batches(

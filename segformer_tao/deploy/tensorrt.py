@@ -199,7 +199,7 @@ def _entropy_calibrator(trt, batches: list[torch.Tensor], cache_file: str | None
             batch = next(self._iter, None)
             if batch is None:
                 return None
-            self._current = batch.cuda().contiguous()
+            self._current = batch.to(torch.device("cuda"), torch.float32).contiguous()
             return [int(self._current.data_ptr())]
 
         def read_calibration_cache(self):
