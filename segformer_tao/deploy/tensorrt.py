@@ -183,7 +183,7 @@ def autocast_onnx(onnx_bytes: bytes, data_type: str) -> bytes:
     return converted.SerializeToString() if isinstance(converted, onnx.ModelProto) else bytes(converted)
 
 
-def _entropy_calibrator(trt, batches: list[torch.Tensor], cache_file: str | None):
+def _entropy_calibrator(trt, batches: list[torch.Tensor], cache_file: str | None, batch_size: int):
     """Legacy IInt8EntropyCalibrator2 feeding CUDA tensors (TensorRT 10 only)."""
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
@@ -193,7 +193,7 @@ def _entropy_calibrator(trt, batches: list[torch.Tensor], cache_file: str | None
             self._current = None
 
         def get_batch_size(self) -> int:
-            return int(batches[0].shape[0]) if batches else 1
+            return batch_size
 
         def get_batch(self, names):
             batch = next(self._iter, None)
@@ -228,8 +228,9 @@ def calibration_shape(profile: Profile, cal_batch_size: int) -> tuple[int, int, 
     return (n if fixed else cal_batch_size, c, h, w)
 
 
-def _calibration_profile(builder, profile: Profile, batches: list[torch.Tensor]):
-    """A profile whose min = opt = max is the calibration batches' shape (checked against the build profile)."""
+def _calibration_profile(builder, profile: Profile, batches: list[torch.Tensor]) -> tuple[int, Any]:
+    """(batch size, a profile whose min = opt = max is the calibration batches' shape, checked against the build
+    profile); without batches (a calibration cache only) the shape TensorRT would calibrate at."""
     shape = tuple(int(d) for d in batches[0].shape) if batches else profile.opt
     expected = calibration_shape(profile, shape[0])
     if any(tuple(b.shape) != expected for b in batches):
@@ -237,7 +238,7 @@ def _calibration_profile(builder, profile: Profile, batches: list[torch.Tensor])
                         f"TensorRT reads {expected} per batch. Check gen_trt_engine.tensorrt.calibration.")
     cal_profile = builder.create_optimization_profile()
     cal_profile.set_shape("input", expected, expected, expected)
-    return cal_profile
+    return expected[0], cal_profile
 
 
 def build_engine(onnx_bytes: bytes, settings: BuildSettings, calibration: list[torch.Tensor] | None = None
@@ -278,8 +279,9 @@ def build_engine(onnx_bytes: bytes, settings: BuildSettings, calibration: list[t
                 if not cal and not (settings.cal_cache_file and io.exists(settings.cal_cache_file)):
                     raise UserError("data_type=int8 without a Q/DQ ONNX needs calibration images: set "
                                     "gen_trt_engine.tensorrt.calibration.cal_image_dir (or a cal_cache_file).")
-                config.int8_calibrator = _entropy_calibrator(trt, cal, settings.cal_cache_file)
-                config.set_calibration_profile(_calibration_profile(builder, settings.profile, cal))
+                cal_batch, cal_profile = _calibration_profile(builder, settings.profile, cal)
+                config.int8_calibrator = _entropy_calibrator(trt, cal, settings.cal_cache_file, cal_batch)
+                config.set_calibration_profile(cal_profile)
         rules = _layer_precision_rules(settings)
         if rules:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
