@@ -1,6 +1,6 @@
 """TensorRT benchmark (GPU machines only): engines fp32 / fp16 / int8 against PyTorch on the same GPU.
 
-Builds engines with the product's builder (segformer_tao.deploy.tensorrt) from the same exported ONNX
+Builds engines with the product's builder (segformer_tao.deploy.tensorrt_build) from the same exported ONNX
 (int8 from the TensorRT-form Q/DQ ONNX that `segformer quantize` writes) and times them with the product's
 TrtRuntime against PyTorch eager fp32 and fp16 autocast, batch 1 at 512x512 by default. Every side is timed
 host tensor in -> host logits out, as evaluate and inference use them. Without tensorrt or a CUDA GPU it writes
@@ -50,6 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         from segformer_tao.deploy import tensorrt as trt_deploy
+        from segformer_tao.deploy import tensorrt_build
 
         trt = trt_deploy.require_tensorrt()
     except NotAvailableError as e:
@@ -79,11 +80,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, data_type, onnx_bytes in (("trt_fp32", "fp32", fp32_onnx), ("trt_fp16", "fp16", fp32_onnx),
                                             ("trt_int8_qdq", "int8", qdq_onnx)):
-            settings = trt_deploy.BuildSettings(data_type=data_type, workspace_mib=args.workspace_mib,
-                                                profile=trt_deploy.Profile(min=shape, opt=shape, max=shape))
+            settings = tensorrt_build.BuildSettings(data_type=data_type, workspace_mib=args.workspace_mib,
+                                                profile=tensorrt_build.Profile(min=shape, opt=shape, max=shape))
             start = time.perf_counter()
             try:
-                engine, info = trt_deploy.build_engine(onnx_bytes, settings)
+                engine, info = tensorrt_build.build_engine(onnx_bytes, settings)
             except NotAvailableError as e:  # e.g. TensorRT 11 fp16 without ModelOpt
                 print(f"{name} skipped: {e}")
                 continue

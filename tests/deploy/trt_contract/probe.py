@@ -31,6 +31,7 @@ from segformer_tao.actions import gen_trt_engine
 from segformer_tao.config import compose_config, schema
 from segformer_tao.deploy import onnxruntime as _ort  # noqa: F401 (imported before line tracing starts)
 from segformer_tao.deploy import tensorrt as trt_mod
+from segformer_tao.deploy import tensorrt_build
 from segformer_tao.deploy.tensorrt import TrtRuntime
 from segformer_tao.engine import module as _module  # noqa: F401 (TrtRuntime's meta needs it: same reason)
 from segformer_tao.errors import NotAvailableError
@@ -68,7 +69,7 @@ def member_uses(root: Path, files: set[str]) -> list[dict]:
     for obj in (torch.Tensor, torch.cuda.Stream, dict, list, str, bytes, tuple, set, Path, np.ndarray,
                 onnx.ModelProto, onnx.GraphProto):
         other |= set(dir(obj)) | set(getattr(getattr(obj, "DESCRIPTOR", None), "fields_by_name", {}))
-    for module in (schema, trt_mod):  # our dataclasses' fields (settings.profile.opt, trt_cfg.workspace_size)
+    for module in (schema, tensorrt_build):  # our dataclasses' fields (settings.profile.opt, trt_cfg.workspace_size)
         for value in vars(module).values():
             if dataclasses.is_dataclass(value):
                 other |= {f.name for f in dataclasses.fields(value)}
@@ -181,7 +182,7 @@ def main() -> int:
 
     module = standin.make_module(real)
     trt_mod.require_tensorrt = lambda: module
-    trt_mod.torch = TorchShim()
+    trt_mod.torch = tensorrt_build.torch = TorchShim()
     size = 32
     tiny_onnx(work / "float.onnx", qdq=False, size=size)
     tiny_onnx(work / "qdq.onnx", qdq=True, size=size)
@@ -274,8 +275,8 @@ def main() -> int:
     def unparseable():
         proto = onnx.load(work / "float.onnx")
         proto.graph.node[0].op_type = "NotAnOnnxOp"  # the stand-in parser fails on it, as TensorRT's would
-        profile = trt_mod.Profile(*[(1, 3, size, size)] * 3)
-        trt_mod.build_engine(proto.SerializeToString(), trt_mod.BuildSettings("fp32", 16, profile))
+        profile = tensorrt_build.Profile(*[(1, 3, size, size)] * 3)
+        tensorrt_build.build_engine(proto.SerializeToString(), tensorrt_build.BuildSettings("fp32", 16, profile))
 
     scenario("unparseable_onnx", results, unparseable)
     report["modelopt"] = NotAvailableError.__name__ if _missing("modelopt") else "installed"
