@@ -81,7 +81,7 @@ def main() -> int:
         for name, data_type, onnx_bytes in (("trt_fp32", "fp32", fp32_onnx), ("trt_fp16", "fp16", fp32_onnx),
                                             ("trt_int8_qdq", "int8", qdq_onnx)):
             settings = tensorrt_build.BuildSettings(data_type=data_type, workspace_mib=args.workspace_mib,
-                                                profile=tensorrt_build.Profile(min=shape, opt=shape, max=shape))
+                                                    profile=tensorrt_build.Profile(min=shape, opt=shape, max=shape))
             start = time.perf_counter()
             try:
                 engine, info = tensorrt_build.build_engine(onnx_bytes, settings)
