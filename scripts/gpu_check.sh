@@ -67,11 +67,13 @@ for spec in "${ENGINES[@]}"; do
     run_eval "$name" onnx_file="$onnx"
     continue
   fi
-  # shellcheck disable=SC2086  # $extra holds several overrides
+  set -f  # $extra holds several overrides, split on spaces; [..] lists in them are not globs
+  # shellcheck disable=SC2086
   "${SEG[@]}" gen_trt_engine "${COMMON[@]}" results_dir="$R/engines/$name" gen_trt_engine.onnx_file="$onnx" \
     gen_trt_engine.trt_engine="$W/engines/$name.engine" gen_trt_engine.tensorrt.data_type="$dtype" \
     gen_trt_engine.tensorrt.min_batch_size=1 gen_trt_engine.tensorrt.opt_batch_size=3 \
     gen_trt_engine.tensorrt.max_batch_size=8 gen_trt_engine.timing_cache="$W/engines/timing.cache" $extra
+  set +f
   run_eval "$name" trt_engine="$W/engines/$name.engine"
 done
 
