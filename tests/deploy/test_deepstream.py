@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from segformer_tao.actions import export, inference
@@ -96,8 +97,6 @@ def test_value_checks_reject_what_nvinfer_rejects(tmp_path):
     (tmp_path / "l.txt").write_text("a\nb\n")
     good = deepstream.nvinfer_config(onnx_name="m.onnx", labels_name="l.txt", num_classes=2, height=64, width=64,
                                      fp32_layers=["fp32_Softmax_1"])
-    import yaml
-
     for change, message in [({"segmentation-threshold": -1.0e4}, "Negative value"),
                             ({"batch-size": 2000}, "batch-size"),
                             ({"layer-device-precision": "x" * 60 + ":fp32:gpu"}, "only the first 64"),
