@@ -1,6 +1,6 @@
 """TensorRT benchmark (GPU machines only): engines fp32 / fp16 / int8 against PyTorch on the same GPU.
 
-Builds engines with the product's builder (segformer_tao.deploy.tensorrt) from the same exported ONNX
+Builds engines with the product's builder (segformer_tao.deploy.tensorrt_build) from the same exported ONNX
 (int8 from the TensorRT-form Q/DQ ONNX that `segformer quantize` writes) and times them with the product's
 TrtRuntime against PyTorch eager fp32 and fp16 autocast, batch 1 at 512x512 by default. Every side is timed
 host tensor in -> host logits out, as evaluate and inference use them. Without tensorrt or a CUDA GPU it writes
@@ -50,6 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         from segformer_tao.deploy import tensorrt as trt_deploy
+        from segformer_tao.deploy import tensorrt_build
 
         trt = trt_deploy.require_tensorrt()
     except NotAvailableError as e:
@@ -79,10 +80,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, data_type, onnx_bytes in (("trt_fp32", "fp32", fp32_onnx), ("trt_fp16", "fp16", fp32_onnx),
                                             ("trt_int8_qdq", "int8", qdq_onnx)):
-            settings = trt_deploy.BuildSettings(data_type=data_type, workspace_mib=args.workspace_mib,
-                                                profile=trt_deploy.Profile(min=shape, opt=shape, max=shape))
+            settings = tensorrt_build.BuildSettings(data_type=data_type, workspace_mib=args.workspace_mib,
+                                                    profile=tensorrt_build.Profile(min=shape, opt=shape, max=shape))
             start = time.perf_counter()
-            engine, info = trt_deploy.build_engine(onnx_bytes, settings)
+            try:
+                engine, info = tensorrt_build.build_engine(onnx_bytes, settings)
+            except NotAvailableError as e:  # e.g. TensorRT 11 fp16 without ModelOpt
+                print(f"{name} skipped: {e}")
+                continue
             build_s[name] = time.perf_counter() - start
             path = os.path.join(tmp, f"{name}.engine")
             trt_deploy.write_engine(path, engine, info)
@@ -90,8 +95,9 @@ def main() -> int:
             runs[name] = images_per_s(runtime.predict, x, args.seconds)
     result = {"backbone": args.backbone, "size": args.size, "batch": args.batch, "tensorrt": trt.__version__,
               "gpu": torch.cuda.get_device_name(), "images_per_s": runs, "engine_build_s": build_s,
-              "trt_fp16_vs_torch_fp32": runs["trt_fp16"] / runs["torch_fp32"],
-              "trt_int8_vs_trt_fp16": runs["trt_int8_qdq"] / runs["trt_fp16"]}
+              "trt_fp16_vs_torch_fp32": runs["trt_fp16"] / runs["torch_fp32"] if "trt_fp16" in runs else None,
+              "trt_int8_vs_trt_fp16": (runs["trt_int8_qdq"] / runs["trt_fp16"]
+                                       if {"trt_int8_qdq", "trt_fp16"} <= set(runs) else None)}
     print(f"{args.backbone} {args.size}x{args.size} batch {args.batch} on {result['gpu']}, TensorRT {trt.__version__}")
     print(f"{'runtime':<22}{'img/s':>9}{'vs torch fp32':>15}{'build s':>9}")
     for name, ips in runs.items():

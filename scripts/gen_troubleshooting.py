@@ -52,7 +52,7 @@ SECTIONS = [
     ("quantize", "INT8 post-training quantization and its calibration images.",
      ["actions/quantize.py", "deploy/quantization.py", "deploy/quant_backends.py", "deploy/calibration.py"]),
     ("gen_trt_engine", "Building and running TensorRT engines (needs a CUDA GPU with TensorRT).",
-     ["actions/gen_trt_engine.py", "deploy/tensorrt.py"]),
+     ["actions/gen_trt_engine.py", "deploy/tensorrt_build.py", "deploy/tensorrt.py"]),
 ]
 
 

@@ -125,6 +125,10 @@ def run(cfg) -> dict:
     """Export cfg.export.checkpoint to ONNX; returns metrics (max_abs_diff) and artifact paths."""
     exp = cfg.export
     _settings(cfg)  # reject bad keys before loading anything
+    if exp.serialize_nvdsinfer:
+        from segformer_tao.deploy.deepstream import check_batch_size
+
+        check_batch_size(max(1, int(exp.batch_size)))
     onnx_path = exp.onnx_file or default_onnx_path(exp.results_dir, exp.checkpoint)
     check_writable(onnx_path, "export.onnx_file")
     model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
@@ -147,8 +151,9 @@ def run(cfg) -> dict:
 
         info = embedded_meta(meta, settings, cfg)
         artifacts.update(write_deepstream_files(
-            onnx_path, class_names=info["class_names"], channels=3, height=settings.height, width=settings.width,
-            mean=info["mean"], std=info["std"], batch_size=max(1, settings.batch_size)))
+            onnx_path, model, class_names=info["class_names"], height=settings.height, width=settings.width,
+            mean=info["mean"], std=info["std"], batch_size=max(1, settings.batch_size), opset=settings.opset,
+            data_type=str(cfg.gen_trt_engine.tensorrt.data_type).lower(), gpu_id=int(exp.gpu_id)))
     log.info("ONNX written to %s", onnx_path)
     metrics = {"max_abs_diff": diff, "opset": settings.opset}
     if exp.format == "openvino":

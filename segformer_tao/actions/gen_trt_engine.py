@@ -12,7 +12,7 @@ import os
 
 from segformer_tao import io
 from segformer_tao.actions.export import check_writable
-from segformer_tao.deploy import tensorrt
+from segformer_tao.deploy import tensorrt, tensorrt_build
 from segformer_tao.deploy.calibration import calibration_batches
 from segformer_tao.deploy.onnxruntime import make_session, read_embedded_meta, validate_io
 from segformer_tao.errors import UserError
@@ -26,7 +26,7 @@ def default_engine_path(results_dir: str, onnx_file: str) -> str:
     return f"{str(results_dir).rstrip('/')}/{stem}.engine"
 
 
-def plan(cfg) -> tuple[bytes, tensorrt.BuildSettings, dict, str]:
+def plan(cfg) -> tuple[bytes, tensorrt_build.BuildSettings, dict, str]:
     """Everything decided before TensorRT is touched: (onnx bytes, settings, embedded meta, engine path)."""
     gen = cfg.gen_trt_engine
     if not gen.onnx_file or not io.exists(gen.onnx_file):
@@ -38,7 +38,7 @@ def plan(cfg) -> tuple[bytes, tensorrt.BuildSettings, dict, str]:
     num_classes = int(meta.get("num_classes") or cfg.dataset.segment.num_classes)
     validate_io(session, num_classes=num_classes, img_size=None, source=f"'{gen.onnx_file}'")
     img_size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
-    settings = tensorrt.settings_from_config(gen, session.get_inputs()[0].shape, img_size)
+    settings = tensorrt_build.settings_from_config(gen, session.get_inputs()[0].shape, img_size)
     engine_path = gen.trt_engine or default_engine_path(gen.results_dir, gen.onnx_file)
     return onnx_bytes, settings, meta, engine_path
 
@@ -47,16 +47,16 @@ def run(cfg) -> dict:
     """Build the engine; returns the engine path, its JSON and the build settings."""
     onnx_bytes, settings, meta, engine_path = plan(cfg)
     check_writable(engine_path, "gen_trt_engine.trt_engine")
-    trt = tensorrt.require_tensorrt()
     calibration = None
-    legacy_int8 = settings.data_type == "int8" and not tensorrt.has_qdq(onnx_bytes)
-    if legacy_int8 and hasattr(trt, "IInt8EntropyCalibrator2") and settings.cal_image_dirs:
+    legacy_int8 = settings.data_type == "int8" and not tensorrt_build.has_qdq(onnx_bytes)
+    if legacy_int8 and settings.cal_image_dirs:  # read (and checked) before TensorRT is needed
         seg = cfg.dataset.segment
+        batch, _, size, _ = tensorrt_build.calibration_shape(settings.profile, settings.cal_batch_size)
         calibration = calibration_batches(
-            settings.cal_image_dirs, img_size=settings.profile.opt[2], mean=meta.get("mean") or seg.augmentation.mean,
-            std=meta.get("std") or seg.augmentation.std, batch_size=settings.cal_batch_size,
-            max_batches=settings.cal_batches, key="gen_trt_engine.tensorrt.calibration.cal_image_dir")
-    engine_bytes, info = tensorrt.build_engine(onnx_bytes, settings, calibration)
+            settings.cal_image_dirs, img_size=size, mean=meta.get("mean") or seg.augmentation.mean,
+            std=meta.get("std") or seg.augmentation.std, batch_size=batch, max_batches=settings.cal_batches,
+            key="gen_trt_engine.tensorrt.calibration.cal_image_dir", require_all=True)
+    engine_bytes, info = tensorrt_build.build_engine(onnx_bytes, settings, calibration)
     info["onnx_file"] = cfg.gen_trt_engine.onnx_file
     info["model_meta"] = meta
     json_path = tensorrt.write_engine(engine_path, engine_bytes, info)

@@ -48,11 +48,12 @@ def _folder_images(images_dir: str, img_size: int, mean: Sequence[float], std: S
 
 def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean: Sequence[float],
                         std: Sequence[float], batch_size: int, max_batches: int, key: str,
-                        drop_remainder: bool = True) -> list[torch.Tensor]:
+                        drop_remainder: bool = True, require_all: bool = False) -> list[torch.Tensor]:
     """Preprocessed (normalized, img_size x img_size) calibration images as a list of NCHW float32 batches.
 
     Reads at most batch_size * max_batches images from the folders, in name order. ``key`` names the config
-    key in error messages.
+    key in error messages. With ``require_all`` fewer than batch_size * max_batches images is a UserError
+    (TensorRT's calibrator is asked for exactly that many).
     """
     dirs = [image_dirs] if isinstance(image_dirs, str) else list(image_dirs or [])
     if not dirs:
@@ -61,6 +62,11 @@ def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean:
     limit = batch_size * max_batches
     streams = (img for d in dirs for img in _folder_images(str(d), img_size, mean, std, limit))
     batches = list(rebatch(streams, batch_size, max_batches, drop_remainder))
+    found = sum(int(b.shape[0]) for b in batches)
+    if require_all and (len(batches) < max_batches or found < limit):
+        raise UserError(f"{key}={dirs} holds fewer calibration images than the {limit} needed (batches of "
+                        f"{batch_size} x {max_batches} batches; found {found} usable). Add images, or lower "
+                        "gen_trt_engine.tensorrt.calibration.cal_batches / cal_batch_size.")
     if not batches:
         raise UserError(f"No calibration images found in {key}={dirs} (or fewer than one batch of {batch_size}). "
                         "Put .png/.jpg images there.")
