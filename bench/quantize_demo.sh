@@ -27,7 +27,7 @@ cp "$OUT/quantize/quantize_report.json" bench/results/quantize.json
 if "$PY" -c "import openvino, nncf" 2>/dev/null; then
   "${SEG[@]}" quantize "${COMMON[@]}" parent_job="$OUT/export" quantize.backend=nncf \
     quantize.results_dir="$OUT/quantize_nncf" \
-    dataset.segment.quant_calibration_dataset.images_dir="$DATA/images/train" | tail -1
+    dataset.segment.quant_calibration_dataset.images_dir="$DATA/images/train" | tail -2 | head -1
   cp "$OUT/quantize_nncf/quantize_report.json" bench/results/quantize_openvino.json
   for p in f32 bf16; do
     "${SEG[@]}" evaluate "${COMMON[@]}" parent_job="$OUT/export" evaluate.onnx_engine=openvino \
@@ -39,7 +39,7 @@ r = {p: json.load(open(f"{sys.argv[1]}/evaluate_ov_{p}/results.json")) for p in 
 out = {p: {"mIoU": r[p]["mIoU"], "runtime": r[p]["runtime_label"]} for p in r}
 out["miou_drop_points"] = 100 * (r["f32"]["mIoU"] - r["bf16"]["mIoU"])
 json.dump(out, open("bench/results/openvino_bf16.json", "w"), indent=2)
-print(f"OpenVINO {out['bf16']['runtime']} mIoU {out['bf16']['mIoU']:.4f} vs f32 {out['f32']['mIoU']:.4f}")
+print(f"{out['bf16']['runtime']} mIoU {out['bf16']['mIoU']:.4f} vs f32 {out['f32']['mIoU']:.4f}")
 PY
 else
   echo "OpenVINO/NNCF not installed (pip install '.[openvino]'): no NNCF INT8 or bf16 accuracy rows"

@@ -59,7 +59,7 @@ def _deploy_rows(results: str) -> list[dict]:
                 _row("ORT INT8 img/s (vs ORT FP32)", None, None, None, ">= 1.5x", None)]
     ips, limit = r["images_per_s"], r["limit_images_per_s"]
     fp32 = ips["ort_fp32"]
-    int8_name = max((k for k in ips if "int8" in k), key=lambda k: ips[k])
+    int8_name = max((k for k in ips if k.startswith("ort_") and "int8" in k), key=lambda k: ips[k])
     return [_row(f"ORT FP32 img/s (vs limit {r['model_gflops']:.1f} GFLOP / {r['matmul_fp32_gflops']:.0f} GFLOP/s)",
                  fp32, limit, fp32 / limit, ">= 0.8x", fp32 / limit >= 0.8),
             _row(f"ORT INT8 img/s, best form {int8_name} (vs ORT FP32)", ips[int8_name], fp32, ips[int8_name] / fp32,

@@ -132,9 +132,10 @@ def openvino_float_ops(model, *, classifier: bool, attention: bool, skip_names: 
 def nncf_int8(model, batches: Sequence[torch.Tensor], *, ignored: list[str], fast: bool = True):
     """INT8 post-training quantization of an ``openvino.Model`` with NNCF; returns the quantized model.
 
-    NNCF's transformer preset keeps LayerNorm, Softmax, GELU and residual Adds float and applies SmoothQuant to
-    the MatMuls; ``ignored`` (friendly names) stay float too. Weights per-channel symmetric INT8, activations
-    per-tensor; ``fast`` uses NNCF's fast bias correction.
+    NNCF's transformer model type keeps LayerNorm, Softmax, GELU and residual Adds float, applies SmoothQuant to
+    the MatMuls and uses its mixed preset (symmetric per-channel weights, asymmetric per-tensor activations);
+    ``ignored`` (friendly names) stay float too; ``fast`` uses NNCF's fast bias correction. batches: NCHW float32
+    normalized calibration images.
     """
     try:
         import nncf
