@@ -114,4 +114,22 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     paths["env_s3_unreachable"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{paths['closed_port']}"}
     paths["env_s3_missing_bucket"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint}
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
+    paths.update(_held_results_dirs(tmp))
     return paths
+
+
+def _held_results_dirs(tmp: str) -> dict:
+    """A results dir locked by this test process for the whole session, and one locked by a job on another host
+    (a lock file + job.json naming that host, with a heartbeat the case's environment keeps fresh)."""
+    import json
+
+    from segformer_tao.joblock import JobLock, now_str
+
+    busy = os.path.join(tmp, "busy")
+    other = os.path.join(tmp, "other_host")
+    holder = {"host": "gpu-node-07.cluster", "pid": 31337, "action": "train", "start": now_str(),
+              "command": ["segformer", "train", "train.num_epochs=300"]}
+    _write(os.path.join(other, ".segformer.lock"), json.dumps(holder))
+    _write(os.path.join(other, "job.json"), json.dumps({**holder, "status": "running", "heartbeat": now_str()}))
+    return {"busy_dir": busy, "busy_lock": JobLock.acquire(busy, "train", ["segformer", "train", "num_epochs=300"]),
+            "other_host_dir": other, "env_results_dir_other_host": {"SEGFORMER_HEARTBEAT_S": "86400"}}
