@@ -87,6 +87,10 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["dataset.segment.palette", "(123, 45, 67)"]),
     ("s3_unreachable", ["train", "dataset.segment.root_dir=s3://bucket/data", *LABELS, *TINY],
      ["Cannot reach the S3 endpoint", "127.0.0.1:{closed_port}"]),
+    ("s3_keeps_failing", ["train", "dataset.segment.root_dir=s3://bucket/data", *LABELS, *TINY],
+     ["'s3://bucket/data'", "{failing_s3_url}", "failed 2 times", "AWS_MAX_ATTEMPTS (now 2)"]),
+    ("s3_max_attempts_not_a_number", ["train", "dataset.segment.root_dir=s3://bucket/data", *LABELS, *TINY],
+     ["AWS_MAX_ATTEMPTS='lots'", "whole number"]),
     ("s3_missing_bucket", ["train", "dataset.segment.root_dir=s3://no-such-bucket/data", *LABELS, *TINY],
      ["no-such-bucket", "does not exist"]),
     # ---- checkpoints and weights
