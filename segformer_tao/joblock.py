@@ -13,6 +13,7 @@ the holder's name) and knows nothing of hosts or heartbeats.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -114,11 +115,11 @@ class JobLock:
         """Lock ``directory`` (created if missing) for ``action``; UserError naming the holder when it is held."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, LOCK_FILE)
-        fd = _flock(path, action, directory)
+        fd, locked = _flock(path, action, directory)
         previous = _read(fd)
         note = None
         if previous:
-            note = _check_previous(previous, directory, action, job_file, fd)
+            note = _check_previous(previous, directory, action, job_file, fd, locked)
         info = {**identity(), "action": action, "start": now_str(), "command": command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
@@ -136,8 +137,9 @@ class JobLock:
         self.fd = -1
 
 
-def _flock(path: str, action: str, directory: str) -> int:
-    """Open ``path`` and flock it; retried when the file was replaced between open and lock."""
+def _flock(path: str, action: str, directory: str) -> tuple[int, bool]:
+    """Open ``path`` and flock it; retried when the file was replaced between open and lock. Returns (fd, locked):
+    locked is False on a filesystem without flock (the holder record alone then decides, see _check_previous)."""
     for _ in range(10):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -146,22 +148,31 @@ def _flock(path: str, action: str, directory: str) -> int:
             holder = _read_path(path)
             os.close(fd)
             raise UserError(busy_message(directory, action, holder)) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            return fd, False
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
-            return fd
+            return fd, True
         os.close(fd)  # the holder released (and unlinked) it after we opened: lock the new file instead
     raise UserError(f"Could not lock results dir '{directory}': its lock file {LOCK_FILE} keeps changing. Another "
                     "job is starting there; wait for it, or use another results_dir.")
 
 
-def _check_previous(previous: dict, directory: str, action: str, job_file: str, fd: int) -> str:
-    """The lock file still names an earlier holder. Same host: it is dead (we got its flock). Another host: it
-    may still run where our flock cannot see it, so refuse while its heartbeat is fresh."""
+def _check_previous(previous: dict, directory: str, action: str, job_file: str, fd: int, locked: bool) -> str:
+    """The lock file still names an earlier holder. Same host: it is dead (we got its flock; without flock, its
+    pid is checked). Another host: it may still run where our flock cannot see it, so refuse while its heartbeat
+    is fresh."""
     host, pid = previous.get("host"), previous.get("pid")
     if host == socket.gethostname():
+        if not locked and pid_alive(pid or -1, previous.get("proc_start")):
+            os.close(fd)
+            raise UserError(busy_message(directory, action, previous))
         return (f"note: took over the lock of a previous {previous.get('action', 'job')} in '{directory}' (pid "
                 f"{pid}, started {previous.get('start')}): that process no longer exists.")
     beat = previous.get("start")

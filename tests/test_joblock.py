@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -123,3 +124,21 @@ def test_heartbeat_refreshes_and_previous_attempt_is_kept(tmp_path, monkeypatch)
     assert not job._beat.is_alive()
     final = read_job(str(tmp_path))
     assert final["status"] == "done" and final["history"] == first["history"]
+
+
+def test_without_flock_the_holder_record_decides(tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(joblock.fcntl, "flock", no_flock)  # e.g. an NFS mount without lockd
+    first = joblock.JobLock.acquire(str(tmp_path), "train", ["segformer", "train"])
+    with pytest.raises(UserError, match=f"pid {os.getpid()}"):  # its holder (this process) is alive
+        joblock.JobLock.acquire(str(tmp_path), "train", ["segformer", "train"])
+    first.release()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    (tmp_path / joblock.LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": proc.pid,
+                                                          "action": "train", "start": _ago(60)}))
+    lock = joblock.JobLock.acquire(str(tmp_path), "train", ["segformer", "train"])
+    assert lock.note and f"pid {proc.pid}" in lock.note
+    lock.release()

@@ -117,3 +117,16 @@ def test_sigkilled_train_is_listed_killed_and_the_next_run_records_it(tmp_path, 
     assert job["status"] == "done" and job["pid"] != proc.pid
     previous = job["history"][-1]
     assert previous["status"] == "killed" and previous["pid"] == proc.pid and previous["end"] == last_beat
+
+
+@pytest.mark.slow
+def test_ctrl_c_releases_the_lock_and_records_the_failure(tmp_path, data):
+    results = str(tmp_path / "results")
+    folder = f"{results}/train"
+    proc = subprocess.Popen(_cmd(data, results) + ["train.num_epochs=50"], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for(lambda: os.path.exists(f"{folder}/status.json"), what="training to start")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) != 0
+    assert not os.path.exists(os.path.join(folder, LOCK_FILE))
+    assert _job(folder)["status"] == "failed"

@@ -119,6 +119,8 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     paths["env_s3_keeps_failing"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": paths["failing_s3_url"], "AWS_MAX_ATTEMPTS": "2"}
     paths["env_s3_max_attempts_not_a_number"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint,
                                                  "AWS_MAX_ATTEMPTS": "lots"}
+    paths["env_s3_timeout_not_a_number"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint,
+                                            "SEGFORMER_S3_TIMEOUT_S": "1min"}
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
     paths.update(_held_results_dirs(tmp))
     return paths

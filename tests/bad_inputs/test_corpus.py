@@ -91,6 +91,8 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["'s3://bucket/data'", "{failing_s3_url}", "failed 2 times", "AWS_MAX_ATTEMPTS (now 2)"]),
     ("s3_max_attempts_not_a_number", ["train", "dataset.segment.root_dir=s3://bucket/data", *LABELS, *TINY],
      ["AWS_MAX_ATTEMPTS='lots'", "whole number"]),
+    ("s3_timeout_not_a_number", ["train", "dataset.segment.root_dir=s3://bucket/data", *LABELS, *TINY],
+     ["SEGFORMER_S3_TIMEOUT_S='1min'", "number of seconds"]),
     ("s3_missing_bucket", ["train", "dataset.segment.root_dir=s3://no-such-bucket/data", *LABELS, *TINY],
      ["no-such-bucket", "does not exist"]),
     # ---- checkpoints and weights
