@@ -153,21 +153,8 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     jobs.apply_parent_job(action, cfg)
     check_required(action, cfg)
     check_conflicts(action, cfg)
-    lock = jobs.lock_results_dir(action, cfg)  # one writer per results dir: taken before anything is written there
-    try:
-        return _run_locked(action, cfg, lock)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run_locked(action: str, cfg, lock) -> dict:
-    from segformer_tao import jobs
-
     out_dir = jobs.prepare_results_dir(action, cfg)
     jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
-    if lock is not None and lock.note:
-        log.warning("%s", lock.note)
     module_name = f"segformer_tao.actions.{action}"
     if action == "train":
         from segformer_tao.automl.policy import choose_path

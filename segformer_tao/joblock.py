@@ -127,8 +127,9 @@ class JobLock:
         return cls(path, fd, info, note)
 
     def release(self) -> None:
-        """Remove the lock file (only if it is still ours) and drop the lock. Safe to call twice."""
-        if self.fd < 0:
+        """Remove the lock file (only if it is still ours) and drop the lock. Safe to call twice; a no-op in a
+        forked child (a data-loader worker), which shares the parent's lock and must not end it."""
+        if self.fd < 0 or self.info.get("pid") != os.getpid():
             return
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:

@@ -6,6 +6,7 @@ A job is one action run in one results dir. ``job.json`` records what ran, its s
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import hashlib
@@ -30,6 +31,7 @@ JOB_FILE = "job.json"
 LATEST_CHECKPOINT = "segformer_model_latest.pth"
 MONITORED_METRIC = "val_miou"
 HISTORY_KEPT = 20  # earlier attempts remembered in job.json
+_HELD: dict[str, joblock.JobLock] = {}  # results dirs this process holds the lock of
 # What each action takes from a parent job (TAO's parent_model mapping), as (key, artifact kind).
 PARENT_KEYS = {
     "evaluate": {"checkpoint": "evaluate.checkpoint", "onnx": "evaluate.onnx_file", "engine": "evaluate.trt_engine"},
@@ -58,25 +60,40 @@ def action_results_dir(action: str, cfg: DictConfig) -> str:
     return os.path.join(cfg.results_dir or "results", action)
 
 
-def lock_results_dir(action: str, cfg: DictConfig) -> joblock.JobLock | None:
-    """Take the one-writer lock on the action's results dir before anything is written there (rank 0 only: the
-    other processes of a DDP run write no job files). UserError naming the running job when it is held."""
-    out = action_results_dir(action, cfg)
+def lock_results_dir(action: str, out: str) -> joblock.JobLock | None:
+    """Take the one-writer lock on results dir ``out`` (rank 0 only: the other processes of a DDP run write no job
+    files). Re-entrant within a process; released by :meth:`Job.finish` or at exit. UserError naming the running
+    job when another process holds it."""
     if not is_primary() or sio.is_remote(out):
         return None
-    out = os.path.abspath(out)
-    try:
-        return joblock.JobLock.acquire(out, action, _redacted_argv(), JOB_FILE)
-    except (PermissionError, NotADirectoryError, FileExistsError) as e:
-        raise UserError(f"Results dir '{out}' cannot be created or locked ({e.strerror}). Set results_dir (or "
-                        f"{action}.results_dir) to a writable directory.") from e
+    if out not in _HELD:
+        try:
+            _HELD[out] = joblock.JobLock.acquire(out, action, _redacted_argv(), JOB_FILE)
+        except (PermissionError, NotADirectoryError, FileExistsError) as e:
+            raise UserError(f"Results dir '{out}' cannot be created or locked ({e.strerror}). Set results_dir (or "
+                            f"{action}.results_dir) to a writable directory.") from e
+    return _HELD[out]
+
+
+def release_results_dir(out: str) -> None:
+    lock = _HELD.pop(out, None)
+    if lock is not None:
+        lock.release()
+
+
+@atexit.register
+def _release_all() -> None:  # a job that failed before Job.start (or never called finish) frees its folder too
+    for out in list(_HELD):
+        release_results_dir(out)
 
 
 def prepare_results_dir(action: str, cfg: DictConfig) -> str:
-    """Create the action's results dir, store it in cfg[action].results_dir, write experiment.yaml."""
+    """Lock the action's results dir (one writer per folder, before anything is written there), create it, store
+    it in cfg[action].results_dir, write experiment.yaml."""
     from segformer_tao.config import to_yaml_without_secrets
 
     out = os.path.abspath(action_results_dir(action, cfg))
+    lock_results_dir(action, out)
     sio.makedirs(out)
     if not os.access(out, os.W_OK):
         raise UserError(f"Results dir '{out}' is not writable. Set results_dir (or {action}.results_dir) to a "
@@ -140,7 +157,8 @@ class Job:
     @classmethod
     def start(cls, action: str, cfg: DictConfig, out_dir: str) -> Job:
         """Write job.json as ``running`` and start its heartbeat. An earlier attempt in the folder is kept in
-        ``history`` (one still marked running died: the caller holds the folder's lock, so it is recorded killed)."""
+        ``history`` (one still marked running died: this process holds the folder's lock (prepare_results_dir),
+        so it is recorded killed)."""
         started = joblock.now_str()
         record = {
             "action": action, "status": "running", "start": started, "end": None, "duration_s": None,
@@ -151,6 +169,10 @@ class Job:
         previous = read_job(out_dir) if is_primary() else None
         if previous:
             record["history"] = (previous.get("history") or [])[-(HISTORY_KEPT - 1):] + [_attempt(previous)]
+        lock = _HELD.get(os.path.abspath(out_dir))
+        if lock is not None and lock.note:  # logged here, where log.txt already receives it
+            log.warning("%s", lock.note)
+            lock.note = None
         job = cls(os.path.join(out_dir, JOB_FILE), record)
         job._t0 = time.time()
         job._mutex = threading.Lock()
@@ -192,6 +214,7 @@ class Job:
             if isinstance(path, str) and os.path.isfile(path):
                 self.record["artifacts"][name] = file_digest(path)
         self.write()
+        release_results_dir(os.path.abspath(self.record["results_dir"]))  # the job is over: the folder is free
 
 
 def _attempt(previous: dict[str, Any]) -> dict[str, Any]:

@@ -142,3 +142,28 @@ def test_without_flock_the_holder_record_decides(tmp_path, monkeypatch):
     lock = joblock.JobLock.acquire(str(tmp_path), "train", ["segformer", "train"])
     assert lock.note and f"pid {proc.pid}" in lock.note
     lock.release()
+
+
+def test_prepare_results_dir_locks_until_the_job_finishes(tmp_path):
+    from omegaconf import OmegaConf
+
+    from segformer_tao.jobs import prepare_results_dir
+
+    cfg = OmegaConf.create({"results_dir": str(tmp_path), "parent_job": None, "encryption_key": None,
+                            "evaluate": {"results_dir": None}})
+    out = prepare_results_dir("evaluate", cfg)
+    assert prepare_results_dir("evaluate", cfg) == out  # re-entrant in the process that holds it
+    code = ("import sys; from omegaconf import OmegaConf; from segformer_tao.jobs import prepare_results_dir; "
+            "prepare_results_dir('evaluate', OmegaConf.create({'results_dir': sys.argv[1], 'parent_job': None, "
+            "'encryption_key': None, 'evaluate': {'results_dir': None}}))")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": REPO})
+    assert other.returncode != 0 and "is in use by a running evaluate" in other.stderr
+    job = Job.start("evaluate", cfg, out)
+    assert os.path.exists(os.path.join(out, joblock.LOCK_FILE))
+    job.finish("done")
+    assert not os.path.exists(os.path.join(out, joblock.LOCK_FILE))  # released with the job
+    again = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": REPO})
+    assert again.returncode == 0, again.stderr
+    assert not os.path.exists(os.path.join(out, joblock.LOCK_FILE))  # released at exit without a Job

@@ -142,27 +142,14 @@ def trial_config(cfg: DictConfig, values: dict, trial_dir: str) -> DictConfig:
 
 def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str) -> float:
     """Objective: train one trial as a normal job and return its best val_miou (raises TrialPruned if pruned)."""
-    from segformer_tao.jobs import lock_results_dir
+    from segformer_tao.engine.trainer import train_model
+    from segformer_tao.jobs import Job, prepare_results_dir
 
     trial_dir = trial_dir_of(trial, out_dir)
     values = sample(trial, space, cfg)
     trial.set_user_attr("config", values)
     trial.set_user_attr("trial_dir", trial_dir)
     tcfg = trial_config(cfg, values, trial_dir)
-    lock = lock_results_dir("train", tcfg)  # each trial is a job of its own folder (parallel workers share studies)
-    if lock is not None and lock.note:
-        log.warning("%s", lock.note)
-    try:
-        return _train_trial(trial, tcfg, values, trial_dir)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train_trial(trial: optuna.Trial, tcfg: DictConfig, values: dict, trial_dir: str) -> float:
-    from segformer_tao.engine.trainer import train_model
-    from segformer_tao.jobs import Job, prepare_results_dir
-
     prepare_results_dir("train", tcfg)
     job = Job.start("train", tcfg, trial_dir)
     job.record["automl_trial"] = {"number": trial.number, "params": values}
