@@ -1,7 +1,8 @@
 """Jobs: results-dir layout, job.json, parent-job artifact resolution, resume discovery, `segformer jobs`.
 
 A job is one action run in one results dir. ``job.json`` records what ran, its status, parent, artifacts
-(with sizes and sha256) and its metrics summary; it is rewritten atomically at start and end (also on failure).
+(with sizes and sha256) and its metrics summary; it is rewritten atomically at start, at every heartbeat and at
+the end (also on failure). The results dir is locked from prepare_results_dir to Job.finish (see joblock.py).
 """
 
 from __future__ import annotations
