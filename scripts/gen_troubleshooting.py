@@ -26,7 +26,7 @@ SECTIONS = [
      ["cli.py", "config/"]),
     ("Results directory, jobs and parent_job (every action)",
      "Where the results go and which earlier job an action continues from.",
-     ["jobs.py", "io.py"]),
+     ["jobs.py", "joblock.py", "io.py"]),
     ("Environment: memory, disk, permissions (every action)",
      "The machine, not the inputs: out of memory, disk full or file too large, permission denied.",
      ["errors.py"]),

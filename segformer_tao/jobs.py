@@ -1,26 +1,29 @@
 """Jobs: results-dir layout, job.json, parent-job artifact resolution, resume discovery, `segformer jobs`.
 
 A job is one action run in one results dir. ``job.json`` records what ran, its status, parent, artifacts
-(with sizes and sha256) and its metrics summary; it is rewritten atomically at start and end (also on failure).
+(with sizes and sha256) and its metrics summary; it is rewritten atomically at start, at every heartbeat and at
+the end (also on failure). The results dir is locked from prepare_results_dir to Job.finish (see joblock.py).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import hashlib
 import json
 import logging
 import os
 import re
-import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segformer_tao import __version__
+from segformer_tao import __version__, joblock
 from segformer_tao import io as sio
 from segformer_tao.errors import UserError
 
@@ -28,6 +31,8 @@ log = logging.getLogger("segformer_tao")
 JOB_FILE = "job.json"
 LATEST_CHECKPOINT = "segformer_model_latest.pth"
 MONITORED_METRIC = "val_miou"
+HISTORY_KEPT = 20  # earlier attempts remembered in job.json
+_HELD: dict[str, joblock.JobLock] = {}  # results dirs this process holds the lock of
 # What each action takes from a parent job (TAO's parent_model mapping), as (key, artifact kind).
 PARENT_KEYS = {
     "evaluate": {"checkpoint": "evaluate.checkpoint", "onnx": "evaluate.onnx_file", "engine": "evaluate.trt_engine"},
@@ -56,11 +61,40 @@ def action_results_dir(action: str, cfg: DictConfig) -> str:
     return os.path.join(cfg.results_dir or "results", action)
 
 
+def lock_results_dir(action: str, out: str) -> joblock.JobLock | None:
+    """Take the one-writer lock on results dir ``out`` (rank 0 only: the other processes of a DDP run write no job
+    files). Re-entrant within a process; released by :meth:`Job.finish` or at exit. UserError naming the running
+    job when another process holds it."""
+    if not is_primary() or sio.is_remote(out):
+        return None
+    if out not in _HELD:
+        try:
+            _HELD[out] = joblock.JobLock.acquire(out, action, _redacted_argv(), JOB_FILE)
+        except (PermissionError, NotADirectoryError, FileExistsError) as e:
+            raise UserError(f"Results dir '{out}' cannot be created or locked ({e.strerror}). Set results_dir (or "
+                            f"{action}.results_dir) to a writable directory.") from e
+    return _HELD[out]
+
+
+def release_results_dir(out: str) -> None:
+    lock = _HELD.pop(out, None)
+    if lock is not None:
+        lock.release()
+
+
+@atexit.register
+def _release_all() -> None:  # a job that failed before Job.start (or never called finish) frees its folder too
+    for out in list(_HELD):
+        release_results_dir(out)
+
+
 def prepare_results_dir(action: str, cfg: DictConfig) -> str:
-    """Create the action's results dir, store it in cfg[action].results_dir, write experiment.yaml."""
+    """Lock the action's results dir (one writer per folder, before anything is written there), create it, store
+    it in cfg[action].results_dir, write experiment.yaml."""
     from segformer_tao.config import to_yaml_without_secrets
 
     out = os.path.abspath(action_results_dir(action, cfg))
+    lock_results_dir(action, out)
     sio.makedirs(out)
     if not os.access(out, os.W_OK):
         raise UserError(f"Results dir '{out}' is not writable. Set results_dir (or {action}.results_dir) to a "
@@ -116,39 +150,83 @@ def _redacted_argv() -> list[str]:
 
 @dataclass
 class Job:
-    """The job.json of one action run."""
+    """The job.json of one action run, with a heartbeat refreshed while it runs (see :mod:`joblock`)."""
 
     path: str
     record: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def start(cls, action: str, cfg: DictConfig, out_dir: str) -> Job:
+        """Write job.json as ``running`` and start its heartbeat. An earlier attempt in the folder is kept in
+        ``history`` (one still marked running died: this process holds the folder's lock (prepare_results_dir),
+        so it is recorded killed)."""
+        started = joblock.now_str()
         record = {
-            "action": action, "status": "running", "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "end": None, "duration_s": None, "parent": cfg.parent_job or None, "results_dir": out_dir,
-            "command": _redacted_argv(), "host": socket.gethostname(), "pid": os.getpid(),
-            "segformer_tao_version": __version__, "artifacts": {}, "metrics": {}, "error": None,
-            "encrypted": bool(cfg.encryption_key),
+            "action": action, "status": "running", "start": started, "end": None, "duration_s": None,
+            "parent": cfg.parent_job or None, "results_dir": out_dir, "command": _redacted_argv(),
+            **joblock.identity(), "heartbeat": started, "segformer_tao_version": __version__, "artifacts": {},
+            "metrics": {}, "error": None, "encrypted": bool(cfg.encryption_key),
         }
+        previous = read_job(out_dir) if is_primary() else None
+        if previous:
+            record["history"] = (previous.get("history") or [])[-(HISTORY_KEPT - 1):] + [_attempt(previous)]
+        lock = _HELD.get(os.path.abspath(out_dir))
+        if lock is not None and lock.note:  # logged here, where log.txt already receives it
+            log.warning("%s", lock.note)
+            lock.note = None
         job = cls(os.path.join(out_dir, JOB_FILE), record)
         job._t0 = time.time()
+        job._mutex = threading.Lock()
+        job._stop = threading.Event()
         job.write()
+        if is_primary():
+            job._beat = threading.Thread(target=job._heartbeat, name="segformer-heartbeat", daemon=True)
+            job._beat.start()
         return job
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(joblock.heartbeat_s()):
+            with self._mutex:
+                if self._stop.is_set():
+                    return
+                self.record["heartbeat"] = joblock.now_str()
+                try:
+                    sio.write_json(self.path, self.record)
+                except OSError as e:  # a full disk must not kill the run from this thread; the job reports it
+                    log.warning("could not refresh the heartbeat in %s: %s", self.path, e)
 
     def write(self) -> None:
         if is_primary():
-            sio.write_json(self.path, self.record)
+            with getattr(self, "_mutex", contextlib.nullcontext()):
+                sio.write_json(self.path, self.record)
 
     def finish(self, status: str, *, metrics: dict | None = None, artifacts: dict | None = None,
                error: str | None = None) -> None:
-        self.record.update(status=status, end=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           duration_s=round(time.time() - getattr(self, "_t0", time.time()), 2), error=error)
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+            if getattr(self, "_beat", None) is not None:
+                self._beat.join(timeout=10)
+        now = joblock.now_str()
+        self.record.update(status=status, end=now, heartbeat=now, error=error,
+                           duration_s=round(time.time() - getattr(self, "_t0", time.time()), 2))
         if metrics:
             self.record["metrics"] = metrics
         for name, path in (artifacts or {}).items():
             if isinstance(path, str) and os.path.isfile(path):
                 self.record["artifacts"][name] = file_digest(path)
         self.write()
+        release_results_dir(os.path.abspath(self.record["results_dir"]))  # the job is over: the folder is free
+
+
+def _attempt(previous: dict[str, Any]) -> dict[str, Any]:
+    """What job.json keeps of an earlier attempt. Its end, when it died while running, is its last heartbeat."""
+    status, why = joblock.liveness(previous)
+    if status == "running":  # we hold the lock, so whatever it says, that process no longer writes here
+        status, why = "killed", f"superseded; last heartbeat {previous.get('heartbeat') or previous.get('start')}"
+    end = previous.get("heartbeat") or previous.get("start") if status == "killed" else previous.get("end")
+    keep = ("action", "start", "host", "pid", "command", "error", "duration_s")
+    return {**{k: previous.get(k) for k in keep}, "status": status, "end": end,
+            **({"killed": why} if why else {})}
 
 
 def read_job(directory: str) -> dict[str, Any] | None:
@@ -252,9 +330,21 @@ def _job_rows(root: str) -> list[dict[str, Any]]:
         if job:
             metrics = job.get("metrics") or {}
             metric = metrics.get(MONITORED_METRIC, metrics.get("mIoU"))
-            rows.append({"dir": os.path.dirname(path), "action": job.get("action"), "status": job.get("status"),
-                         "parent": job.get("parent") or "-", "metric": metric, "start": job.get("start")})
+            status, _ = joblock.liveness(job)
+            rows.append({"dir": os.path.dirname(path), "action": job.get("action"), "status": status,
+                         "parent": job.get("parent") or "-", "metric": metric, "start": job.get("start"),
+                         "heartbeat": job.get("heartbeat") or "-"})
     return rows
+
+
+def show_job(directory: str) -> dict[str, Any] | None:
+    """job.json of ``directory`` as `jobs show` prints it: a running job that died says ``killed`` and why."""
+    job = read_job(directory)
+    if job is not None:
+        status, why = joblock.liveness(job)
+        if why:
+            job.update(status=status, killed=why)
+    return job
 
 
 def main(argv: list[str]) -> int:
@@ -264,10 +354,11 @@ def main(argv: list[str]) -> int:
               "       segformer jobs show DIR     (the job.json of one results dir)")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "show":
-        if len(argv) < 2 or read_job(argv[1]) is None:
+        job = show_job(argv[1]) if len(argv) > 1 else None
+        if job is None:
             raise UserError(f"No job.json in '{argv[1] if len(argv) > 1 else ''}'. Usage: segformer jobs show DIR "
                             "with DIR the results dir of a job.")
-        print(json.dumps(read_job(argv[1]), indent=2))
+        print(json.dumps(job, indent=2))
         return 0
     root = argv[1] if len(argv) > 1 else "results"
     if not sio.is_remote(root) and not os.path.isdir(root):
@@ -277,9 +368,9 @@ def main(argv: list[str]) -> int:
     if not rows:
         print(f"no jobs under {root}")
         return 0
-    print(f"{'action':<15} {'status':<8} {'val_miou':>8}  {'start':<25} {'dir':<40} parent")
+    print(f"{'action':<15} {'status':<8} {'val_miou':>8}  {'start':<25} {'last heartbeat':<25} {'dir':<40} parent")
     for r in rows:
         metric = f"{r['metric']:.4f}" if isinstance(r["metric"], (int, float)) else "-"
         print(f"{r['action'] or '?':<15} {r['status'] or '?':<8} {metric:>8}  {r['start'] or '':<25} "
-              f"{r['dir']:<40} {r['parent']}")
+              f"{r['heartbeat']:<25} {r['dir']:<40} {r['parent']}")
     return 0

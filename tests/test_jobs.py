@@ -74,6 +74,7 @@ def test_failed_job_is_recorded(tmp_path):
     assert_user_error(r, "broken.pth")
     job = _job(f"{res}/evaluate")
     assert job["status"] == "failed" and "broken.pth" in job["error"]
+    assert not os.path.exists(f"{res}/evaluate/.segformer.lock")  # released on errors too
     assert SECRET not in json.dumps(job) and SECRET not in open(f"{res}/evaluate/experiment.yaml").read()
     shown = run_cli("jobs", "show", f"{res}/evaluate")
     assert shown.returncode == 0 and '"status": "failed"' in shown.stdout

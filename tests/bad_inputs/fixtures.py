@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.bad_inputs.runner import preload
 from tests.conftest import free_port, run_cli
+from tests.faultproxy import FaultProxy
 
 TINY_TRAIN = ["model=mit_b0", "dataset.segment.num_classes=3", "dataset.segment.img_size=32", "train.num_epochs=1",
               "dataset.segment.batch_size=2", "dataset.segment.workers=0", "dataset.segment.label_transform=None",
@@ -118,5 +119,30 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     paths["closed_port"] = str(free_port())
     paths["env_s3_unreachable"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{paths['closed_port']}"}
     paths["env_s3_missing_bucket"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint}
+    paths["failing_s3"] = FaultProxy(moto_endpoint).start().set(rate=1.0, kinds=("503",))  # every request: 503
+    paths["failing_s3_url"] = paths["failing_s3"].url
+    paths["env_s3_keeps_failing"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": paths["failing_s3_url"], "AWS_MAX_ATTEMPTS": "2"}
+    paths["env_s3_max_attempts_not_a_number"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint,
+                                                 "AWS_MAX_ATTEMPTS": "lots"}
+    paths["env_s3_timeout_not_a_number"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint,
+                                            "SEGFORMER_S3_TIMEOUT_S": "1min"}
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
+    paths.update(_held_results_dirs(tmp))
     return paths
+
+
+def _held_results_dirs(tmp: str) -> dict:
+    """A results dir locked by this test process for the whole session, and one locked by a job on another host
+    (a lock file + job.json naming that host, with a heartbeat the case's environment keeps fresh)."""
+    import json
+
+    from segformer_tao.joblock import JobLock, now_str
+
+    busy = os.path.join(tmp, "busy")
+    other = os.path.join(tmp, "other_host")
+    holder = {"host": "gpu-node-07.cluster", "pid": 31337, "action": "train", "start": now_str(),
+              "command": ["segformer", "train", "train.num_epochs=300"]}
+    _write(os.path.join(other, ".segformer.lock"), json.dumps(holder))
+    _write(os.path.join(other, "job.json"), json.dumps({**holder, "status": "running", "heartbeat": now_str()}))
+    return {"busy_dir": busy, "busy_lock": JobLock.acquire(busy, "train", ["segformer", "train", "num_epochs=300"]),
+            "other_host_dir": other, "env_results_dir_other_host": {"SEGFORMER_HEARTBEAT_S": "86400"}}
