@@ -170,15 +170,16 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
                             "actions that are.") from e
         raise
     job = jobs.Job.start(action, cfg, out_dir)
-    # status.json (TAO's schema): STARTED now, SUCCESS or FAILURE (the user error's message) at the end.
-    with action_status(out_dir, action, enabled=jobs.is_primary()):
-        try:
+    # status.json (TAO's schema): STARTED now, SUCCESS or FAILURE (the user error's message) at the end, written
+    # before job.finish releases the results dir's lock.
+    try:
+        with action_status(out_dir, action, enabled=jobs.is_primary()):
             check_data(action, cfg, out_dir)
             result = module.run(cfg) or {}
-        except BaseException as e:
-            job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
-            raise
-        job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
+    except BaseException as e:
+        job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
+        raise
+    job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
     if jobs.is_primary():  # DDP's extra processes run this CLI too
         log.info("%s finished: outputs in %s", action, out_dir)
     return result
