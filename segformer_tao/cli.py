@@ -150,7 +150,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     from segformer_tao.config import compose_config
 
     cfg = compose_config(action, overrides, spec)
-    jobs.apply_parent_job(action, cfg)
+    jobs.apply_parent_job(action, cfg, {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o})
     check_required(action, cfg)
     check_conflicts(action, cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)

@@ -23,6 +23,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from segformer_tao.config.resolve import resolve_batch_sizes
 from segformer_tao.config.schema import ExperimentConfig
 from segformer_tao.errors import UserError
 
@@ -258,6 +259,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     apply_overrides(cfg, key_ovs)
     validate(cfg)
     _unset_missing(cfg)
+    resolve_batch_sizes(cfg)
     return cfg
 
 

@@ -158,7 +158,9 @@ class DatasetSegmentConfig:
     num_classes: int = spec(2, "Number of classes in the training data.", valid_min=2, valid_max="inf",
                             math_cond=">0", popular=True)
     img_size: int = spec(256, "Input image size (pixels, square).", valid_min=32, popular=True)
-    batch_size: int = spec(8, "Batch size per device.", valid_min=1, valid_max="inf", popular=True)
+    batch_size: int = spec(8, "Batch size per device for training and validation (evaluate and inference use it "
+                           "too unless their own batch_size > 0); -1 (TAO's default spec) = 8, with a note.",
+                           valid_min=-1, valid_max="inf", popular=True)
     workers: int = spec(1, "Data-loading worker processes.", valid_min=0, valid_max="inf")
     shuffle: bool = spec(True, "Shuffle the training data.")
     train_split: str = spec("train", "Train split folder name.")
@@ -267,7 +269,8 @@ class EvaluateConfig:
     trt_engine: str | None = spec(None, "TensorRT engine to run (GPU machines with TensorRT).")
     onnx_file: str | None = spec(None, "(segformer_tao) ONNX model to run with ONNX Runtime.")
     results_dir: str | None = spec(None, RESULTS_DIR_DOC)
-    batch_size: int = spec(8, "Batch size.", valid_min=1, valid_max="inf")
+    batch_size: int = spec(-1, "Batch size; -1 (TAO's default) = dataset.segment.batch_size, as TAO batches "
+                           "evaluate and inference.", valid_min=-1, valid_max="inf")
     vis_after_n_batches: int = spec(16, "Save visualisations every N batches.", valid_min=1, valid_max="inf")
 
 

@@ -7,6 +7,7 @@ window) is written once here and shared by evaluate, inference and quantize's re
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from segformer_tao.errors import UserError
+
+log = logging.getLogger("segformer_tao")
 
 
 class Runtime(ABC):
@@ -52,18 +55,42 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
     ``checkpoint`` -> PyTorch (first one set wins, in that order)."""
     section = cfg[action]
     key = cfg.get("encryption_key")
+    runtime: Runtime
     if section.get("trt_engine"):
         from segformer_tao.deploy.tensorrt import TrtRuntime
 
-        return TrtRuntime(str(section.trt_engine), cfg)
-    if section.get("onnx_file"):
+        runtime, source = TrtRuntime(str(section.trt_engine), cfg), f"{action}.trt_engine"
+    elif section.get("onnx_file"):
         from segformer_tao.deploy.onnxruntime import OrtRuntime
 
-        return OrtRuntime(str(section.onnx_file), cfg)
-    if section.get("checkpoint"):
-        return TorchRuntime(str(section.checkpoint), key)
-    raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
-                    f"or {action}.trt_engine, or parent_job=<results dir of a train/export job>.")
+        runtime, source = OrtRuntime(str(section.onnx_file), cfg), f"{action}.onnx_file"
+    elif section.get("checkpoint"):
+        runtime, source = TorchRuntime(str(section.checkpoint), key), f"{action}.checkpoint"
+    else:
+        raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
+                        f"or {action}.trt_engine, or parent_job=<results dir of a train/export job>.")
+    warn_spec_mismatch(cfg, runtime.meta, f"{source}='{section[source.split('.')[1]]}'")
+    return runtime
+
+
+def warn_spec_mismatch(cfg: DictConfig, meta: dict, source: str) -> list[str]:
+    """Warn when the model file's backbone or class count differs from the spec's (the file's is used: the
+    network is rebuilt from it). A spec value equal to the schema default is taken as unset and not compared.
+    Returns the warnings (also logged)."""
+    from segformer_tao.config.schema import BackboneConfig, DatasetSegmentConfig
+
+    checks = [("model.backbone.type", cfg.model.backbone.type, meta.get("backbone"), BackboneConfig.type),
+              ("dataset.segment.num_classes", cfg.dataset.segment.num_classes, meta.get("num_classes"),
+               DatasetSegmentConfig.num_classes)]
+    warnings = []
+    for key, ours, theirs, default in checks:
+        if theirs is None or str(ours) == str(theirs) or str(ours) == str(default):
+            continue
+        what = "backbone" if "backbone" in key else "class count"
+        warnings.append(f"{source} was trained with {what} {theirs}, but the spec says {key}={ours}; the model "
+                        f"file's {theirs} is used (the spec's {key} does not change a trained model).")
+        log.warning("warning: %s", warnings[-1])
+    return warnings
 
 
 def meta_from_config(cfg: DictConfig) -> dict:
