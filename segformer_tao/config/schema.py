@@ -36,7 +36,7 @@ REQUIRED_KEYS = {
 # Top-level sections in each action's schema and template.
 COMMON_SECTIONS = ["model_name", "encryption_key", "results_dir", "parent_job", "wandb", "model", "dataset"]
 ACTION_SECTIONS = {
-    "train": COMMON_SECTIONS + ["train", "automl_policy", "automl"],
+    "train": COMMON_SECTIONS + ["mlflow", "train", "automl_policy", "automl"],
     "evaluate": COMMON_SECTIONS + ["evaluate"],
     "inference": COMMON_SECTIONS + ["inference"],
     "export": COMMON_SECTIONS + ["export"],
@@ -49,16 +49,32 @@ RESULTS_DIR_DOC = "Path to where all the assets generated from this action are s
 # ----------------------------------------------------------------------------------------------- common
 @dataclass
 class WandBConfig:
-    enable: bool = spec(True, "Log to Weights & Biases (only when the `wandb` package is installed and logged in).")
+    enable: bool = spec(True, "Log training to Weights & Biases (losses, lr, val_miou, the config without secrets, "
+                        "the final checkpoints' paths). Needs the `wandb` package ([wandb] extra) and credentials "
+                        "(WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline (run kept under <results_dir>/wandb); "
+                        "otherwise one note and training goes on.")
     project: str = spec("TAO Toolkit", "W&B project name.")
-    entity: str | None = spec("", "W&B entity.")
-    group: str | None = spec("", "W&B group.")
+    entity: str | None = spec("", "W&B entity (team or user); empty = your default entity.")
+    group: str | None = spec("", "W&B group; empty = none (AutoML trials are grouped by their study).")
     tags: list[str] = spec(["tao-toolkit"], "W&B tags.", automl_enabled=False)
-    reinit: bool = spec(False, "Re-initialise the W&B run.")
-    sync_tensorboard: bool = spec(False, "Sync TensorBoard logs to W&B.")
-    save_code: bool = spec(False, "Save code to W&B.")
-    name: str = spec("TAO Toolkit Training", "W&B run name.")
-    run_id: str = spec("", "W&B run id to resume.")
+    reinit: bool = spec(False, "Finish a W&B run still open in this process before starting this one.")
+    sync_tensorboard: bool = spec(False, "Sync TensorBoard logs to W&B (with train.tensorboard.enabled=true).")
+    save_code: bool = spec(False, "Save the main script's code to W&B.")
+    name: str = spec("TAO Toolkit Training", "W&B run name (AutoML appends ' trial <n>').")
+    run_id: str = spec("", "W&B run id to resume (continue logging into that run); empty = a new run.")
+
+
+@dataclass
+class MLflowConfig:
+    enable: bool = spec(False, "(segformer_tao) Log training to MLflow (losses, lr, val_miou, the config without "
+                        "secrets, the final checkpoints' paths); needs the [mlflow] extra, else one note.")
+    tracking_uri: str | None = spec(None, "(segformer_tao) MLflow tracking URI (http://server:5000, "
+                                    "sqlite:///path.db, databricks); unset = MLFLOW_TRACKING_URI, else "
+                                    "sqlite:///<results_dir>/mlflow.db (AutoML: the search's results dir).")
+    experiment_name: str = spec("segformer_tao", "(segformer_tao) MLflow experiment (created when missing).")
+    run_name: str | None = spec(None, "(segformer_tao) MLflow run name; unset = MLflow's generated name "
+                                "(AutoML: trial_<n>).")
+    tags: dict[str, str] = spec({}, "(segformer_tao) Tags set on the MLflow run.", automl_enabled=False)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -403,6 +419,7 @@ class ExperimentConfig:
     results_dir: str | None = spec("", "Root for all outputs; each action writes into <results_dir>/<action> "
                                     "(unset: ./results).")
     wandb: WandBConfig = group(WandBConfig, "Weights & Biases.")
+    mlflow: MLflowConfig = group(MLflowConfig, "(segformer_tao) MLflow tracking.")
     model: ModelConfig = group(ModelConfig, "Model.")
     dataset: DatasetConfig = group(DatasetConfig, "Dataset.")
     train: TrainConfig = group(TrainConfig, "Train.")
