@@ -131,11 +131,15 @@ class RandomRotateConfig:
 
 @dataclass
 class RandomColorConfig:
+    # AutoML searches the jitters up to 0.5 (hue 0.3, TAO's default): beyond, images stop looking like the data.
     brightness: float = spec(0.3, "Brightness jitter (torchvision ColorJitter range).", valid_min=0.0,
-                             valid_max=2.0, automl_enabled=True)
-    contrast: float = spec(0.3, "Contrast jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True)
-    saturation: float = spec(0.3, "Saturation jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True)
-    hue: float = spec(0.3, "Hue jitter (0 <= hue <= 0.5).", valid_min=0.0, valid_max=0.5, automl_enabled=True)
+                             valid_max=2.0, automl_enabled=True, automl_range=(0.0, 0.5, "linear"))
+    contrast: float = spec(0.3, "Contrast jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True,
+                           automl_range=(0.0, 0.5, "linear"))
+    saturation: float = spec(0.3, "Saturation jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True,
+                             automl_range=(0.0, 0.5, "linear"))
+    hue: float = spec(0.3, "Hue jitter (0 <= hue <= 0.5).", valid_min=0.0, valid_max=0.5, automl_enabled=True,
+                      automl_range=(0.0, 0.3, "linear"))
     enable: bool = spec(True, "Enable colour jitter.", automl_enabled=True)
     color_probability: float = spec(0.5, "Colour jitter probability.", valid_min=0, valid_max=1,
                                     automl_enabled=True)
@@ -405,7 +409,8 @@ class AutoMLConfig:
     max_epochs: int | None = spec(None, "(segformer_tao) Epochs per trial (default train.num_epochs).", valid_min=1)
     timeout: float | None = spec(None, "(segformer_tao) Stop starting trials after this many seconds.",
                                  valid_min=0)
-    parameters: list[str] = spec([], "(segformer_tao) Extra keys to search (added to the schema's defaults).")
+    parameters: list[str] = spec([], "(segformer_tao) Keys to search instead of the train schema's "
+                                 "automl_default_parameters (every automl_enabled key, as TAO); empty = all of those.")
     disabled_parameters: list[str] = spec([], "(segformer_tao) Keys excluded from the search.")
     storage: str | None = spec(None, "(segformer_tao) Optuna storage URL (default sqlite in results_dir).")
     seed: int = spec(0, "(segformer_tao) Sampler seed.")
@@ -432,15 +437,3 @@ class ExperimentConfig:
                               valid_options=["auto", "on", "off"])
     automl: AutoMLConfig = group(AutoMLConfig, "(segformer_tao) AutoML search.")
     parent_job: str | None = spec(None, "(segformer_tao) Results dir of a parent job to take the model from.")
-
-
-# AutoML: keys searched by default (TAO's automl_enabled keys that matter most for SegFormer fine-tuning).
-AUTOML_DEFAULT_PARAMETERS = [
-    "train.optim.lr",
-    "train.optim.weight_decay",
-    "train.optim.momentum",
-    "dataset.segment.augmentation.random_flip.hflip_probability",
-    "dataset.segment.augmentation.random_color.color_probability",
-    "dataset.segment.augmentation.with_scale_random_crop.enable",
-]
-

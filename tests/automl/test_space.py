@@ -58,13 +58,33 @@ def test_space_matches_the_packaged_schema_for_every_parameter():
             assert v in p.choices if p.kind == "categorical" else p.low <= v <= p.high, (p.key, v)
 
 
-def test_user_parameters_are_added_and_disabled_ones_removed():
+# TAO Core 7.3's automl_enabled="TRUE" keys (nvidia_tao_core/config/segformer/default_config.py), which its schema
+# generator lists as automl_default_parameters.
+TAO_AUTOML_KEYS = [
+    "train.optim.lr", "train.optim.momentum", "train.optim.weight_decay", "model.backbone.freeze_backbone",
+    *(f"dataset.segment.augmentation.{k}" for k in (
+        "random_flip.vflip_probability", "random_flip.hflip_probability", "random_flip.enable",
+        "random_rotate.rotate_probability", "random_rotate.enable", "random_color.brightness",
+        "random_color.contrast", "random_color.saturation", "random_color.hue", "random_color.enable",
+        "random_color.color_probability", "with_scale_random_crop.enable")),
+]
+
+
+def test_default_parameters_are_taos_automl_enabled_keys_and_all_are_searched():
+    schema = load_train_schema()
+    assert sorted(schema["automl_default_parameters"]) == sorted(TAO_AUTOML_KEYS)
+    assert sorted(p.key for p in build_space(_cfg(), schema)) == sorted(TAO_AUTOML_KEYS)
+    space = {p.key: p for p in build_space(_cfg("automl.disabled_parameters=[train.optim.momentum]"), schema)}
+    assert len(space) == 15 and "train.optim.momentum" not in space
+
+
+def test_user_parameters_narrow_the_search():
     cfg = _cfg("automl.parameters=[train.optim.decoder_lr_mult,dataset.segment.augmentation.random_color.hue]",
                "automl.disabled_parameters=[train.optim.momentum]")
     space = {p.key: p for p in build_space(cfg, load_train_schema())}
-    assert "train.optim.momentum" not in space
-    hue = space["dataset.segment.augmentation.random_color.hue"]
-    assert (hue.kind, hue.low, hue.high) == ("float", 0.0, 0.5)
+    assert set(space) == {"train.optim.decoder_lr_mult", "dataset.segment.augmentation.random_color.hue"}
+    hue = space["dataset.segment.augmentation.random_color.hue"]  # automl_range, inside valid [0, 0.5]
+    assert (hue.kind, hue.low, hue.high) == ("float", 0.0, 0.3)
     mult = space["train.optim.decoder_lr_mult"]  # valid_min 0, unbounded: log range around the value (10)
     assert mult.log and (mult.low, mult.high) == pytest.approx((1.0, 100.0))
 
