@@ -48,6 +48,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("spec_not_yaml", ["train", "-e", "{bad_yaml}"], ["not valid YAML"]),
     ("spec_not_mapping", ["train", "-e", "{scalar_yaml}"], ["mapping"]),
     ("spec_unknown_key", ["train", "-e", "{unknown_key_yaml}", *D], ["train.num_epochs"]),
+    ("spec_old_tao_format", ["train", "-e", "{old_format_yaml}", *D],
+     ["tao5.yaml", "TAO's older SegFormer format", "train.trainer", "segformer config upgrade"]),
+    ("config_upgrade_current_spec", ["config", "upgrade", "{unknown_key_yaml}"], ["already in the current format"]),
     ("spec_results_dir_unset", ["train", "-e", "{results_missing_yaml}", *D], ["results_dir", "???"]),
     ("interpolation_broken", ["train", *D, "train.results_dir=${nothing.here}"], ["interpolation", "nothing.here"]),
     # ---- required data sources per action
