@@ -75,16 +75,16 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
 
 def warn_spec_mismatch(cfg: DictConfig, meta: dict, source: str) -> list[str]:
     """Warn when the model file's backbone or class count differs from the spec's (the file's is used: the
-    network is rebuilt from it). A spec value equal to the schema default is taken as unset and not compared.
-    Returns the warnings (also logged)."""
-    from segformer_tao.config.schema import BackboneConfig, DatasetSegmentConfig
+    network is rebuilt from it). A spec backbone equal to the schema default is taken as unset and not compared
+    (evaluate/export specs often leave the model section out). Returns the warnings (also logged)."""
+    from segformer_tao.config.schema import BackboneConfig
 
-    checks = [("model.backbone.type", cfg.model.backbone.type, meta.get("backbone"), BackboneConfig.type),
-              ("dataset.segment.num_classes", cfg.dataset.segment.num_classes, meta.get("num_classes"),
-               DatasetSegmentConfig.num_classes)]
+    checks = [("model.backbone.type", cfg.model.backbone.type, meta.get("backbone")),
+              ("dataset.segment.num_classes", cfg.dataset.segment.num_classes, meta.get("num_classes"))]
     warnings = []
-    for key, ours, theirs, default in checks:
-        if theirs is None or str(ours) == str(theirs) or str(ours) == str(default):
+    for key, ours, theirs in checks:
+        if theirs is None or str(ours) == str(theirs) or (key == "model.backbone.type"
+                                                          and str(ours) == BackboneConfig.type):
             continue
         what = "backbone" if "backbone" in key else "class count"
         warnings.append(f"{source} was trained with {what} {theirs}, but the spec says {key}={ours}; the model "

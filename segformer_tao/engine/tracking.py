@@ -10,6 +10,7 @@ note and training goes on: tracking is never the reason a training run fails.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import netrc
 import os
@@ -21,10 +22,13 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from segformer_tao import io as sio
+
 log = logging.getLogger("segformer_tao")
 # WANDB_MODE values that never talk to a server (offline writes the run under results_dir/wandb for `wandb sync`).
 WANDB_LOCAL_MODES = ("offline", "dryrun")
 DEFAULT_MLFLOW_DB = "mlflow.db"
+RUNS_FILE = "tracking_runs.json"  # tracker run ids of the training in a results dir, for resume
 _URL_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]+@")
 
 
@@ -63,8 +67,24 @@ def _wandb_has_credentials() -> bool:
         return False
 
 
-def wandb_logger(cfg: DictConfig, results_dir: str) -> Logger | None:
-    """A started WandbLogger for ``cfg.wandb``, or None (with a note saying why) when W&B cannot log."""
+def _previous_runs(results_dir: str) -> dict:
+    """The tracker run ids an earlier training in this results dir recorded (resume continues those runs)."""
+    try:
+        with open(os.path.join(results_dir, RUNS_FILE), encoding="utf-8") as f:
+            runs = json.load(f)
+        return runs if isinstance(runs, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(results_dir: str, tracker: str, record: dict) -> None:
+    sio.write_json(os.path.join(results_dir, RUNS_FILE), {**_previous_runs(results_dir), tracker: record})
+
+
+def wandb_logger(cfg: DictConfig, results_dir: str, resuming: bool = False) -> Logger | None:
+    """A started WandbLogger for ``cfg.wandb``, or None (with a note saying why) when W&B cannot log.
+
+    A resumed training continues the W&B run of the run it resumes (unless wandb.run_id names one)."""
     wb = cfg.wandb
     if not wb.enable:
         return None
@@ -92,9 +112,13 @@ def wandb_logger(cfg: DictConfig, results_dir: str) -> Logger | None:
         # System metadata holds the command line, which may carry encryption_key=...
         "settings": wandb.Settings(x_disable_meta=True, quiet=True),
     }
-    if wb.run_id:
-        kwargs.update(id=str(wb.run_id), resume="allow")
-    return _start(lambda: WandbLogger(**kwargs), "Weights & Biases", "wandb.enable=false")
+    previous = _previous_runs(results_dir).get("wandb", {}).get("id") if resuming else None
+    if wb.run_id or previous:
+        kwargs.update(id=str(wb.run_id or previous), resume="allow")
+    logger = _start(lambda: WandbLogger(**kwargs), "Weights & Biases", "wandb.enable=false")
+    if logger is not None:
+        _remember(results_dir, "wandb", {"id": logger.experiment.id})
+    return logger
 
 
 # ------------------------------------------------------------------------------------------------- MLflow
@@ -104,8 +128,10 @@ def mlflow_tracking_uri(cfg: DictConfig, results_dir: str) -> str:
                or f"sqlite:///{os.path.abspath(os.path.join(results_dir, DEFAULT_MLFLOW_DB))}")
 
 
-def mlflow_logger(cfg: DictConfig, results_dir: str) -> Logger | None:
-    """A started MLFlowLogger for ``cfg.mlflow``, or None (with a note) when MLflow cannot log."""
+def mlflow_logger(cfg: DictConfig, results_dir: str, resuming: bool = False) -> Logger | None:
+    """A started MLFlowLogger for ``cfg.mlflow``, or None (with a note) when MLflow cannot log.
+
+    A resumed training continues the MLflow run of the run it resumes (same tracking URI)."""
     ml = cfg.mlflow
     if not ml.enable:
         return None
@@ -117,9 +143,14 @@ def mlflow_logger(cfg: DictConfig, results_dir: str) -> Logger | None:
 
     uri = mlflow_tracking_uri(cfg, results_dir)
     tags = {str(k): str(v) for k, v in (ml.tags or {}).items()}
-    return _start(lambda: MLFlowLogger(experiment_name=ml.experiment_name, run_name=ml.run_name or None,
-                                       tracking_uri=uri, tags=tags or None),
-                  f"MLflow at {redact_urls(uri)}", "mlflow.enable=false")
+    previous = _previous_runs(results_dir).get("mlflow", {}) if resuming else {}
+    run_id = previous.get("run_id") if previous.get("tracking_uri") == redact_urls(uri) else None
+    logger = _start(lambda: MLFlowLogger(experiment_name=ml.experiment_name, run_name=ml.run_name or None,
+                                         tracking_uri=uri, tags=tags or None, run_id=run_id),
+                    f"MLflow at {redact_urls(uri)}", "mlflow.enable=false")
+    if logger is not None:
+        _remember(results_dir, "mlflow", {"run_id": logger.run_id, "tracking_uri": redact_urls(uri)})
+    return logger
 
 
 def _start(make, what: str, off: str) -> Logger | None:
@@ -135,14 +166,47 @@ def _start(make, what: str, off: str) -> Logger | None:
 
 
 # --------------------------------------------------------------------------------------------- the trainer
-def tracking_loggers(cfg: DictConfig, results_dir: str) -> list[Logger]:
-    """The started W&B / MLflow loggers the config asks for, each given the config without secrets."""
-    loggers = [lg for lg in (wandb_logger(cfg, results_dir), mlflow_logger(cfg, results_dir)) if lg is not None]
-    if loggers:
-        params = config_without_secrets(cfg)
-        for logger in loggers:
-            logger.log_hyperparams(params)
+def tracking_loggers(cfg: DictConfig, results_dir: str, resuming: bool = False) -> list[Logger]:
+    """The started W&B / MLflow loggers the config asks for, each given the config without secrets.
+    ``resuming``: continue the runs recorded in results_dir by the training being resumed."""
+    loggers = [lg for lg in (wandb_logger(cfg, results_dir, resuming), mlflow_logger(cfg, results_dir, resuming))
+               if lg is not None]
+    params = config_without_secrets(cfg) if loggers else {}
+    for logger in loggers:
+        try:
+            _log_config(logger, params)
+        except Exception as e:  # noqa: BLE001 - a tracker refusing the config must not stop training
+            _note(f"could not log the config to {type(logger).__name__}: {type(e).__name__}.")
     return loggers
+
+
+def _log_config(logger: Logger, params: dict) -> None:
+    """The config as hyper-parameters. MLflow params cannot change once logged: a resumed run whose config
+    changed (e.g. a raised train.num_epochs) logs only the keys it lacks and names the others."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    if not isinstance(logger, MLFlowLogger):
+        logger.log_hyperparams(params)
+        return
+    flat = _flatten(params)  # the keys Lightning's MLFlowLogger logs (a/b/c), values cut at its 250 characters
+    logged = logger.experiment.get_run(logger.run_id).data.params
+    changed = sorted(k for k, v in flat.items() if k in logged and logged[k] != v[:250])
+    if changed:
+        log.info("MLflow run %s keeps its first values of %s (MLflow params cannot change)", logger.run_id,
+                 ", ".join(changed))
+    new = {k: v for k, v in flat.items() if k not in logged}
+    if new:
+        logger.log_hyperparams(new)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
 
 
 class LogLearningRate(pl.Callback):

@@ -97,7 +97,7 @@ def _loggers(cfg: DictConfig, results_dir: str, resume_step: int | None = None) 
     from segformer_tao.jobs import is_primary
 
     if is_primary():  # W&B / MLflow runs are opened once, by rank 0
-        loggers += tracking_loggers(cfg, results_dir)
+        loggers += tracking_loggers(cfg, results_dir, resuming=resume_step is not None)
     return loggers
 
 

@@ -106,9 +106,10 @@ def test_mlflow_metric_history_equals_status_json(tiny, tmp_path):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     results = tmp_path / "train"
-    _, out = _train(tiny, tmp_path, results, "mlflow.enable=true", f"mlflow.tracking_uri={uri}",
-                    "mlflow.experiment_name=habits", "mlflow.run_name=tiny", "+mlflow.tags.team=seg",
-                    "train.num_epochs=3")
+    keys = ["mlflow.enable=true", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=habits",
+            "mlflow.run_name=tiny", "+mlflow.tags.team=seg"]
+    _train(tiny, tmp_path, results, *keys, "train.num_epochs=2")
+    _, out = _train(tiny, tmp_path, results, *keys, "train.num_epochs=3")  # resumes: continues the same run
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("habits").experiment_id])
     assert run.info.run_name == "tiny" and run.data.tags["team"] == "seg" and run.info.status == "FINISHED"
