@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 
 from segformer_tao.data.synthetic import make_demo_dataset
 from tests.conftest import assert_user_error, run_cli
+from tests.status_records import epoch_records
 
 
 def _old_spec(root: str) -> dict:
@@ -88,7 +87,6 @@ def test_upgraded_spec_trains(tmp_path):
     result = run_cli("train", "-e", str(upgraded), f"results_dir={tmp_path}/out", "automl_policy=off",
                      env={"WANDB_MODE": "disabled"})
     assert result.returncode == 0, result.output
-    lines = [json.loads(s) for s in (tmp_path / "out" / "train" / "status.json").read_text().splitlines()]
-    epochs = [ln for ln in lines if ln["status"] == "RUNNING"]
+    epochs = epoch_records(tmp_path / "out" / "train")
     assert [e["epoch"] for e in epochs] == [1, 2] and all(e["val_miou"] is not None for e in epochs)
     assert (tmp_path / "out" / "train" / "segformer_model_latest.pth").exists()

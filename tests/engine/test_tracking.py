@@ -16,6 +16,7 @@ import torch
 from segformer_tao.engine import tracking
 from segformer_tao.engine.datamodule import SegDataModule
 from segformer_tao.engine.trainer import train_model
+from tests.status_records import epoch_records
 
 KEY = "Enc-K3y-tracking-9182"
 API_KEY = "wandb-Ap1-k3y-0000000000000000000000000000000000000"
@@ -27,11 +28,6 @@ def _train(tiny, tmp_path, results, *overrides):
     torch.manual_seed(0)
     dm = SegDataModule(cfg, ds_cls(8, mode="train"), ds_cls(4, mode="eval", seed=1))
     return cfg, train_model(cfg, str(results), net_cls(), dm)
-
-
-def _status(results) -> list[dict]:
-    lines = [json.loads(s) for s in (results / "status.json").read_text().splitlines()]
-    return [ln for ln in lines if ln["status"] == "RUNNING"]
 
 
 def _files_containing(root, needles: list[str]) -> list[str]:
@@ -92,7 +88,7 @@ def test_wandb_offline_run_holds_the_final_val_miou_and_no_secret(tiny, tmp_path
         if finished:
             break
         time.sleep(0.1)
-    epochs = _status(results)
+    epochs = epoch_records(results)
     assert summary["val_miou"] == pytest.approx(epochs[-1]["val_miou"])
     assert [h["val_miou"] for h in history if "val_miou" in h] == pytest.approx([e["val_miou"] for e in epochs])
     assert [h["lr"] for h in history if "lr" in h] == pytest.approx([e["lr"] for e in epochs])
@@ -113,7 +109,7 @@ def test_mlflow_metric_history_equals_status_json(tiny, tmp_path):
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("habits").experiment_id])
     assert run.info.run_name == "tiny" and run.data.tags["team"] == "seg" and run.info.status == "FINISHED"
-    epochs = _status(results)
+    epochs = epoch_records(results)
     for ours, theirs in (("val_miou", "val_miou"), ("val_loss", "val_loss"), ("train_loss_epoch", "train_loss"),
                          ("lr", "lr")):
         history = [m.value for m in sorted(client.get_metric_history(run.info.run_id, ours), key=lambda m: m.step)]
