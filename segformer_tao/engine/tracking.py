@@ -50,8 +50,14 @@ def config_without_secrets(cfg: DictConfig) -> dict:
     return redact_urls(container)
 
 
+_NOTED: set[str] = set()
+
+
 def _note(message: str) -> None:
-    log.warning("note: %s", message)
+    """Each note once per process (AutoML trains many trials in one process)."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        log.warning("note: %s", message)
 
 
 # ------------------------------------------------------------------------------------------ Weights & Biases
@@ -110,7 +116,7 @@ def wandb_logger(cfg: DictConfig, results_dir: str, resuming: bool = False) -> L
         "name": wb.name or None, "save_dir": results_dir, "save_code": bool(wb.save_code),
         "sync_tensorboard": bool(wb.sync_tensorboard), "reinit": "finish_previous" if wb.reinit else "default",
         # System metadata holds the command line, which may carry encryption_key=...
-        "settings": wandb.Settings(x_disable_meta=True, quiet=True),
+        "settings": wandb.Settings(x_disable_meta=True),
     }
     previous = _previous_runs(results_dir).get("wandb", {}).get("id") if resuming else None
     if wb.run_id or previous:

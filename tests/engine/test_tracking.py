@@ -126,12 +126,16 @@ def test_a_tracker_that_cannot_start_is_one_note_and_training_goes_on(tiny, tmp_
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     _, make_cfg = tiny[0], tiny[2]
     cfg = make_cfg(tmp_path, "wandb.enable=true", "mlflow.enable=true", "mlflow.tracking_uri=bogus://nowhere")
+    monkeypatch.setattr(tracking, "_NOTED", set())  # notes are printed once per process
     with caplog.at_level(logging.WARNING, logger="segformer_tao"):
         assert tracking.tracking_loggers(cfg, str(tmp_path / "r")) == []
     notes = [r.getMessage() for r in caplog.records]
     assert any("no W&B credentials" in n and "WANDB_MODE=offline" in n for n in notes), notes
     assert any("cannot log to MLflow at bogus://nowhere" in n for n in notes), notes
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="segformer_tao"):
+        tracking.tracking_loggers(cfg, str(tmp_path / "r"))
+    assert not caplog.records  # a second training in the same process (an AutoML trial) is not told again
     real_find_spec = tracking.importlib.util.find_spec
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda n: None if n == "wandb" else real_find_spec(n))
     with caplog.at_level(logging.WARNING, logger="segformer_tao"):
