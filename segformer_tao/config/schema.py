@@ -88,7 +88,10 @@ class BackboneConfig:
     pretrained_backbone_path: str | None = spec(
         None, "Pretrained backbone weights (Hugging Face dir/file, NVlabs/mmseg .pth, TAO or timm checkpoint)."
     )
-    freeze_backbone: bool = spec(False, "Freeze the backbone (train the decoder only).", automl_enabled=True)
+    # Freezing a randomly initialised backbone is refused, so AutoML searches it only with pretrained weights.
+    freeze_backbone: bool = spec(False, "Freeze the backbone (train the decoder only); needs pretrained weights "
+                                 "(AutoML searches it only when pretrained_backbone_path is set).",
+                                 automl_enabled=True, depends_on="model.backbone.pretrained_backbone_path")
 
 
 @dataclass

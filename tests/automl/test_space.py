@@ -30,7 +30,8 @@ def _samples(space, cfg, n=60, seed=0) -> list[dict]:
 
 
 def test_space_matches_the_packaged_schema_for_every_parameter():
-    schema, cfg = load_train_schema(), _cfg()
+    # With pretrained weights every key is active (freeze_backbone depends on them).
+    schema, cfg = load_train_schema(), _cfg("model.backbone.pretrained_backbone_path=/weights/b0.pth")
     space = build_space(cfg, schema)
     keys = [p.key for p in space]
     disabled = set(schema["automl_disabled_parameters"])
@@ -76,6 +77,16 @@ def test_default_parameters_are_taos_automl_enabled_keys_and_all_are_searched():
     assert sorted(p.key for p in build_space(_cfg(), schema)) == sorted(TAO_AUTOML_KEYS)
     space = {p.key: p for p in build_space(_cfg("automl.disabled_parameters=[train.optim.momentum]"), schema)}
     assert len(space) == 15 and "train.optim.momentum" not in space
+
+
+def test_freeze_backbone_is_searched_only_with_pretrained_weights(tmp_path):
+    space = build_space(_cfg(), load_train_schema())
+    without = _samples(space, _cfg(), 20)
+    assert all("model.backbone.freeze_backbone" not in v for v in without)  # freezing random weights is refused
+    weights = tmp_path / "b0.pth"
+    cfg = _cfg(f"model.backbone.pretrained_backbone_path={weights}")
+    assert {v["model.backbone.freeze_backbone"] for v in _samples(build_space(cfg, load_train_schema()), cfg, 20)} \
+        == {True, False}
 
 
 def test_user_parameters_narrow_the_search():
