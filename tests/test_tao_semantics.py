@@ -3,6 +3,7 @@ warning when a model file and the spec disagree."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -105,20 +106,32 @@ def test_a_model_path_on_the_command_line_wins_over_parent_job(tmp_path):
 
 # ------------------------------------------------------------------------------------------ mismatch warning
 def test_model_file_and_spec_disagreeing_warns_and_the_file_wins(tmp_path, caplog):
-    from segformer_tao.deploy.runtime import open_runtime
+    from segformer_tao.actions import evaluate
+    from segformer_tao.data.synthetic import make_demo_dataset
     from tests.deploy.conftest import deploy_cfg, save_tiny_checkpoint
 
+    make_demo_dataset(tmp_path / "data", num_classes=3, size=64, train=1, val=2, test=1)
+    from segformer_tao.engine.checkpoint import load_checkpoint, save_checkpoint
+
     ckpt = save_tiny_checkpoint(str(tmp_path / "b0.pth"), deploy_cfg("export", tmp_path))  # mit_b0, 3 classes
-    cfg = deploy_cfg("evaluate", tmp_path, f"evaluate.checkpoint={ckpt}", "model.backbone.type=vit_large_nvdinov2",
+    payload = load_checkpoint(ckpt)
+    payload["meta"]["palette"] = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]  # evaluate draws panels with it
+    save_checkpoint(ckpt, payload)
+    labels = "dataset.segment.label_transform=None"
+    cfg = deploy_cfg("evaluate", tmp_path, f"evaluate.checkpoint={ckpt}", labels,
+                     "model.backbone.type=vit_large_nvdinov2",
                      "model.backbone.pretrained_backbone_path=/models/nvdinov2.pth", "dataset.segment.num_classes=5")
     with caplog.at_level(logging.WARNING, logger="segformer_tao"):
-        runtime = open_runtime(cfg, "evaluate")
-    assert runtime.meta["backbone"] == "mit_b0" and runtime.meta["num_classes"] == 3
+        out = evaluate.run(cfg)
+    assert out["metrics"]["images"] == 2
+    results = json.loads((tmp_path / "results" / "evaluate" / "results.json").read_text())
+    assert len(results["per_class"]) == 3  # the checkpoint's classes
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("mit_b0" in w and "model.backbone.type=vit_large_nvdinov2" in w and "is used" in w for w in warnings)
-    assert any("dataset.segment.num_classes=5" in w and " 3 " in w for w in warnings)
+    assert any(f"evaluate.checkpoint='{ckpt}'" in w and "mit_b0" in w and "model.backbone.type=vit_large_nvdinov2" in w
+               and "is used" in w for w in warnings), warnings
+    assert any("dataset.segment.num_classes=5" in w and " 3 " in w for w in warnings), warnings
     caplog.clear()
-    cfg = deploy_cfg("evaluate", tmp_path, f"evaluate.checkpoint={ckpt}")  # the spec agrees: silence
+    cfg = deploy_cfg("evaluate", tmp_path, f"evaluate.checkpoint={ckpt}", labels)  # the spec agrees: silence
     with caplog.at_level(logging.WARNING, logger="segformer_tao"):
-        open_runtime(cfg, "evaluate")
-    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+        evaluate.run(cfg)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING and "trained with" in r.getMessage()]

@@ -125,7 +125,7 @@ def run(cfg) -> dict:
     check_writable(onnx_path, "export.onnx_file")
     model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
     settings = _settings(cfg, meta.get("img_size"))
-    warn_spec_mismatch(cfg, meta, f"export.checkpoint='{exp.checkpoint}'")
+    warn_spec_mismatch(cfg, meta, "export")
     model_bytes, diff = export_checkpoint(model, meta, cfg, settings, bool(exp.simplify))
     shapes = [f"{tuple(x.shape)}" for x in onnx_export.parity_inputs(settings)]
     log.info("ONNX Runtime vs PyTorch: max abs logit difference %.3g (limit %g) over inputs %s", diff,

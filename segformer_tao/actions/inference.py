@@ -16,7 +16,13 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao import io
-from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits, sliding_window_logits
+from segformer_tao.deploy.runtime import (
+    open_runtime,
+    predict_logits,
+    resize_logits,
+    sliding_window_logits,
+    warn_spec_mismatch,
+)
 from segformer_tao.engine.datamodule import collate_eval
 from segformer_tao.engine.trainer import oom_message
 from segformer_tao.engine.visualize import label_png_array, overlay, write_png
@@ -64,6 +70,7 @@ def run(cfg: DictConfig) -> dict:
 
     out_dir = str(cfg.inference.results_dir)
     runtime = open_runtime(cfg, "inference")
+    warn_spec_mismatch(cfg, runtime.meta, "inference")
     meta = runtime.meta
     dataset = UnetSegmentationDataset(cfg, "predict", "predict")
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.inference.batch_size), shuffle=False,

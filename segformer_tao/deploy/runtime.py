@@ -55,42 +55,18 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
     ``checkpoint`` -> PyTorch (first one set wins, in that order)."""
     section = cfg[action]
     key = cfg.get("encryption_key")
-    runtime: Runtime
     if section.get("trt_engine"):
         from segformer_tao.deploy.tensorrt import TrtRuntime
 
-        runtime, source = TrtRuntime(str(section.trt_engine), cfg), f"{action}.trt_engine"
-    elif section.get("onnx_file"):
+        return TrtRuntime(str(section.trt_engine), cfg)
+    if section.get("onnx_file"):
         from segformer_tao.deploy.onnxruntime import OrtRuntime
 
-        runtime, source = OrtRuntime(str(section.onnx_file), cfg), f"{action}.onnx_file"
-    elif section.get("checkpoint"):
-        runtime, source = TorchRuntime(str(section.checkpoint), key), f"{action}.checkpoint"
-    else:
-        raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
-                        f"or {action}.trt_engine, or parent_job=<results dir of a train/export job>.")
-    warn_spec_mismatch(cfg, runtime.meta, f"{source}='{section[source.split('.')[1]]}'")
-    return runtime
-
-
-def warn_spec_mismatch(cfg: DictConfig, meta: dict, source: str) -> list[str]:
-    """Warn when the model file's backbone or class count differs from the spec's (the file's is used: the
-    network is rebuilt from it). A spec backbone equal to the schema default is taken as unset and not compared
-    (evaluate/export specs often leave the model section out). Returns the warnings (also logged)."""
-    from segformer_tao.config.schema import BackboneConfig
-
-    checks = [("model.backbone.type", cfg.model.backbone.type, meta.get("backbone")),
-              ("dataset.segment.num_classes", cfg.dataset.segment.num_classes, meta.get("num_classes"))]
-    warnings = []
-    for key, ours, theirs in checks:
-        if theirs is None or str(ours) == str(theirs) or (key == "model.backbone.type"
-                                                          and str(ours) == BackboneConfig.type):
-            continue
-        what = "backbone" if "backbone" in key else "class count"
-        warnings.append(f"{source} was trained with {what} {theirs}, but the spec says {key}={ours}; the model "
-                        f"file's {theirs} is used (the spec's {key} does not change a trained model).")
-        log.warning("warning: %s", warnings[-1])
-    return warnings
+        return OrtRuntime(str(section.onnx_file), cfg)
+    if section.get("checkpoint"):
+        return TorchRuntime(str(section.checkpoint), key)
+    raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
+                    f"or {action}.trt_engine, or parent_job=<results dir of a train/export job>.")
 
 
 def meta_from_config(cfg: DictConfig) -> dict:
@@ -98,6 +74,30 @@ def meta_from_config(cfg: DictConfig) -> dict:
     from segformer_tao.engine.module import build_meta
 
     return build_meta(cfg)
+
+
+def warn_spec_mismatch(cfg: DictConfig, meta: dict, action: str) -> list[str]:
+    """Warn when the model file of ``cfg[action]`` (its ``meta``) has another backbone or class count than the
+    spec (the file's is used: the network is rebuilt from it). A spec backbone equal to the schema default is
+    taken as unset and not compared (evaluate/export specs often leave the model section out). Returns the
+    warnings (also logged)."""
+    from segformer_tao.config.schema import BackboneConfig
+
+    section = cfg[action]
+    key = next((k for k in ("trt_engine", "onnx_file", "checkpoint") if section.get(k)), "checkpoint")
+    source = f"{action}.{key}='{section.get(key)}'"
+    checks = [("model.backbone.type", cfg.model.backbone.type, meta.get("backbone")),
+              ("dataset.segment.num_classes", cfg.dataset.segment.num_classes, meta.get("num_classes"))]
+    warnings = []
+    for name, ours, theirs in checks:
+        if theirs is None or str(ours) == str(theirs) or (name == "model.backbone.type"
+                                                          and str(ours) == BackboneConfig.type):
+            continue
+        what = "backbone" if "backbone" in name else "class count"
+        warnings.append(f"{source} was trained with {what} {theirs}, but the spec says {name}={ours}; the model "
+                        f"file's {theirs} is used (the spec's {name} does not change a trained model).")
+        log.warning("warning: %s", warnings[-1])
+    return warnings
 
 
 def predict_logits(runtime: Runtime, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
