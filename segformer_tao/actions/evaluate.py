@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao import io
-from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits, warn_spec_mismatch
+from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits
 from segformer_tao.engine.datamodule import collate_eval
 from segformer_tao.engine.metrics import SegmentationMetrics
 from segformer_tao.engine.trainer import oom_message
@@ -95,6 +95,8 @@ def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: 
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate cfg.evaluate.checkpoint / onnx_file / trt_engine on dataset.segment.test_split."""
+    from segformer_tao.deploy.runtime import warn_spec_mismatch
+
     out_dir = str(cfg.evaluate.results_dir)
     runtime = open_runtime(cfg, "evaluate")
     warn_spec_mismatch(cfg, runtime.meta, "evaluate")

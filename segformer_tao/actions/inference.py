@@ -16,13 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao import io
-from segformer_tao.deploy.runtime import (
-    open_runtime,
-    predict_logits,
-    resize_logits,
-    sliding_window_logits,
-    warn_spec_mismatch,
-)
+from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits, sliding_window_logits
 from segformer_tao.engine.datamodule import collate_eval
 from segformer_tao.engine.trainer import oom_message
 from segformer_tao.engine.visualize import label_png_array, overlay, write_png
@@ -67,6 +61,7 @@ def _predict_batch(cfg: DictConfig, runtime, batch: dict) -> list[torch.Tensor]:
 def run(cfg: DictConfig) -> dict:
     """Predict dataset.segment.predict_split with cfg.inference.checkpoint / onnx_file / trt_engine."""
     from segformer_tao.data import UnetSegmentationDataset
+    from segformer_tao.deploy.runtime import warn_spec_mismatch
 
     out_dir = str(cfg.inference.results_dir)
     runtime = open_runtime(cfg, "inference")
