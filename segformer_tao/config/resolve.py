@@ -12,10 +12,11 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
+from segformer_tao.config.schema import DatasetSegmentConfig
 from segformer_tao.errors import UserError
 
-# dataset.segment.batch_size=-1 resolves to this (the schema default TAO's own schema shows for the key).
-DEFAULT_BATCH_SIZE = 8
+# dataset.segment.batch_size=-1 resolves to the schema default (the default TAO's own schema shows for the key).
+DEFAULT_BATCH_SIZE = DatasetSegmentConfig.batch_size
 # Keys that take their batch size from dataset.segment.batch_size when <= 0 (TAO: they are not read at all).
 FOLLOWS_DATASET_BATCH = ("evaluate.batch_size", "inference.batch_size")
 
@@ -28,14 +29,14 @@ def _note(message: str) -> None:
 def resolve_batch_sizes(cfg: DictConfig) -> None:
     """Replace the ``-1`` batch sizes of TAO's default spec by the values they stand for (in place).
 
-    ``dataset.segment.batch_size=-1`` -> 8 (with a note); ``evaluate/inference.batch_size`` <= 0 -> the resolved
-    ``dataset.segment.batch_size``. A 0 is a UserError (TAO's -1 is the only "unset" value).
+    ``dataset.segment.batch_size=-1`` -> the schema default, 8 (with a note); ``evaluate/inference.batch_size``
+    <= 0 -> the resolved ``dataset.segment.batch_size``. A 0 is a UserError (TAO's -1 is the only "unset" value).
     """
     seg = cfg.dataset.segment
     for key in ("dataset.segment.batch_size", *FOLLOWS_DATASET_BATCH):
         if OmegaConf.select(cfg, key) == 0:
             raise UserError(f"{key}=0 is not a batch size: give a positive number, or -1 for the default "
-                            f"({'8' if key.startswith('dataset') else 'dataset.segment.batch_size'}).")
+                            f"({DEFAULT_BATCH_SIZE if key.startswith('dataset') else 'dataset.segment.batch_size'}).")
     if int(seg.batch_size) < 0:
         seg.batch_size = DEFAULT_BATCH_SIZE
         _note(f"dataset.segment.batch_size=-1 (TAO's default spec): using {DEFAULT_BATCH_SIZE}, the schema default. "
