@@ -13,6 +13,7 @@ from tests.status_records import epoch_records
 def _old_spec(root: str) -> dict:
     """TAO 5.x's train_isbi.yaml shape (mmseg-era keys), scaled down to a 4-image, 32 px dataset."""
     return {
+        "encryption_key": "tlt_encode",
         "train": {"exp_config": {"manual_seed": 49}, "checkpoint_interval": 2, "logging_interval": 1, "max_iters": 4,
                   "resume_training_checkpoint_path": None, "validate": True, "validation_interval": 2,
                   "trainer": {"find_unused_parameters": True, "grad_clip": 0.0,
@@ -60,6 +61,7 @@ def test_old_spec_upgrades_to_an_equivalent_spec(tmp_path):
                                                       "decoder_lr_mult": 10.0, "warmup_iters": 1, "policy": "linear"}
     assert new["model"]["decode_head"] == {"decoder_params": {"embed_dim": 64}}
     report = result.stderr
+    assert "tlt_encode" not in result.output and "dropped: encryption_key (not written" in report
     for line in ("moved:   train.trainer.sf_optim.lr -> train.optim.lr", "dropped: dataset.repeat_data_times",
                  "dropped: model.decode_head.dropout_ratio", "dropped: train.logging_interval",
                  "moved:   train.max_iters -> train.num_epochs"):

@@ -27,11 +27,13 @@ OLD_MARKERS = ("train.exp_config", "train.trainer", "train.max_iters", "model.in
                "export.onnx_config", "evaluate.exp_config", "inference.exp_config")
 SEG = "dataset.segment"
 AUG = "dataset.segment.augmentation"
+# Secrets are not copied into a file that is printed: the key goes on the command line.
+SECRET = "not written to the upgraded spec: give it as encryption_key=... on the command line (one key for all actions)"
 # old key -> (new key or None, converter or None, why). Keys starting with a listed prefix share its rule.
 Rule = tuple[str | None, Callable[[Any], Any] | None, str]
 RULES: dict[str, Rule] = {
     "results_dir": ("results_dir", None, "same key"),
-    "encryption_key": ("encryption_key", None, "same key"),
+    "encryption_key": (None, None, SECRET),
     "model.backbone.type": ("model.backbone.type", None, "same key"),
     "model.backbone.init_cfg.checkpoint": ("model.backbone.pretrained_backbone_path", None, "pretrained backbone"),
     "model.backbone.init_cfg.type": (None, None, "a pretrained backbone is loaded whenever its path is set"),
@@ -84,8 +86,14 @@ RULES: dict[str, Rule] = {
     "train.resume_training_checkpoint_path": ("train.resume_training_checkpoint_path", None, "same key"),
     "train.results_dir": ("train.results_dir", None, "same key"),
     "train.num_gpus": ("train.num_gpus", None, "same key"),
-    "train.encryption_key": ("encryption_key", None, "one key for all actions"),
     "train": (None, None, "no equivalent (logging interval, hooks, mmengine schedulers)"),
+    **{f"{a}.encryption_key": (None, None, SECRET) for a in ("train", "evaluate", "inference", "export")},
+    **{f"{a}.exp_config": (None, None, "mmengine run settings; GPUs come from the action's gpu_ids")
+       for a in ("evaluate", "inference", "export")},
+    "export.onnx_config": (None, None, "the ONNX is written as TAO 6+ writes it (input `input`, output `output`)"),
+    "export.codebase_config": (None, None, "the ONNX is written as TAO 6+ writes it (input `input`, output "
+                                           "`output`)"),
+    "export.num_gpus": (None, None, "export runs on one device (export.gpu_id)"),
     "evaluate.gpu_id": ("evaluate.gpu_ids", lambda v: [int(v)], "a list of ids"),
     "inference.gpu_id": ("inference.gpu_ids", lambda v: [int(v)], "a list of ids"),
     "export.trt_engine": ("gen_trt_engine.trt_engine", None, "engines are built by `segformer gen_trt_engine`"),
