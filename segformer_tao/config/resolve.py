@@ -35,8 +35,9 @@ def resolve_batch_sizes(cfg: DictConfig) -> None:
     seg = cfg.dataset.segment
     for key in ("dataset.segment.batch_size", *FOLLOWS_DATASET_BATCH):
         if OmegaConf.select(cfg, key) == 0:
+            default = DEFAULT_BATCH_SIZE if key.startswith("dataset") else "dataset.segment.batch_size"
             raise UserError(f"{key}=0 is not a batch size: give a positive number, or -1 for the default "
-                            f"({DEFAULT_BATCH_SIZE if key.startswith('dataset') else 'dataset.segment.batch_size'}).")
+                            f"({default}).")
     if int(seg.batch_size) < 0:
         seg.batch_size = DEFAULT_BATCH_SIZE
         _note(f"dataset.segment.batch_size=-1 (TAO's default spec): using {DEFAULT_BATCH_SIZE}, the schema default. "
