@@ -26,7 +26,8 @@ ACTION_HELP = {
     "gen_trt_engine": "build a TensorRT engine from ONNX (GPU machine with TensorRT)",
 }
 TOOL_HELP = {
-    "config": "print the fully composed config of an action: segformer config <action> [-e spec] [k=v ...]",
+    "config": "print the fully composed config of an action: segformer config <action> [-e spec] [k=v ...]; "
+              "segformer config upgrade OLD.yaml converts a TAO <= 5.5 spec",
     "schema": "regenerate specs/ (JSON schemas, templates, skill_info.yaml): segformer schema [--check] [--out DIR]",
     "dataset": "dataset tools: segformer dataset check k=v ... | segformer dataset demo OUTDIR",
     "model": "model tools: segformer model info model.backbone.type=mit_b0",
@@ -151,7 +152,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     from segformer_tao.status import action_status
 
     cfg = compose_config(action, overrides, spec)
-    jobs.apply_parent_job(action, cfg)
+    jobs.apply_parent_job(action, cfg, {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o})
     check_required(action, cfg)
     check_conflicts(action, cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)
@@ -188,6 +189,10 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
 def _print_config(overrides: list[str], spec: str | None) -> int:
     from segformer_tao.config import compose_config, to_yaml_without_secrets
 
+    if overrides and overrides[0] == "upgrade":
+        from segformer_tao.config.upgrade import main as upgrade_main
+
+        return upgrade_main(overrides[1:])
     if not overrides or overrides[0] not in ACTION_HELP:
         raise UserError("Usage: segformer config <action> [-e spec.yaml] [key=value ...] with <action> one of "
                         f"{', '.join(ACTION_HELP)}.")

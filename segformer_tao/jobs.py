@@ -308,18 +308,34 @@ def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
     return wanted[kind], path, reason
 
 
-def apply_parent_job(action: str, cfg: DictConfig) -> None:
-    """Fill the model key of ``action`` from cfg.parent_job unless the user set one explicitly."""
+def apply_parent_job(action: str, cfg: DictConfig, command_line_keys: set[str] | frozenset[str] = frozenset()
+                     ) -> None:
+    """Fill the model key of ``action`` from cfg.parent_job unless the user set one explicitly.
+
+    A key given on the command line (``command_line_keys``) always wins. A key that comes from the spec file and
+    names a local file that does not exist (TAO's tutorial specs hard-code ``/results/.../model.pth``) yields to
+    parent_job, with a note naming both.
+    """
     if not cfg.parent_job or action == "train":
         return
-    keys = set(PARENT_KEYS[action].values())
+    keys = sorted(set(PARENT_KEYS[action].values()))
     explicit = [k for k in keys if OmegaConf.select(cfg, k) not in (None, "")]
-    if explicit:
-        log.info("parent_job ignored for %s: %s is set explicitly", action, explicit[0])
+    stale = [k for k in explicit if k not in command_line_keys and _missing_local_file(OmegaConf.select(cfg, k))]
+    if explicit and len(stale) < len(explicit):
+        log.info("parent_job ignored for %s: %s is set explicitly", action,
+                 next(k for k in explicit if k not in stale))
         return
     key, path, reason = resolve_parent(action, str(cfg.parent_job))
+    for k in stale:
+        log.info("note: %s='%s' from the spec file does not exist; using parent_job '%s' instead: %s = %s",
+                 k, OmegaConf.select(cfg, k), cfg.parent_job, key, path)
+        OmegaConf.update(cfg, k, None)
     OmegaConf.update(cfg, key, path)
     log.info("parent_job: %s = %s (%s)", key, path, reason)
+
+
+def _missing_local_file(path: object) -> bool:
+    return isinstance(path, str) and not sio.is_remote(path) and not os.path.exists(path)
 
 
 # --------------------------------------------------------------------------------------------- CLI tool

@@ -137,6 +137,8 @@ def test_specs_are_fresh_and_templates_validate(tmp_path):
         spec_file = tmp_path / f"{action}.yaml"
         spec_file.write_text(yaml.safe_dump(template))
         cfg = compose_config(action, [], str(spec_file))
+        if template[action].get("batch_size") == -1 and action in ("evaluate", "inference"):
+            template[action]["batch_size"] = cfg.dataset.segment.batch_size  # -1 resolves to the dataset's
         assert OmegaConf.to_container(cfg)[action] == template[action]
     train = action_schema("train")
     assert "train.optim.lr" in train["automl_default_parameters"]

@@ -38,14 +38,6 @@ def eval_loader(cfg: DictConfig, batch_size: int) -> torch.utils.data.DataLoader
                                        num_workers=int(cfg.dataset.segment.workers))
 
 
-def _check_compatible(cfg: DictConfig, meta: dict) -> None:
-    n = int(cfg.dataset.segment.num_classes)
-    if int(meta.get("num_classes", n)) != n:
-        raise UserError(f"The model predicts {meta['num_classes']} classes but dataset.segment.num_classes={n}. "
-                        f"Set dataset.segment.num_classes={meta['num_classes']} (and the matching palette) or "
-                        "evaluate a model trained on this dataset.")
-
-
 def write_per_class_csv(path: str, per_class: list[dict]) -> None:
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS)
@@ -78,6 +70,17 @@ def _save_panels(out_dir: str, batch: dict, preds: list[torch.Tensor], meta: dic
         write_png(os.path.join(out_dir, "vis", os.path.splitext(os.path.basename(str(path)))[0] + ".png"), panel)
 
 
+def _check_labels_in_range(mask: torch.Tensor, num_classes: int, ignore_index: int, path: str) -> None:
+    """A class id the model cannot predict would silently drop out of the metrics (e.g. a spec with more classes
+    than the checkpoint): refuse instead."""
+    outside = (mask >= num_classes) & (mask != ignore_index)
+    if bool(outside.any()):
+        value = int(mask[outside].max())
+        raise UserError(f"Mask '{path}' holds class id {value}, but the model predicts {num_classes} classes (ids "
+                        f"0..{num_classes - 1}). Evaluate a model trained with these classes, or point "
+                        "dataset.segment.root_dir/test_split at masks of the model's classes.")
+
+
 def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: int,
                      vis_every: int = 0) -> dict:
     """Run ``runtime`` over the test split; returns the scores dict of :func:`scores_from_confusion` plus
@@ -85,10 +88,12 @@ def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: 
     meta = runtime.meta
     metrics = SegmentationMetrics(meta["num_classes"], int(cfg.dataset.segment.ignore_index), meta["class_names"])
     images = 0
+    ignore, n = int(cfg.dataset.segment.ignore_index), int(meta["num_classes"])
     for batch_idx, batch in enumerate(eval_loader(cfg, batch_size)):
         logits = predict_logits(runtime, batch["image"])
         preds = []
         for i, mask in enumerate(batch["mask"]):
+            _check_labels_in_range(mask, n, ignore, batch["path"][i])
             pred = resize_logits(logits[i : i + 1], tuple(mask.shape[-2:])).argmax(1)[0]
             metrics.update(pred, mask)
             preds.append(pred)
@@ -106,9 +111,11 @@ def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: 
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate cfg.evaluate.checkpoint / onnx_file / trt_engine on dataset.segment.test_split."""
+    from segformer_tao.deploy.runtime import warn_spec_mismatch
+
     out_dir = str(cfg.evaluate.results_dir)
     runtime = open_runtime(cfg, "evaluate")
-    _check_compatible(cfg, runtime.meta)
+    warn_spec_mismatch(cfg, runtime.meta, "evaluate")
     start = time.monotonic()
     try:
         scores = evaluate_runtime(cfg, runtime, out_dir, int(cfg.evaluate.batch_size),

@@ -17,6 +17,7 @@ import torch
 from segformer_tao import io
 from segformer_tao.deploy import onnx_export
 from segformer_tao.deploy.onnxruntime import META_KEY
+from segformer_tao.deploy.runtime import warn_spec_mismatch
 from segformer_tao.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,7 @@ def run(cfg) -> dict:
     check_writable(onnx_path, "export.onnx_file")
     model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
     settings = _settings(cfg, meta.get("img_size"))
-    if meta.get("num_classes") and int(meta["num_classes"]) != int(cfg.dataset.segment.num_classes):
-        log.warning("The checkpoint has %s classes, dataset.segment.num_classes=%s: exporting the checkpoint's "
-                    "%s classes.", meta["num_classes"], cfg.dataset.segment.num_classes, meta["num_classes"])
+    warn_spec_mismatch(cfg, meta, "export")
     model_bytes, diff = export_checkpoint(model, meta, cfg, settings, bool(exp.simplify))
     shapes = [f"{tuple(x.shape)}" for x in onnx_export.parity_inputs(settings)]
     log.info("ONNX Runtime vs PyTorch: max abs logit difference %.3g (limit %g) over inputs %s", diff,

@@ -61,9 +61,11 @@ def _predict_batch(cfg: DictConfig, runtime, batch: dict) -> list[torch.Tensor]:
 def run(cfg: DictConfig) -> dict:
     """Predict dataset.segment.predict_split with cfg.inference.checkpoint / onnx_file / trt_engine."""
     from segformer_tao.data import UnetSegmentationDataset
+    from segformer_tao.deploy.runtime import warn_spec_mismatch
 
     out_dir = str(cfg.inference.results_dir)
     runtime = open_runtime(cfg, "inference")
+    warn_spec_mismatch(cfg, runtime.meta, "inference")
     meta = runtime.meta
     dataset = UnetSegmentationDataset(cfg, "predict", "predict")
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.inference.batch_size), shuffle=False,

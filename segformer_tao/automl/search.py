@@ -142,6 +142,7 @@ def trial_config(cfg: DictConfig, values: dict, trial_dir: str) -> DictConfig:
 
 def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str) -> float:
     """Objective: train one trial as a normal job and return its best val_miou (raises TrialPruned if pruned)."""
+    from segformer_tao.engine.tracking import trial_tracking
     from segformer_tao.engine.trainer import train_model
     from segformer_tao.jobs import Job, is_primary, prepare_results_dir
     from segformer_tao.status import action_status
@@ -151,6 +152,7 @@ def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir:
     trial.set_user_attr("config", values)
     trial.set_user_attr("trial_dir", trial_dir)
     tcfg = trial_config(cfg, values, trial_dir)
+    trial_tracking(tcfg, trial.number, out_dir)
     prepare_results_dir("train", tcfg)
     job = Job.start("train", tcfg, trial_dir)
     job.record["automl_trial"] = {"number": trial.number, "params": values}

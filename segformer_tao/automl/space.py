@@ -1,7 +1,8 @@
 """The AutoML search space, read from the packaged train schema (``specs/schemas/train.schema.json``).
 
-Searched keys: the schema's ``automl_default_parameters`` minus ``automl.disabled_parameters`` plus
-``automl.parameters``. Each key's schema metadata decides how it is sampled:
+Searched keys: ``automl.parameters`` when set, else the schema's ``automl_default_parameters`` (every
+``automl_enabled`` key, as TAO's schema lists them); minus ``automl.disabled_parameters``. Each key's schema
+metadata decides how it is sampled:
 
 - ``valid_options`` (+ ``option_weights``) and booleans: a categorical. With weights, Optuna samples a number
   u in [0, 1) and the option whose cumulative-weight interval holds u is used, so the prior follows the weights.
@@ -79,11 +80,12 @@ def schema_node(schema: dict, key: str) -> dict | None:
 
 
 def searched_keys(cfg: DictConfig, schema: dict) -> list[str]:
-    """automl_default_parameters - automl.disabled_parameters + automl.parameters, in that order, unique."""
+    """(automl.parameters or automl_default_parameters) - automl.disabled_parameters, in that order, unique."""
     disabled_by_schema = set(schema.get("automl_disabled_parameters", []))
     user_disabled = set(cfg.automl.disabled_parameters or [])
-    keys = [k for k in schema.get("automl_default_parameters", []) if k not in user_disabled]
-    for key in cfg.automl.parameters or []:
+    chosen = list(cfg.automl.parameters or [])
+    keys = [] if chosen else [k for k in schema.get("automl_default_parameters", []) if k not in user_disabled]
+    for key in chosen:
         if key in disabled_by_schema:
             raise UserError(f"automl.parameters lists '{key}', which this model marks as not searchable "
                             "(automl_enabled: false in the train schema). Remove it from automl.parameters.")

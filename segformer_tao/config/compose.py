@@ -23,6 +23,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from segformer_tao.config.resolve import resolve_batch_sizes
 from segformer_tao.config.schema import ExperimentConfig
 from segformer_tao.errors import UserError
 
@@ -244,6 +245,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     OmegaConf.set_struct(cfg, True)
     if spec_file:
         spec = load_spec_file(spec_file)
+        _refuse_old_format(spec, spec_file)
         # TAO specs write `results_dir: ???` for "you must set this"; interpolations like ${results_dir}/export
         # would otherwise silently resolve to /export.
         if "results_dir" in spec.keys() and OmegaConf.is_missing(spec, "results_dir") and not any(
@@ -258,7 +260,18 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     apply_overrides(cfg, key_ovs)
     validate(cfg)
     _unset_missing(cfg)
+    resolve_batch_sizes(cfg)
     return cfg
+
+
+def _refuse_old_format(spec: DictConfig, spec_file: str) -> None:
+    from segformer_tao.config.upgrade import is_old_format
+
+    markers = is_old_format(OmegaConf.to_container(spec, resolve=False))
+    if markers:
+        raise UserError(f"Spec file '{spec_file}' is in TAO's older SegFormer format (<= 5.5; it sets "
+                        f"{', '.join(markers[:3])}). Convert it once with `segformer config upgrade {spec_file} > "
+                        "upgraded.yaml` (the moved and dropped keys are listed), then run with -e upgraded.yaml.")
 
 
 def _group_error(group_ovs: list[str], groups: Sequence[str], e: HydraException) -> UserError:

@@ -36,7 +36,7 @@ REQUIRED_KEYS = {
 # Top-level sections in each action's schema and template.
 COMMON_SECTIONS = ["model_name", "encryption_key", "results_dir", "parent_job", "wandb", "model", "dataset"]
 ACTION_SECTIONS = {
-    "train": COMMON_SECTIONS + ["train", "automl_policy", "automl"],
+    "train": COMMON_SECTIONS + ["mlflow", "train", "automl_policy", "automl"],
     "evaluate": COMMON_SECTIONS + ["evaluate"],
     "inference": COMMON_SECTIONS + ["inference"],
     "export": COMMON_SECTIONS + ["export"],
@@ -49,16 +49,32 @@ RESULTS_DIR_DOC = "Path to where all the assets generated from this action are s
 # ----------------------------------------------------------------------------------------------- common
 @dataclass
 class WandBConfig:
-    enable: bool = spec(True, "Log to Weights & Biases (only when the `wandb` package is installed and logged in).")
+    enable: bool = spec(True, "Log training to Weights & Biases (losses, lr, val_miou, the config without secrets, "
+                        "the final checkpoints' paths). Needs the `wandb` package ([wandb] extra) and credentials "
+                        "(WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline (run kept under <results_dir>/wandb); "
+                        "otherwise one note and training goes on.")
     project: str = spec("TAO Toolkit", "W&B project name.")
-    entity: str | None = spec("", "W&B entity.")
-    group: str | None = spec("", "W&B group.")
+    entity: str | None = spec("", "W&B entity (team or user); empty = your default entity.")
+    group: str | None = spec("", "W&B group; empty = none (AutoML trials are grouped by their study).")
     tags: list[str] = spec(["tao-toolkit"], "W&B tags.", automl_enabled=False)
-    reinit: bool = spec(False, "Re-initialise the W&B run.")
-    sync_tensorboard: bool = spec(False, "Sync TensorBoard logs to W&B.")
-    save_code: bool = spec(False, "Save code to W&B.")
-    name: str = spec("TAO Toolkit Training", "W&B run name.")
-    run_id: str = spec("", "W&B run id to resume.")
+    reinit: bool = spec(False, "Finish a W&B run still open in this process before starting this one.")
+    sync_tensorboard: bool = spec(False, "Sync TensorBoard logs to W&B (with train.tensorboard.enabled=true).")
+    save_code: bool = spec(False, "Save the main script's code to W&B.")
+    name: str = spec("TAO Toolkit Training", "W&B run name (AutoML appends ' trial <n>').")
+    run_id: str = spec("", "W&B run id to resume (continue logging into that run); empty = a new run.")
+
+
+@dataclass
+class MLflowConfig:
+    enable: bool = spec(False, "(segformer_tao) Log training to MLflow (losses, lr, val_miou, the config without "
+                        "secrets, the final checkpoints' paths); needs the [mlflow] extra, else one note.")
+    tracking_uri: str | None = spec(None, "(segformer_tao) MLflow tracking URI (http://server:5000, "
+                                    "sqlite:///path.db, databricks); unset = MLFLOW_TRACKING_URI, else "
+                                    "sqlite:///<results_dir>/mlflow.db (AutoML: the search's results dir).")
+    experiment_name: str = spec("segformer_tao", "(segformer_tao) MLflow experiment (created when missing).")
+    run_name: str | None = spec(None, "(segformer_tao) MLflow run name; unset = MLflow's generated name "
+                                "(AutoML: trial_<n>).")
+    tags: dict[str, str] = spec({}, "(segformer_tao) Tags set on the MLflow run.", automl_enabled=False)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -72,7 +88,10 @@ class BackboneConfig:
     pretrained_backbone_path: str | None = spec(
         None, "Pretrained backbone weights (Hugging Face dir/file, NVlabs/mmseg .pth, TAO or timm checkpoint)."
     )
-    freeze_backbone: bool = spec(False, "Freeze the backbone (train the decoder only).", automl_enabled=True)
+    # Freezing a randomly initialised backbone is refused, so AutoML searches it only with pretrained weights.
+    freeze_backbone: bool = spec(False, "Freeze the backbone (train the decoder only); needs pretrained weights "
+                                 "(AutoML searches it only when pretrained_backbone_path is set).",
+                                 automl_enabled=True, depends_on="model.backbone.pretrained_backbone_path")
 
 
 @dataclass
@@ -115,11 +134,15 @@ class RandomRotateConfig:
 
 @dataclass
 class RandomColorConfig:
+    # AutoML searches the jitters up to 0.5 (hue 0.3, TAO's default): beyond, images stop looking like the data.
     brightness: float = spec(0.3, "Brightness jitter (torchvision ColorJitter range).", valid_min=0.0,
-                             valid_max=2.0, automl_enabled=True)
-    contrast: float = spec(0.3, "Contrast jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True)
-    saturation: float = spec(0.3, "Saturation jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True)
-    hue: float = spec(0.3, "Hue jitter (0 <= hue <= 0.5).", valid_min=0.0, valid_max=0.5, automl_enabled=True)
+                             valid_max=2.0, automl_enabled=True, automl_range=(0.0, 0.5, "linear"))
+    contrast: float = spec(0.3, "Contrast jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True,
+                           automl_range=(0.0, 0.5, "linear"))
+    saturation: float = spec(0.3, "Saturation jitter.", valid_min=0.0, valid_max=2.0, automl_enabled=True,
+                             automl_range=(0.0, 0.5, "linear"))
+    hue: float = spec(0.3, "Hue jitter (0 <= hue <= 0.5).", valid_min=0.0, valid_max=0.5, automl_enabled=True,
+                      automl_range=(0.0, 0.3, "linear"))
     enable: bool = spec(True, "Enable colour jitter.", automl_enabled=True)
     color_probability: float = spec(0.5, "Colour jitter probability.", valid_min=0, valid_max=1,
                                     automl_enabled=True)
@@ -158,7 +181,9 @@ class DatasetSegmentConfig:
     num_classes: int = spec(2, "Number of classes in the training data.", valid_min=2, valid_max="inf",
                             math_cond=">0", popular=True)
     img_size: int = spec(256, "Input image size (pixels, square).", valid_min=32, popular=True)
-    batch_size: int = spec(8, "Batch size per device.", valid_min=1, valid_max="inf", popular=True)
+    batch_size: int = spec(8, "Batch size per device for training and validation (evaluate and inference use it "
+                           "too unless their own batch_size > 0); -1 (TAO's default spec) = 8, with a note.",
+                           valid_min=-1, valid_max="inf", popular=True)
     workers: int = spec(1, "Data-loading worker processes.", valid_min=0, valid_max="inf")
     shuffle: bool = spec(True, "Shuffle the training data.")
     train_split: str = spec("train", "Train split folder name.")
@@ -275,7 +300,8 @@ class EvaluateConfig:
         "BF16 or AMX; elsewhere a note and f32). ONNX Runtime runs f32; INT8 comes from quantize.backend=nncf.",
         valid_options=["f32", "bf16"])
     results_dir: str | None = spec(None, RESULTS_DIR_DOC)
-    batch_size: int = spec(8, "Batch size.", valid_min=1, valid_max="inf")
+    batch_size: int = spec(-1, "Batch size; -1 (TAO's default) = dataset.segment.batch_size, as TAO batches "
+                           "evaluate and inference.", valid_min=-1, valid_max="inf")
     vis_after_n_batches: int = spec(16, "Save visualisations every N batches.", valid_min=1, valid_max="inf")
 
 
@@ -397,7 +423,8 @@ class AutoMLConfig:
     max_epochs: int | None = spec(None, "(segformer_tao) Epochs per trial (default train.num_epochs).", valid_min=1)
     timeout: float | None = spec(None, "(segformer_tao) Stop starting trials after this many seconds.",
                                  valid_min=0)
-    parameters: list[str] = spec([], "(segformer_tao) Extra keys to search (added to the schema's defaults).")
+    parameters: list[str] = spec([], "(segformer_tao) Keys to search instead of the train schema's "
+                                 "automl_default_parameters (every automl_enabled key, as TAO); empty = all of those.")
     disabled_parameters: list[str] = spec([], "(segformer_tao) Keys excluded from the search.")
     storage: str | None = spec(None, "(segformer_tao) Optuna storage URL (default sqlite in results_dir).")
     seed: int = spec(0, "(segformer_tao) Sampler seed.")
@@ -411,6 +438,7 @@ class ExperimentConfig:
     results_dir: str | None = spec("", "Root for all outputs; each action writes into <results_dir>/<action> "
                                     "(unset: ./results).")
     wandb: WandBConfig = group(WandBConfig, "Weights & Biases.")
+    mlflow: MLflowConfig = group(MLflowConfig, "(segformer_tao) MLflow tracking.")
     model: ModelConfig = group(ModelConfig, "Model.")
     dataset: DatasetConfig = group(DatasetConfig, "Dataset.")
     train: TrainConfig = group(TrainConfig, "Train.")
@@ -423,15 +451,3 @@ class ExperimentConfig:
                               valid_options=["auto", "on", "off"])
     automl: AutoMLConfig = group(AutoMLConfig, "(segformer_tao) AutoML search.")
     parent_job: str | None = spec(None, "(segformer_tao) Results dir of a parent job to take the model from.")
-
-
-# AutoML: keys searched by default (TAO's automl_enabled keys that matter most for SegFormer fine-tuning).
-AUTOML_DEFAULT_PARAMETERS = [
-    "train.optim.lr",
-    "train.optim.weight_decay",
-    "train.optim.momentum",
-    "dataset.segment.augmentation.random_flip.hflip_probability",
-    "dataset.segment.augmentation.random_color.color_probability",
-    "dataset.segment.augmentation.with_scale_random_crop.enable",
-]
-

@@ -25,7 +25,6 @@ from segformer_tao.config.fields import META_KEYS
 from segformer_tao.config.schema import (
     ACTION_SECTIONS,
     ACTIONS,
-    AUTOML_DEFAULT_PARAMETERS,
     REQUIRED_KEYS,
     ExperimentConfig,
 )
@@ -109,9 +108,16 @@ def action_schema(action: str) -> dict[str, Any]:
         "required_keys": REQUIRED_KEYS[action],
     }
     if action == "train":
-        schema["automl_default_parameters"] = list(AUTOML_DEFAULT_PARAMETERS)
+        schema["automl_default_parameters"] = automl_default_parameters()
         schema["automl_disabled_parameters"] = automl_disabled_parameters()
     return schema
+
+
+def automl_default_parameters() -> list[str]:
+    """Every key with ``automl_enabled=True``, in schema order (what TAO's schema generator lists)."""
+    from segformer_tao.config.compose import iter_fields
+
+    return [k for k, f in iter_fields() if f.metadata.get("automl_enabled") is True]
 
 
 def automl_disabled_parameters() -> list[str]:

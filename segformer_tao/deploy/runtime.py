@@ -7,6 +7,7 @@ window) is written once here and shared by evaluate, inference and quantize's re
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from segformer_tao.errors import UserError
+
+log = logging.getLogger("segformer_tao")
 
 
 class Runtime(ABC):
@@ -76,6 +79,30 @@ def meta_from_config(cfg: DictConfig) -> dict:
     from segformer_tao.engine.module import build_meta
 
     return build_meta(cfg)
+
+
+def warn_spec_mismatch(cfg: DictConfig, meta: dict, action: str) -> list[str]:
+    """Warn when the model file of ``cfg[action]`` (its ``meta``) has another backbone or class count than the
+    spec (the file's is used: the network is rebuilt from it). A spec backbone equal to the schema default is
+    taken as unset and not compared (evaluate/export specs often leave the model section out). Returns the
+    warnings (also logged)."""
+    from segformer_tao.config.schema import BackboneConfig
+
+    section = cfg[action]
+    key = next((k for k in ("trt_engine", "onnx_file", "checkpoint") if section.get(k)), "checkpoint")
+    source = f"{action}.{key}='{section.get(key)}'"
+    checks = [("model.backbone.type", cfg.model.backbone.type, meta.get("backbone")),
+              ("dataset.segment.num_classes", cfg.dataset.segment.num_classes, meta.get("num_classes"))]
+    warnings = []
+    for name, ours, theirs in checks:
+        if theirs is None or str(ours) == str(theirs) or (name == "model.backbone.type"
+                                                          and str(ours) == BackboneConfig.type):
+            continue
+        what = "backbone" if "backbone" in name else "class count"
+        warnings.append(f"{source} was trained with {what} {theirs}, but the spec says {name}={ours}; the model "
+                        f"file's {theirs} is used (the spec's {name} does not change a trained model).")
+        log.warning("warning: %s", warnings[-1])
+    return warnings
 
 
 def predict_logits(runtime: Runtime, images: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from segformer_tao import io
@@ -21,6 +21,7 @@ from segformer_tao.engine.callbacks import BEST, LATEST, EncryptedCheckpointIO, 
 from segformer_tao.engine.datamodule import SegDataModule
 from segformer_tao.engine.distributed import build_strategy, export_topology, resolve_topology, restore_env
 from segformer_tao.engine.module import SegFormerModule
+from segformer_tao.engine.tracking import LogLearningRate, finish_tracking, tracking_loggers
 from segformer_tao.errors import UserError
 
 log = logging.getLogger("segformer_tao")
@@ -93,6 +94,10 @@ def _loggers(cfg: DictConfig, results_dir: str, resume_step: int | None = None) 
     loggers: list = [_ResumableCSVLogger(results_dir, name="logs", version="csv", resume_step=resume_step)]
     if cfg.train.tensorboard.enabled:
         loggers.append(TensorBoardLogger(results_dir, name="logs", version="tensorboard"))
+    from segformer_tao.jobs import is_primary
+
+    if is_primary():  # W&B / MLflow runs are opened once, by rank 0
+        loggers += tracking_loggers(cfg, results_dir, resuming=resume_step is not None)
     return loggers
 
 
@@ -129,6 +134,10 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
     if tr.enable_lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += list(extra_callbacks or [])
+    loggers = _loggers(cfg, results_dir, resume_step)
+    tracked = [lg for lg in loggers if isinstance(lg, (WandbLogger, MLFlowLogger))]
+    if tracked:
+        callbacks.append(LogLearningRate(tracked))
     trainer = pl.Trainer(
         accelerator=topo.accelerator, devices=topo.devices, num_nodes=topo.num_nodes,
         strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"), preloaded)),
@@ -136,7 +145,7 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
         check_val_every_n_epoch=int(tr.validation_interval), num_sanity_val_steps=0,
         gradient_clip_val=float(tr.clip_grad_norm) or None, gradient_clip_algorithm="norm",
         sync_batchnorm=sync_bn, use_distributed_sampler=False,
-        benchmark=bool(tr.cudnn.benchmark), enable_checkpointing=False, logger=_loggers(cfg, results_dir, resume_step),
+        benchmark=bool(tr.cudnn.benchmark), enable_checkpointing=False, logger=loggers,
         callbacks=callbacks, log_every_n_steps=1, default_root_dir=results_dir, enable_model_summary=False,
     )
     return trainer, ckpt_cb
@@ -186,8 +195,9 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
         "global_step": trainer.global_step, "train_time_s": round(time.monotonic() - start, 2),
         "world_size": trainer.world_size,
     }
-    return {"metrics": metrics, "artifacts": _artifacts(results_dir, bool(ckpt_cb.best_path)),
-            "is_global_zero": trainer.is_global_zero}
+    artifacts = _artifacts(results_dir, bool(ckpt_cb.best_path))
+    finish_tracking([lg for lg in trainer.loggers if isinstance(lg, (WandbLogger, MLFlowLogger))], metrics, artifacts)
+    return {"metrics": metrics, "artifacts": artifacts, "is_global_zero": trainer.is_global_zero}
 
 
 def _artifacts(results_dir: str, has_best: bool) -> dict:

@@ -30,7 +30,8 @@ def _samples(space, cfg, n=60, seed=0) -> list[dict]:
 
 
 def test_space_matches_the_packaged_schema_for_every_parameter():
-    schema, cfg = load_train_schema(), _cfg()
+    # With pretrained weights every key is active (freeze_backbone depends on them).
+    schema, cfg = load_train_schema(), _cfg("model.backbone.pretrained_backbone_path=/weights/b0.pth")
     space = build_space(cfg, schema)
     keys = [p.key for p in space]
     disabled = set(schema["automl_disabled_parameters"])
@@ -58,13 +59,43 @@ def test_space_matches_the_packaged_schema_for_every_parameter():
             assert v in p.choices if p.kind == "categorical" else p.low <= v <= p.high, (p.key, v)
 
 
-def test_user_parameters_are_added_and_disabled_ones_removed():
+# TAO Core 7.3's automl_enabled="TRUE" keys (nvidia_tao_core/config/segformer/default_config.py), which its schema
+# generator lists as automl_default_parameters.
+TAO_AUTOML_KEYS = [
+    "train.optim.lr", "train.optim.momentum", "train.optim.weight_decay", "model.backbone.freeze_backbone",
+    *(f"dataset.segment.augmentation.{k}" for k in (
+        "random_flip.vflip_probability", "random_flip.hflip_probability", "random_flip.enable",
+        "random_rotate.rotate_probability", "random_rotate.enable", "random_color.brightness",
+        "random_color.contrast", "random_color.saturation", "random_color.hue", "random_color.enable",
+        "random_color.color_probability", "with_scale_random_crop.enable")),
+]
+
+
+def test_default_parameters_are_taos_automl_enabled_keys_and_all_are_searched():
+    schema = load_train_schema()
+    assert sorted(schema["automl_default_parameters"]) == sorted(TAO_AUTOML_KEYS)
+    assert sorted(p.key for p in build_space(_cfg(), schema)) == sorted(TAO_AUTOML_KEYS)
+    space = {p.key: p for p in build_space(_cfg("automl.disabled_parameters=[train.optim.momentum]"), schema)}
+    assert len(space) == 15 and "train.optim.momentum" not in space
+
+
+def test_freeze_backbone_is_searched_only_with_pretrained_weights(tmp_path):
+    space = build_space(_cfg(), load_train_schema())
+    without = _samples(space, _cfg(), 20)
+    assert all("model.backbone.freeze_backbone" not in v for v in without)  # freezing random weights is refused
+    weights = tmp_path / "b0.pth"
+    cfg = _cfg(f"model.backbone.pretrained_backbone_path={weights}")
+    assert {v["model.backbone.freeze_backbone"] for v in _samples(build_space(cfg, load_train_schema()), cfg, 20)} \
+        == {True, False}
+
+
+def test_user_parameters_narrow_the_search():
     cfg = _cfg("automl.parameters=[train.optim.decoder_lr_mult,dataset.segment.augmentation.random_color.hue]",
                "automl.disabled_parameters=[train.optim.momentum]")
     space = {p.key: p for p in build_space(cfg, load_train_schema())}
-    assert "train.optim.momentum" not in space
-    hue = space["dataset.segment.augmentation.random_color.hue"]
-    assert (hue.kind, hue.low, hue.high) == ("float", 0.0, 0.5)
+    assert set(space) == {"train.optim.decoder_lr_mult", "dataset.segment.augmentation.random_color.hue"}
+    hue = space["dataset.segment.augmentation.random_color.hue"]  # automl_range, inside valid [0, 0.5]
+    assert (hue.kind, hue.low, hue.high) == ("float", 0.0, 0.3)
     mult = space["train.optim.decoder_lr_mult"]  # valid_min 0, unbounded: log range around the value (10)
     assert mult.log and (mult.low, mult.high) == pytest.approx((1.0, 100.0))
 

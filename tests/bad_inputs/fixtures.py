@@ -113,6 +113,8 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     paths["scalar_yaml"] = _write(os.path.join(tmp, "scalar.yaml"), "just a string\n")
     paths["unknown_key_yaml"] = _write(os.path.join(tmp, "unknown.yaml"), "train:\n  num_epochz: 3\n")
     paths["results_missing_yaml"] = _write(os.path.join(tmp, "results.yaml"), "results_dir: ???\n")
+    paths["old_format_yaml"] = _write(os.path.join(tmp, "tao5.yaml"), "train:\n  max_iters: 1000\n  trainer:\n"
+                                      "    sf_optim:\n      lr: 0.00006\nmodel:\n  input_height: 512\n")
     paths["a_file"] = _write(os.path.join(tmp, "a_file"), "x")
     paths["empty_dir"] = os.path.join(tmp, "empty_job")
     os.makedirs(paths["empty_dir"], exist_ok=True)

@@ -34,6 +34,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("wrong_type_int", ["train", *D, "train.num_epochs=ten"], ["train.num_epochs", "ten"]),
     ("wrong_type_bool", ["train", *D, "train.sync_batchnorm=maybe"], ["train.sync_batchnorm", "maybe"]),
     ("out_of_range_float", ["train", *D, "train.optim.momentum=1.5"], ["train.optim.momentum", "between 0.0 and 1.0"]),
+    ("batch_size_zero", ["train", *D, "dataset.segment.batch_size=0"], ["dataset.segment.batch_size=0", "-1"]),
     ("out_of_range_classes", ["train", *D, "dataset.segment.num_classes=1"], ["dataset.segment.num_classes", ">= 2"]),
     ("invalid_option", ["train", *D, "train.optim.optim=adagrad"], ["train.optim.optim", "adamw, adam, sgd"]),
     ("invalid_backbone_suggests", ["train", *D, "model.backbone.type=mit_b7"], ["model.backbone.type", "Did you mean"]),
@@ -47,6 +48,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("spec_not_yaml", ["train", "-e", "{bad_yaml}"], ["not valid YAML"]),
     ("spec_not_mapping", ["train", "-e", "{scalar_yaml}"], ["mapping"]),
     ("spec_unknown_key", ["train", "-e", "{unknown_key_yaml}", *D], ["train.num_epochs"]),
+    ("spec_old_tao_format", ["train", "-e", "{old_format_yaml}", *D],
+     ["tao5.yaml", "TAO's older SegFormer format", "train.trainer", "segformer config upgrade"]),
+    ("config_upgrade_current_spec", ["config", "upgrade", "{unknown_key_yaml}"], ["already in the current format"]),
     ("spec_results_dir_unset", ["train", "-e", "{results_missing_yaml}", *D], ["results_dir", "???"]),
     ("interpolation_broken", ["train", *D, "train.results_dir=${nothing.here}"], ["interpolation", "nothing.here"]),
     # ---- required data sources per action
@@ -98,8 +102,10 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
     # ---- checkpoints and weights
     ("pretrained_other_backbone", ["train", *D, *TINY, "model=mit_b1", "train.pretrained_model_path={ckpt}"],
      ["segformer_model_best.pth", "mit_b1", "mit_b0"]),
-    ("evaluate_other_class_count", ["evaluate", *D, *CK, "dataset.segment.num_classes=4"],
-     ["3 classes", "dataset.segment.num_classes=4"]),
+    # A spec with more classes than the checkpoint only warns; masks holding a class the model lacks are refused.
+    ("evaluate_masks_beyond_model_classes", ["evaluate", "dataset.segment.root_dir={bad_values}",
+                                             "dataset.segment.label_transform=None", "dataset.segment.num_classes=8",
+                                             *CK], ["0000.png", "class id 7", "3 classes"]),
     ("truncated_checkpoint", ["evaluate", *D, "evaluate.checkpoint={truncated_ckpt}"],
      ["truncated.pth", "Cannot read"]),
     ("trt_calibration_too_few_images", ["gen_trt_engine", "gen_trt_engine.onnx_file={onnx}",
