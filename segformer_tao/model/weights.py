@@ -37,8 +37,10 @@ _HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model
              "pytorch_model.bin.index.json")
 # Keys that exist in published checkpoints but have no counterpart by design (ImageNet classifiers, mmseg's
 # unused conv_seg): dropped and listed in the report as ignored, never an error.
+# TAO's NVCLIP backbones also carry the CLIP text tower and logit scale/bias (everything under
+# ``backbone.model.`` but the vision tower), which segmentation never runs. Only keys the model lacks are dropped.
 _IGNORED = re.compile(
-    r"^(backbone\.(head|head_dist|norm)\.|classifier\.|decode_head\.conv_seg\.)")
+    r"^(backbone\.(head|head_dist|norm)\.|classifier\.|decode_head\.conv_seg\.|backbone\.model\.(?!visual\.))")
 
 
 @dataclass
@@ -276,13 +278,13 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
     layout = detect_layout(src)
     sd = convert_state_dict(src, layout)
     report = LoadReport(path=str(path), layout=layout, part=part)
-    report.ignored = sorted(k for k in sd if _IGNORED.match(k))
+    target = model.state_dict()
+    report.ignored = sorted(k for k in sd if _IGNORED.match(k) and k not in target)
     keep = ("backbone.", "decode_head.") if part == "full" else ("backbone.",)
     sd = {k: v for k, v in sd.items() if k not in report.ignored and k.startswith(keep)}
     if not any(k.startswith("backbone.") for k in sd):
         raise UserError(f"'{path}' has no backbone weights we recognise (layout '{layout}'); it is not a "
-                        "SegFormer/MiT/FAN checkpoint.")
-    target = model.state_dict()
+                        "SegFormer/MiT/FAN/ViT checkpoint.")
     _check_backbone(model, sd, target, path)
     _reinit_classifier(model, sd, target, report)
     bad = [k for k in sd if k in target and sd[k].shape != target[k].shape]
