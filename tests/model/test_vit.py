@@ -6,6 +6,7 @@ device (shapes only, nothing allocated); numerical checks use the real widths wi
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 
 import pytest
@@ -138,3 +139,9 @@ def test_precise_msda_reaches_every_deformable_attention():
     precise = build_model(cfg, load_weights=False)
     attns = [m for m in precise.modules() if isinstance(m, MSDeformAttn)]
     assert len(attns) == 4 + 4 + 2 and all(m.precise for m in attns)
+
+
+def test_nvclip_without_open_clip_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # what an environment without the extra looks like
+    with pytest.raises(UserError, match=r"segformer_tao\[nvclip\]"):
+        build_model(_cfg("vit_base_nvclip_16_siglip", 224), load_weights=False)

@@ -147,7 +147,7 @@ def test_tao_nvdinov2_checkpoint_loads_key_for_key(tmp_path):
 def test_tao_nvclip_checkpoint_loads_key_for_key_without_the_text_tower(tmp_path):
     open_clip = pytest.importorskip("open_clip", reason="NVCLIP backbones need the nvclip extra (open_clip_torch)")
     with torch.device("meta"):  # TAO: OpenCLIPAdapter.model = open_clip.create_model("ViT-B-16-SigLIP")
-        clip = _shapes(open_clip.create_model("ViT-B-16-SigLIP"), "model.")
+        clip = _shapes(open_clip.create_model("ViT-B-16-SigLIP", device="meta"), "model.")
     text = {k for k in clip if not k.startswith("model.visual.")}
     assert any(k.startswith("model.text.") for k in text)
     # two ViT blocks on both sides keep it small; text-tower tensors are placeholders (their names matter)
