@@ -24,7 +24,6 @@ USAGE = ("usage: segformer model info [-e SPEC.yaml] [key=value ...] [--json]   
 def model_info(cfg) -> dict:
     """Parameters, feature maps and FLOPs of ``build_model(cfg)`` for one (1, 3, S, S) image, S = img_size."""
     from segformer_tao.model import build_model
-
     from segformer_tao.model.backbones.vit import VIT_ARCHS
 
     # ViTs are counted on the meta device (nothing allocated or computed: the ViT-g has 1.2B parameters)

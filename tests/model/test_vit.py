@@ -129,9 +129,9 @@ def test_freeze_backbone_freezes_the_vit_and_trains_the_adapter():
 
 
 def test_precise_msda_reaches_every_deformable_attention():
-    model = build_model(_cfg("vit_small_dinov3", 64), load_weights=False)
-    precise = build_model(_cfg("vit_small_dinov3", 64), load_weights=False)
     from segformer_tao.model.backbones.msda import MSDeformAttn
+
+    model = build_model(_cfg("vit_small_dinov3", 64), load_weights=False)
 
     assert not any(m.precise for m in model.modules() if isinstance(m, MSDeformAttn))
     cfg = _cfg("vit_small_dinov3", 64)
