@@ -156,3 +156,58 @@ def test_tao_nvclip_checkpoint_loads_key_for_key_without_the_text_tower(tmp_path
     sd = _write_tao_checkpoint(tmp_path / "tao.pth", {**keys, **tao_adapter_keys(768)}, tao_head_keys(768, 32, 3))
     model = _small_model("vit_base_nvclip_16_siglip", 768)
     _check_full_load(model, tmp_path / "tao.pth", sd, ignored_prefix="backbone.model.")
+
+
+# ---- pretrained ViTs in their own layouts (model.backbone.pretrained_backbone_path)
+def _check_backbone_load(model, path):
+    report = load_pretrained(model, str(path), part="backbone")
+    assert report.layout == "native" and not report.missing and not report.unexpected, report
+    assert report.fresh and all(model.backbone.is_adapter_key(k[len("backbone."):]) for k in report.fresh)
+    return report
+
+
+def test_timm_dinov3_weights_load_into_vit(tmp_path):
+    torch.manual_seed(1)
+    timm_sd = timm.create_model("vit_small_patch16_dinov3").state_dict()  # timm's own layout, bare keys
+    torch.save(timm_sd, tmp_path / "dinov3.pth")
+    model = build_model(_cfg("vit_small_dinov3"), load_weights=False)
+    report = _check_backbone_load(model, tmp_path / "dinov3.pth")
+    assert report.loaded == len(timm_sd)
+    for k in ("cls_token", "reg_token", "blocks.11.mlp.fc2.weight", "blocks.3.gamma_1"):
+        assert torch.equal(model.backbone.vit.state_dict()[k], timm_sd[k])
+    assert any(k.startswith("backbone.interactions.") for k in report.fresh)
+
+
+def test_nvdinov2_ssl_weights_resize_positions_and_patch_kernel(tmp_path):
+    """An NV-DINOv2 checkpoint (patch 14 at 224 px, class/register tokens, LayerScale) into L/16 at 64 px."""
+    g = torch.Generator().manual_seed(0)
+    model = _small_model("vit_large_nvdinov2", 1024)
+    ours = model.backbone.state_dict()
+    src = {k: torch.randn(v.shape, generator=g) for k, v in ours.items()
+           if not model.backbone.is_adapter_key(k) and k not in ("pos_embed", "patch_embed.proj.weight")}
+    src["pos_embed"] = torch.randn(1, 1 + 16 * 16, 1024, generator=g)
+    src["patch_embed.proj.weight"] = torch.randn(1024, 3, 14, 14, generator=g)
+    src.update({"cls_token": torch.zeros(1, 1, 1024), "register_tokens": torch.zeros(1, 4, 1024),
+                "mask_token": torch.zeros(1, 1024), "blocks.0.ls1.gamma": torch.ones(1024)})
+    torch.save({"model": src}, tmp_path / "nvdinov2.pth")
+    report = _check_backbone_load(model, tmp_path / "nvdinov2.pth")
+    assert {"backbone.cls_token", "backbone.register_tokens", "backbone.blocks.0.ls1.gamma"} <= set(report.ignored)
+    pos = model.backbone.pos_embed
+    grid = src["pos_embed"][:, 1:].reshape(1, 16, 16, 1024).permute(0, 3, 1, 2)
+    want = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False)
+    assert torch.equal(pos[:, :1], src["pos_embed"][:, :1])
+    assert (pos[:, 1:] - want.flatten(2).transpose(1, 2)).abs().max() < 1e-6
+    assert model.backbone.patch_embed.proj.weight.shape == (1024, 3, 16, 16)
+    assert torch.equal(model.backbone.blocks[1].mlp.fc1.weight, src["blocks.1.mlp.fc1.weight"])
+
+
+def test_open_clip_weights_load_into_nvclip_without_text_tower(tmp_path):
+    pytest.importorskip("open_clip", reason="NVCLIP backbones need the nvclip extra (open_clip_torch)")
+    model = _small_model("vit_base_nvclip_16_siglip", 768)
+    visual = {k[len("model."):]: torch.randn(v.shape) for k, v in model.backbone.state_dict().items()
+              if k.startswith("model.visual.")}
+    src = {**visual, "text.token_embedding.weight": torch.zeros(8, 4), "logit_scale": torch.zeros(1)}
+    torch.save(src, tmp_path / "clip.pth")  # open_clip's layout: visual.* next to the text tower
+    report = _check_backbone_load(model, tmp_path / "clip.pth")
+    assert {"backbone.text.token_embedding.weight", "backbone.logit_scale"} <= set(report.ignored)
+    assert torch.equal(model.backbone.model.visual.trunk.pos_embed, visual["visual.trunk.pos_embed"])

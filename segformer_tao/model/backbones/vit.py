@@ -96,6 +96,27 @@ class NVDinoV2Adapter(ViTAdapter):
         self._build_adapter(embed_dim, patch_size, interaction_indexes, drop_path_rate=drop_path_rate,
                             precise_msda=precise_msda, **adapter_kwargs)
 
+    def convert_pretrained(self, sd):
+        """NV-DINOv2 / timm-layout ViT weights: positions resized to this model's grid (bicubic, class row kept),
+        patch kernel resized to this patch size (e.g. 14 -> 16, as TAO does). Class/register/mask tokens and
+        LayerScale gammas have no place in TAO's architecture and are dropped (TAO drops them too)."""
+        drop = [k for k in sd if k in ("cls_token", "reg_token", "register_tokens", "mask_token")
+                or ".ls1." in k or ".ls2." in k or k.startswith("head.")]
+        sd = {k: v for k, v in sd.items() if k not in drop}
+        kernel = sd.get("patch_embed.proj.weight")
+        if kernel is not None and kernel.shape[-1] != self.patch_size:
+            sd["patch_embed.proj.weight"] = F.interpolate(kernel.float(), size=(self.patch_size,) * 2,
+                                                          mode="bicubic", align_corners=False)
+        pos = sd.get("pos_embed")
+        if pos is not None and pos.shape != self.pos_embed.shape:
+            n = pos.shape[1] - 1  # row 0 is the class token's; an odd count means registers share the table
+            side = int(n ** 0.5)
+            if side * side != n:
+                raise ValueError(f"pos_embed with {pos.shape[1]} rows is not 1 + a square grid")
+            grid = _resize_pos_embed(pos[:, 1:].float(), (side, side), self.patch_embed.grid_size)
+            sd["pos_embed"] = torch.cat([pos[:, :1].float(), grid], dim=1)
+        return sd, drop
+
     def embed(self, x: torch.Tensor):
         tokens = self.patch_embed(x)
         size = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
@@ -118,6 +139,16 @@ class DinoV3Adapter(ViTAdapter):
         self.vit = timm.create_model(timm_name, pretrained=False, img_size=img_size, **(vit_kwargs or {}))
         self._build_adapter(self.vit.embed_dim, self.vit.patch_embed.patch_size[0], interaction_indexes,
                             precise_msda=precise_msda, **adapter_kwargs)
+
+    def convert_pretrained(self, sd):
+        """timm (``vit_*_patch16_dinov3``) or Meta's original DINOv3 weights -> ``vit.*`` (timm's own converter)."""
+        if any(k.startswith("vit.") for k in sd):
+            return sd, []
+        from timm.models.eva import checkpoint_filter_fn
+
+        converted = checkpoint_filter_fn(sd, self.vit)
+        drop = [k for k in converted if k.startswith("head.")]
+        return {f"vit.{k}": v for k, v in converted.items() if k not in drop}, drop
 
     def embed(self, x: torch.Tensor):
         feat = self.vit.patch_embed(x)  # (B, h, w, D): timm builds DINOv3 with a dynamic image size
@@ -146,6 +177,13 @@ class NVClipAdapter(ViTAdapter):
         else:
             embed_dim, patch_size = self.model.visual.transformer.width, self.model.visual.patch_size[0]
         self._build_adapter(embed_dim, patch_size, interaction_indexes, precise_msda=precise_msda, **adapter_kwargs)
+
+    def convert_pretrained(self, sd):
+        """open_clip CLIP weights (``visual.*`` + text tower) -> ``model.visual.*``; the text tower is dropped."""
+        if any(k.startswith("model.") for k in sd):
+            return sd, []
+        drop = [k for k in sd if not k.startswith("visual.")]
+        return {f"model.{k}": v for k, v in sd.items() if k not in drop}, drop
 
     def embed(self, x: torch.Tensor):
         size = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)

@@ -28,6 +28,7 @@ from segformer_tao.model.backbones.msda import MSDeformAttn
 __all__ = ["ViTAdapter", "SpatialPriorModule", "InteractionBlock", "reference_points"]
 
 _LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+_ADAPTER_PREFIXES = ("spm.", "interactions.", "up.", "norm1.", "norm2.", "norm3.", "norm4.")
 
 
 def reference_points(shapes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
@@ -211,6 +212,15 @@ class ViTAdapter(nn.Module):
     def run_blocks(self, x: torch.Tensor, start: int, end: int, context: object) -> torch.Tensor:
         """Run ViT blocks ``start..end`` (inclusive) on the tokens."""
         raise NotImplementedError
+
+    def convert_pretrained(self, sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """A ViT checkpoint in its own layout (bare keys) -> (our backbone keys, keys dropped by design)."""
+        return sd, []
+
+    @staticmethod
+    def is_adapter_key(key: str) -> bool:
+        """Whether a backbone state-dict key belongs to the adapter (not to the ViT)."""
+        return key == "level_embed" or key.startswith(_ADAPTER_PREFIXES)
 
     def vit_parameters(self) -> list[nn.Parameter]:
         """The ViT's own parameters (what ``freeze_backbone`` freezes); the adapter's are the rest."""
