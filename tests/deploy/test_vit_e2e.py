@@ -43,3 +43,16 @@ def test_tao_vit_spec_trains_exports_and_onnxruntime_matches_torch(tmp_path):
         got = session.run(["output"], {"input": x.numpy()})[0]
         assert got.shape == want.shape == (batch, 3, 8, 8)
         assert np.abs(got - want).max() <= 1e-4
+
+
+def test_export_refuses_dynamic_hw_and_sizes_a_vit_cannot_take():
+    from segformer_tao.actions.export import check_vit_geometry
+    from segformer_tao.deploy.onnx_export import ExportSettings
+    from segformer_tao.errors import UserError
+
+    with pytest.raises(UserError, match=r"export.dynamic_hw=true is not available .*vit_small_dinov3"):
+        check_vit_geometry("vit_small_dinov3", ExportSettings(64, 64, dynamic_hw=True))
+    with pytest.raises(UserError, match=r"export.input_width=300 .*vit_giant_nvdinov2.*multiple of 224"):
+        check_vit_geometry("vit_giant_nvdinov2", ExportSettings(224, 300))
+    check_vit_geometry("vit_small_dinov3", ExportSettings(64, 96))  # non-square is fine
+    check_vit_geometry("mit_b0", ExportSettings(64, 64, dynamic_hw=True))  # MiT keeps dynamic H/W
