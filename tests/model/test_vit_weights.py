@@ -211,3 +211,25 @@ def test_open_clip_weights_load_into_nvclip_without_text_tower(tmp_path):
     report = _check_backbone_load(model, tmp_path / "clip.pth")
     assert {"backbone.text.token_embedding.weight", "backbone.logit_scale"} <= set(report.ignored)
     assert torch.equal(model.backbone.model.visual.trunk.pos_embed, visual["visual.trunk.pos_embed"])
+
+
+@pytest.mark.parametrize("name,gated", [("vit_small_dinov3", False), ("vit_small_plus_dinov3", True)])
+def test_hugging_face_dinov3_loads_and_matches_transformers(tmp_path, name, gated):
+    """A random transformers DINOv3ViTModel (2 layers, 4 registers), saved with save_pretrained, loaded as the
+    backbone: the converted timm ViT computes the same tokens as transformers."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DINOv3ViTConfig(
+        hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=1536, num_register_tokens=4,
+        query_bias=False, value_bias=False, use_gated_mlp=gated, hidden_act="silu" if gated else "gelu",
+        layerscale_value=0.5)
+    hf = transformers.DINOv3ViTModel(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = _small_model(name, 384)
+    report = _check_backbone_load(model, tmp_path / "hf")
+    assert "backbone.embeddings.mask_token" in report.ignored
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        want = hf(pixel_values=x).last_hidden_state
+        got = model.backbone.vit.forward_features(x)
+    assert (got - want).abs().max().item() <= 1e-5

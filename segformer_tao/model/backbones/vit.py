@@ -146,9 +146,13 @@ class DinoV3Adapter(ViTAdapter):
             return sd, []
         from timm.models.eva import checkpoint_filter_fn
 
+        hf_dropped = []
+        if any(k.startswith("embeddings.") for k in sd):
+            sd, hf_dropped = _dinov3_from_hf(sd)
+
         converted = checkpoint_filter_fn(sd, self.vit)
         drop = [k for k in converted if k.startswith("head.")]
-        return {f"vit.{k}": v for k, v in converted.items() if k not in drop}, drop
+        return {f"vit.{k}": v for k, v in converted.items() if k not in drop}, drop + hf_dropped
 
     def embed(self, x: torch.Tensor):
         feat = self.vit.patch_embed(x)  # (B, h, w, D): timm builds DINOv3 with a dynamic image size
@@ -159,6 +163,43 @@ class DinoV3Adapter(ViTAdapter):
         for blk in self.vit.blocks[start:end + 1]:
             x = blk(x, rope=context)
         return x
+
+
+_HF_DINOV3_RENAMES = (
+    ("embeddings.cls_token", "cls_token"), ("embeddings.register_tokens", "reg_token"),
+    ("embeddings.patch_embeddings.", "patch_embed.proj."), ("layer.", "blocks."), (".attention.o_proj.", ".attn.proj."),
+    (".layer_scale1.lambda1", ".gamma_1"), (".layer_scale2.lambda1", ".gamma_2"), (".mlp.down_proj.", ".mlp.fc2."),
+)
+
+
+def _dinov3_from_hf(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Hugging Face ``DINOv3ViTModel`` keys -> timm ``Eva`` keys (q/k/v fused; gated MLPs as fc1_g/fc1_x).
+
+    timm's DINOv3 models have no q/v biases (``*_qkvb`` variants do): biases that are not all zero cannot be
+    represented and raise ValueError.
+    """
+    sd = {k.removeprefix("model."): v for k, v in sd.items()}
+    gated = any(".mlp.gate_proj." in k for k in sd)
+    out, dropped = {}, [k for k in sd if k == "embeddings.mask_token"]
+    for k, v in sd.items():
+        if k in dropped or ".attention.q_proj." in k or ".attention.k_proj." in k or ".attention.v_proj." in k:
+            continue
+        for old, new in _HF_DINOV3_RENAMES:
+            k = k.replace(old, new) if old.startswith(".") else (new + k[len(old):] if k.startswith(old) else k)
+        k = k.replace(".mlp.up_proj.", ".mlp.fc1_x." if gated else ".mlp.fc1.")
+        k = k.replace(".mlp.gate_proj.", ".mlp.fc1_g.")
+        out[k] = v
+    for q in [k for k in sd if k.endswith(".attention.q_proj.weight")]:
+        base = q[:-len("q_proj.weight")]
+        block = "blocks." + base[len("layer."):-len("attention.")]
+        out[f"{block}attn.qkv.weight"] = torch.cat([sd[f"{base}{n}_proj.weight"] for n in "qkv"])
+        for n in "qkv":
+            bias = sd.get(f"{base}{n}_proj.bias")
+            if bias is not None and bias.abs().max() > 0:
+                raise ValueError(f"{base}{n}_proj.bias is not zero, but timm's DINOv3 has no attention biases")
+            if bias is not None:
+                dropped.append(f"{base}{n}_proj.bias")
+    return out, dropped
 
 
 class NVClipAdapter(ViTAdapter):
