@@ -2,15 +2,16 @@
 
     PYTHONPATH=. python bench/vit.py [--size 224] [--batch 2] [--rounds 5]
 
-Prints params, GFLOPs, forward and training-step images/s (medians of alternating rounds with min-max spread)
-side by side, then the deformable-attention core (grid_sample and the precise gather sampler) against a naive
-per-point loop. Writes bench/results/vit.json.
+Prints params, GFLOPs, forward and training-step images/s (medians of alternating rounds with min-max spread) and
+the peak memory of one training step (fresh process per model) side by side, then the deformable-attention core
+(grid_sample and the precise gather sampler) against a naive per-point loop. Writes bench/results/vit.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -39,6 +40,24 @@ def _cpu_flags() -> str:
         return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16") if f in flags.split())
     except (OSError, IndexError):
         return platform.processor()
+
+
+def _train_step_peak_mb(name: str, size: int, batch: int) -> float:
+    """Peak resident memory (MiB) of a process that builds ``name`` and runs one training step."""
+    model = build_model(_cfg(name, size), load_weights=False).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size)
+    torch.nn.functional.cross_entropy(model(x), torch.zeros(batch, size // 4, size // 4, dtype=torch.long)).backward()
+    opt.step()
+    # VmHWM, not ru_maxrss: ru_maxrss survives fork+exec and would report the parent's peak
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def _peak_mb(name: str, size: int, batch: int) -> float:
+    # a fresh process per model: the high-water mark is a lifetime peak, one process would mix the models
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_train_step_peak_mb, (name, size, batch))
 
 
 def main() -> None:
@@ -71,15 +90,17 @@ def main() -> None:
     rows = {}
     print(f"CPU: {platform.machine()} {_cpu_flags()} threads={torch.get_num_threads()}  size={args.size} "
           f"batch={args.batch} rounds={args.rounds}")
-    print(f"{'backbone':<22}{'params M':>9}{'GFLOPs':>8}{'fwd img/s':>18}{'train img/s':>18}")
+    print(f"{'backbone':<22}{'params M':>9}{'GFLOPs':>8}{'fwd img/s':>18}{'train img/s':>18}{'peak MiB':>10}")
     for n in BACKBONES:
         info = model_info(_cfg(n, args.size))
         f, s = fwd[n], step[n]
+        peak = _peak_mb(n, args.size, args.batch)
         rows[n] = dict(params_m=info["params_total_m"], gflops=info["gflops"], fwd_median=statistics.median(f),
-                       fwd_range=[min(f), max(f)], train_median=statistics.median(s), train_range=[min(s), max(s)])
+                       fwd_range=[min(f), max(f)], train_median=statistics.median(s), train_range=[min(s), max(s)],
+                       train_step_peak_mib=peak)
         print(f"{n:<22}{info['params_total_m']:>9.2f}{info['gflops']:>8.2f}"
               f"{statistics.median(f):>9.2f} ({min(f):.2f}-{max(f):.2f}){statistics.median(s):>9.2f} "
-              f"({min(s):.2f}-{max(s):.2f})")
+              f"({min(s):.2f}-{max(s):.2f}){peak:>10.0f}")
     base = rows["mit_b0"]
     vit = rows["vit_small_dinov3"]
     print(f"vit_small_dinov3 / mit_b0: forward x{base['fwd_median'] / vit['fwd_median']:.2f} slower, "
