@@ -233,3 +233,14 @@ def test_hugging_face_dinov3_loads_and_matches_transformers(tmp_path, name, gate
         want = hf(pixel_values=x).last_hidden_state
         got = model.backbone.vit.forward_features(x)
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_vit_weights_that_cannot_convert_are_a_user_error(tmp_path):
+    from segformer_tao.errors import UserError
+
+    model = _small_model("vit_large_nvdinov2", 1024)
+    src = {k: v for k, v in model.backbone.state_dict().items() if not model.backbone.is_adapter_key(k)}
+    src["pos_embed"] = torch.zeros(1, 1 + 15, 1024)  # 15 positions: no square grid
+    torch.save(src, tmp_path / "odd.pth")
+    with pytest.raises(UserError, match=r"odd.pth.*vit_large_nvdinov2.*not 1 \+ a square grid"):
+        load_pretrained(model, str(tmp_path / "odd.pth"), part="backbone")
