@@ -19,6 +19,7 @@ from segformer_tao.deploy import onnx_export
 from segformer_tao.deploy.onnxruntime import META_KEY
 from segformer_tao.deploy.runtime import warn_spec_mismatch
 from segformer_tao.errors import UserError
+from segformer_tao.model.backbones.vit import VIT_ARCHS, img_size_problem
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,22 @@ def _settings(cfg, trained_size: int | None = None) -> onnx_export.ExportSetting
         full_resolution_output=bool(exp.full_resolution_output), verbose=bool(exp.verbose))
 
 
+def check_vit_geometry(backbone: str, settings: onnx_export.ExportSettings) -> None:
+    """ViT-Adapter graphs hold one input size: refuse dynamic H/W and sizes the backbone cannot take."""
+    if backbone not in VIT_ARCHS:
+        return
+    if settings.dynamic_hw:
+        raise UserError(
+            f"export.dynamic_hw=true is not available for model.backbone.type={backbone}: the ViT-Adapter's "
+            "deformable-attention sampling grids (and DINOv3's rotary positions) are computed for one input size "
+            "when the graph is traced, so other sizes would give wrong masks. Set export.dynamic_hw=false and "
+            "export one ONNX per input size (export.input_height/input_width); the batch stays dynamic.")
+    for key, value in (("export.input_height", settings.height), ("export.input_width", settings.width)):
+        problem = img_size_problem(backbone, value)
+        if problem:
+            raise UserError(f"{key}={value} does not fit model.backbone.type={backbone}: {problem}.")
+
+
 def export_checkpoint(model: torch.nn.Module, meta: dict, cfg, settings: onnx_export.ExportSettings,
                       simplify: bool) -> tuple[bytes, float]:
     """Trace, optionally simplify, embed metadata, check and compare; returns (onnx bytes, max |diff|)."""
@@ -135,6 +152,7 @@ def run(cfg) -> dict:
     model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
     settings = _settings(cfg, meta.get("img_size"))
     warn_spec_mismatch(cfg, meta, "export")
+    check_vit_geometry(getattr(model, "backbone_name", ""), settings)
     model_bytes, diff = export_checkpoint(model, meta, cfg, settings, bool(exp.simplify))
     shapes = [f"{tuple(x.shape)}" for x in onnx_export.parity_inputs(settings)]
     log.info("ONNX Runtime vs PyTorch: max abs logit difference %.3g (limit %g) over inputs %s", diff,

@@ -110,7 +110,9 @@ class DecodeHeadConfig:
 
 @dataclass
 class ModelConfig:
-    precise_msda: bool = spec(False, "TAO key for deformable-attention backbones; not used by SegFormer backbones.")
+    precise_msda: bool = spec(
+        False, "ViT backbones: sample the deformable attention with a gather-based bilinear sampler whose CUDA "
+        "backward is deterministic (default: grid_sample; same values). Ignored, with a warning, for MiT/FAN.")
     backbone: BackboneConfig = group(BackboneConfig, "Backbone.")
     decode_head: DecodeHeadConfig = group(DecodeHeadConfig, "SegFormer all-MLP decode head.")
 

@@ -1,7 +1,8 @@
 """`segformer model ...`: model tools.
 
 ``segformer model info [-e spec.yaml] [key=value ...]`` prints the backbone, feature maps, parameter counts and
-FLOPs of one forward pass at ``dataset.segment.img_size`` (``torch.utils.flop_counter``).
+FLOPs of one forward pass at ``dataset.segment.img_size`` (``torch.utils.flop_counter``; sampling in
+deformable attention, ``grid_sample``, is not counted).
 ``segformer model list`` prints the supported backbones.
 """
 
@@ -23,10 +24,14 @@ USAGE = ("usage: segformer model info [-e SPEC.yaml] [key=value ...] [--json]   
 def model_info(cfg) -> dict:
     """Parameters, feature maps and FLOPs of ``build_model(cfg)`` for one (1, 3, S, S) image, S = img_size."""
     from segformer_tao.model import build_model
+    from segformer_tao.model.backbones.vit import VIT_ARCHS
 
-    model = build_model(cfg, load_weights=False).eval()
+    # ViTs are counted on the meta device (nothing allocated or computed: the ViT-g has 1.2B parameters)
+    device = torch.device("meta" if cfg.model.backbone.type in VIT_ARCHS else "cpu")
+    with device:
+        model = build_model(cfg, load_weights=False).eval()
     size = int(cfg.dataset.segment.img_size)
-    x = torch.zeros(1, 3, size, size)
+    x = torch.zeros(1, 3, size, size, device=device)
     with torch.no_grad():
         feats = model.backbone(x)
         with FlopCounterMode(display=False) as counter:

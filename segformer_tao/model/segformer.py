@@ -13,6 +13,7 @@ from torch import nn
 
 from segformer_tao.errors import UserError
 from segformer_tao.model.backbones import BACKBONES
+from segformer_tao.model.backbones.vit import VIT_ARCHS, img_size_problem
 from segformer_tao.model.head import SegFormerHead
 
 __all__ = ["SegFormer", "build_model", "create_backbone"]
@@ -36,8 +37,12 @@ class SegFormer(nn.Module):
         self.in_index = list(in_index)
         self.backbone_name = backbone_name
         self.freeze_backbone = freeze_backbone
-        if freeze_backbone:
+        # ViT-Adapters freeze only their ViT (TAO's meaning); the adapter and head keep training
+        self._freeze_whole_backbone = freeze_backbone and not hasattr(backbone, "freeze_vit")
+        if self._freeze_whole_backbone:
             self.backbone.requires_grad_(False)
+        elif freeze_backbone:
+            self.backbone.freeze_vit()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
@@ -45,7 +50,7 @@ class SegFormer(nn.Module):
 
     def train(self, mode: bool = True) -> SegFormer:
         super().train(mode)
-        if self.freeze_backbone:
+        if self._freeze_whole_backbone:
             self.backbone.eval()  # a frozen backbone keeps dropout/stochastic depth/BN statistics off
         return self
 
@@ -55,7 +60,7 @@ class SegFormer(nn.Module):
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:
-    """Build a supported backbone by name (``mit_b0``..``mit_b5``, ``fan_*_hybrid``); unknown -> UserError."""
+    """Build a supported backbone by name (``mit_b*``, ``fan_*_hybrid``, TAO's ``vit_*``); unknown -> UserError."""
     if name not in BACKBONES:
         raise UserError(
             f"model.backbone.type='{name}' is not supported. Choose one of: {', '.join(BACKBONES)}."
@@ -107,6 +112,17 @@ def build_model(cfg: DictConfig, *, load_weights: bool = True) -> SegFormer:
     elif _get(cfg, "model.backbone.feat_downsample", False):
         warnings.warn(f"model.backbone.feat_downsample only applies to FAN backbones; ignored for {name}.",
                       stacklevel=2)
+    precise = bool(_get(cfg, "model.precise_msda", False))
+    if name in VIT_ARCHS:
+        img_size = int(_get(cfg, "dataset.segment.img_size", 224))
+        problem = img_size_problem(name, img_size)
+        if problem:
+            raise UserError(f"dataset.segment.img_size={img_size} does not fit model.backbone.type={name}: "
+                            f"{problem}. Set dataset.segment.img_size accordingly.")
+        kwargs.update(img_size=img_size, precise_msda=precise)
+    elif precise:
+        warnings.warn(f"model.precise_msda only applies to ViT backbones (deformable attention); ignored for "
+                      f"{name}.", stacklevel=2)
     backbone = create_backbone(name, **kwargs)
 
     in_index = list(_get(cfg, "model.decode_head.in_index", [0, 1, 2, 3]))

@@ -37,8 +37,10 @@ _HF_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model
              "pytorch_model.bin.index.json")
 # Keys that exist in published checkpoints but have no counterpart by design (ImageNet classifiers, mmseg's
 # unused conv_seg): dropped and listed in the report as ignored, never an error.
+# TAO's NVCLIP backbones also carry the CLIP text tower and logit scale/bias (everything under
+# ``backbone.model.`` but the vision tower), which segmentation never runs. Only keys the model lacks are dropped.
 _IGNORED = re.compile(
-    r"^(backbone\.(head|head_dist|norm)\.|classifier\.|decode_head\.conv_seg\.)")
+    r"^(backbone\.(head|head_dist|norm)\.|classifier\.|decode_head\.conv_seg\.|backbone\.model\.(?!visual\.))")
 
 
 @dataclass
@@ -53,13 +55,14 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     reinitialized: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)  # ViT-Adapter modules a bare ViT checkpoint cannot hold
 
     def __str__(self) -> str:
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
 
         lines = [f"Loaded {self.loaded} tensors ({self.part}) from {self.path} [layout: {self.layout}]"]
-        for name in ("missing", "unexpected", "ignored", "reinitialized"):
+        for name in ("missing", "unexpected", "ignored", "reinitialized", "fresh"):
             keys = getattr(self, name)
             if keys:
                 lines.append(f"  {name} ({len(keys)}): {few(keys)}")
@@ -276,14 +279,15 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
     layout = detect_layout(src)
     sd = convert_state_dict(src, layout)
     report = LoadReport(path=str(path), layout=layout, part=part)
-    report.ignored = sorted(k for k in sd if _IGNORED.match(k))
+    sd, vit_only = _convert_vit(model, sd, report)
+    target = model.state_dict()
+    report.ignored = sorted(report.ignored + [k for k in sd if _IGNORED.match(k) and k not in target])
     keep = ("backbone.", "decode_head.") if part == "full" else ("backbone.",)
     sd = {k: v for k, v in sd.items() if k not in report.ignored and k.startswith(keep)}
     if not any(k.startswith("backbone.") for k in sd):
         raise UserError(f"'{path}' has no backbone weights we recognise (layout '{layout}'); it is not a "
-                        "SegFormer/MiT/FAN checkpoint.")
-    target = model.state_dict()
-    _check_backbone(model, sd, target, path)
+                        "SegFormer/MiT/FAN/ViT checkpoint.")
+    _check_backbone(model, sd, target, path, vit_only)
     _reinit_classifier(model, sd, target, report)
     bad = [k for k in sd if k in target and sd[k].shape != target[k].shape]
     if bad:
@@ -295,6 +299,9 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
     scope = "" if part == "full" else "backbone."
     report.missing = sorted(k for k in result.missing_keys
                             if k.startswith(scope) and k not in report.reinitialized)
+    if vit_only:
+        report.fresh = [k for k in report.missing if _is_adapter(model, k)]
+        report.missing = [k for k in report.missing if k not in report.fresh]
     report.unexpected = sorted(result.unexpected_keys)
     report.loaded = len(sd) - len(report.unexpected)
     if report.missing or report.unexpected:
@@ -302,12 +309,40 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
     return report
 
 
-def _check_backbone(model: nn.Module, sd: dict, target: dict, path: str) -> None:
-    """Raise UserError when the checkpoint's backbone is not the model's (missing/extra/misshapen keys)."""
+def _is_adapter(model: nn.Module, key: str) -> bool:
+    return key.startswith("backbone.") and model.backbone.is_adapter_key(key[len("backbone."):])
+
+
+def _convert_vit(model: nn.Module, sd: dict, report: LoadReport) -> tuple[dict, bool]:
+    """ViT-Adapter backbones: convert the ViT's own layout (timm, Meta DINOv3, NV-DINOv2, open_clip) to ours.
+
+    Returns the state dict and whether it holds only the ViT (no adapter keys: a pretrained ViT, not a TAO model).
+    """
+    backbone = getattr(model, "backbone", None)
+    if not hasattr(backbone, "convert_pretrained"):
+        return sd, False
+    bare = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    try:
+        bare, dropped = backbone.convert_pretrained(bare)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"The weights in '{report.path}' cannot be converted for model.backbone.type="
+                        f"{model.backbone_name}: {e}.") from e
+    report.ignored += sorted(f"backbone.{k}" for k in dropped)
+    rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+    return {**rest, **{f"backbone.{k}": v for k, v in bare.items()}}, not any(map(backbone.is_adapter_key, bare))
+
+
+def _check_backbone(model: nn.Module, sd: dict, target: dict, path: str, vit_only: bool = False) -> None:
+    """Raise UserError when the checkpoint's backbone is not the model's (missing/extra/misshapen keys).
+
+    ``vit_only``: the weights are a bare ViT for a ViT-Adapter, so only the ViT's keys must match.
+    """
     def backbone_keys(keys) -> set[str]:  # BN step counters are optional in every layout
         return {k for k in keys if k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
 
     want, have = backbone_keys(target), backbone_keys(sd)
+    if vit_only:
+        want = {k for k in want if not _is_adapter(model, k)}
     misshapen = [k for k in have & want if sd[k].shape != target[k].shape]
     if not (want - have or have - want or misshapen):
         return

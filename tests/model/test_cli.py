@@ -22,9 +22,20 @@ def test_model_info_json(capsys, backbone):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_model_info_every_backbone(capsys, backbone):
-    assert main(["info", f"model.backbone.type={backbone}", "dataset.segment.img_size=64",
+    if "nvclip" in backbone:
+        pytest.importorskip("open_clip", reason="NVCLIP backbones need the nvclip extra (open_clip_torch)")
+    size = 224 if backbone.startswith("vit_") else 64  # 224: a multiple of every ViT's patch size and of 32
+    assert main(["info", f"model.backbone.type={backbone}", f"dataset.segment.img_size={size}",
                  "dataset.segment.num_classes=3"]) == 0
     assert "GFLOPs" in capsys.readouterr().out
+
+
+def test_model_info_vit_giant_real_size_counts_without_allocating(capsys):
+    assert main(["info", "model.backbone.type=vit_giant_nvdinov2", "dataset.segment.img_size=224",
+                 "dataset.segment.num_classes=3", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["feature_maps"] == [[1536, 56, 56], [1536, 28, 28], [1536, 14, 14], [1536, 7, 7]]
+    assert 1180 < info["params_backbone_m"] < 1185 and info["gflops"] > 100
 
 
 def test_model_list(capsys):

@@ -8,8 +8,9 @@ import torch
 
 from segformer_tao.model.backbones.fan import FAN_ARCHS
 from segformer_tao.model.backbones.mit import MIT_ARCHS
+from segformer_tao.model.backbones.vit import VIT_ARCHS
 
-BACKBONES: tuple[str, ...] = tuple(MIT_ARCHS) + tuple(FAN_ARCHS)
+BACKBONES: tuple[str, ...] = tuple(MIT_ARCHS) + tuple(FAN_ARCHS) + tuple(VIT_ARCHS)
 
 __all__ = ["BACKBONES", "infer_backbone"]
 
