@@ -49,9 +49,18 @@ MUTANTS: tuple[Mutant, ...] = (
          TT + "test_out_of_memory_is_explained_and_keeps_the_last_checkpoint"), require_all=True),
     Mutant("augmentations_dropped", (
         ("segformer_tao/data/transforms.py", "    return v2.Compose(steps)\n", "    return v2.Compose(steps[:1])\n"),),
-        ("tests/data/test_transforms.py::test_flips_happen_at_their_configured_rates",
+        ("tests/data/test_transforms.py::test_flips_and_rotations_happen_at_their_configured_rates",
          "tests/data/test_transforms.py::test_colour_jitter_at_probability_one_changes_pixels_not_the_mask",
          "tests/data/test_transforms.py::test_crops_change_geometry_and_the_mask_follows_exactly"), require_all=True),
+    Mutant("crop_leaves_the_mask_uncropped", (
+        ("segformer_tao/data/transforms.py",
+         "crop = F.crop(inpt, params[\"top\"], params[\"left\"], params[\"height\"], params[\"width\"])",
+         "crop = inpt"),),
+        ("tests/data/test_transforms.py::test_crops_change_geometry_and_the_mask_follows_exactly",)),
+    Mutant("mask_resampled_with_legacy_nearest", (
+        ("segformer_tao/data/transforms.py", "size, interpolation=v2.InterpolationMode.NEAREST_EXACT)",
+         "size, interpolation=v2.InterpolationMode.NEAREST)"),),
+        ("tests/data/test_transforms.py::test_crops_change_geometry_and_the_mask_follows_exactly",)),
     Mutant("training_checkpoints_plaintext", (
         ("segformer_tao/engine/callbacks.py", "self.encryption_key = encryption_key or None",
          "self.encryption_key = None"),),
