@@ -77,3 +77,19 @@ def test_failed_job_is_recorded(tmp_path):
     assert SECRET not in json.dumps(job) and SECRET not in open(f"{res}/evaluate/experiment.yaml").read()
     shown = run_cli("jobs", "show", f"{res}/evaluate")
     assert shown.returncode == 0 and '"status": "failed"' in shown.stdout
+
+
+def test_parent_job_picks_the_best_checkpoint_over_the_latest(tmp_path):
+    from segformer_tao.jobs import resolve_parent
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for i, name in enumerate(["segformer_model_best.pth", "model_epoch_002_step_00010.pth",
+                              "segformer_model_latest.pth"]):
+        (train / name).write_bytes(b"weights")
+        os.utime(train / name, (1_000_000 + i, 1_000_000 + i))  # the best checkpoint is the oldest file
+    for action, key in [("evaluate", "evaluate.checkpoint"), ("export", "export.checkpoint")]:
+        got_key, path, reason = resolve_parent(action, str(train))
+        assert (got_key, path) == (key, str(train / "segformer_model_best.pth")) and "best" in reason
+    (train / "segformer_model_best.pth").unlink()  # no validation ran: the latest checkpoint is next
+    assert resolve_parent("evaluate", str(train))[1] == str(train / "segformer_model_latest.pth")
