@@ -85,6 +85,15 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(tmp_path):
     assert final.returncode == 0, final.stderr[-3000:]
     _assert_files_intact(killed)
 
+    # Each re-run resumed instead of restarting (a seeded restart also ends with the same weights): every epoch
+    # was logged once, in order, and re-runs started where the last checkpoint left off.
+    with open(os.path.join(killed, "train", "status.json")) as f:
+        lines = [json.loads(line) for line in f.read().splitlines()]
+    trained = [ln["epoch"] for ln in lines if ln["status"] == "RUNNING"]
+    starts = [ln["epoch"] for ln in lines if ln["status"] == "STARTED"]
+    assert trained == sorted(set(trained)) and trained[-1] == 6, trained
+    assert starts == sorted(starts) and starts[-1] > 0, starts
+
     expected, got = _weights(ref), _weights(killed)
     assert expected.keys() == got.keys()
     mismatched = [k for k in expected if not torch.equal(expected[k], got[k])]

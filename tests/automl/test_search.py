@@ -98,6 +98,12 @@ def test_rerun_after_a_crash_keeps_finished_trials_and_resumes_the_interrupted_o
     assert "train path: AutoML search" in again.output and "trial 1 was interrupted" in again.output
     assert f"Resuming training from {out / 'trials' / '1' / 'segformer_model_latest.pth'}" in again.output
     assert (out / "trials" / "0" / "job.json").read_text() == first_job  # trial 0 was not run again
+    # trial 1 went on from its checkpoint (a restart from scratch prints the same "Resuming" line first)
+    status = [json.loads(line) for line in (out / "trials" / "1" / "status.json").read_text().splitlines()]
+    starts = [ln["epoch"] for ln in status if ln["status"] == "STARTED"]
+    trained = [ln["epoch"] for ln in status if ln["status"] == "RUNNING"]
+    assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 1, starts
+    assert trained == sorted(set(trained)), trained  # no epoch trained twice
     trials = _load_study(out).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 2
     retry = trials[2]  # the retry of trial 1: same parameters, trial 1's directory and checkpoints
