@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +109,10 @@ MUTANTS: tuple[Mutant, ...] = (
          "            mask = torch.nn.functional.interpolate(mask[None, None].float(), size=batch[\"image\"]"
          ".shape[-2:], mode=\"nearest\")[0, 0].long().to(logits.device)\n")),
         ("tests/engine/test_evaluate_resolution.py::test_validation_miou_is_computed_at_each_masks_own_resolution",)),
+    Mutant("flip_tta_not_flipped_back", (
+        ("segformer_tao/deploy/runtime.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
+         "flipped = runtime.predict(images.flip(-1))"),),
+        ("tests/deploy/test_postprocess.py::test_flip_tta_of_a_mirror_equivariant_model_equals_its_plain_softmax",)),
     Mutant("dataset_check_skipped_by_cli", (
         ("segformer_tao/cli.py", "if action not in CHECKED_SPLITS or", "if True or action not in CHECKED_SPLITS or"),),
         ("tests/data/test_check.py::test_train_checks_the_dataset_before_training",)),
@@ -144,12 +150,12 @@ def check_patterns(root: str, mutants: tuple[Mutant, ...]) -> list[str]:
     return problems
 
 
-def _run_pytest(copy: str, tests: tuple[str, ...], stop_early: bool, timeout: float,
+def _run_pytest(copy: str, tests: tuple[str, ...], stop_early: bool, timeout: float, threads: int = 1,
                 ) -> tuple[int, dict[str, str], str]:
     """Run ``tests`` in the copied repo; returns (exit code, {failed node id: failure message}, output tail);
     exit code 124 on timeout."""
     report = os.path.join(copy, ".mutation_report.xml")
-    env = {**os.environ, "PYTHONPATH": copy, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "PYTHONPATH": copy, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore",
            f"--junitxml={report}", *(["-x"] if stop_early else []), *tests]
     try:
@@ -189,13 +195,14 @@ def _restore(originals: dict[str, str]) -> None:
             f.write(text)
 
 
-def run_mutant(copy: str, mutant: Mutant, timeout: float, verbose: bool = False) -> tuple[bool, str]:
+def run_mutant(copy: str, mutant: Mutant, timeout: float, verbose: bool = False, threads: int = 1,
+               ) -> tuple[bool, str]:
     """(caught, one-line verdict) for one mutant applied to the copy (restored afterwards); ``verbose`` adds each
     failing test's message (to see that it failed for the mutant's reason)."""
     originals = _apply(copy, mutant)
     start = time.monotonic()
     try:
-        code, failed, tail = _run_pytest(copy, mutant.tests, stop_early=not mutant.require_all, timeout=timeout)
+        code, failed, tail = _run_pytest(copy, mutant.tests, not mutant.require_all, timeout, threads)
     finally:
         _restore(originals)
     seconds = time.monotonic() - start
@@ -219,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each failing test's message")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per pytest run (default 300)")
+    parser.add_argument("-j", "--jobs", type=int, default=2,
+                        help="pytest runs at once, each in its own copy (default 2, CI's cores; 1 thread each)")
     args = parser.parse_args(argv)
     known = {m.name: m for m in MUTANTS}
     unknown = [n for n in args.names if n not in known]
@@ -235,19 +244,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PATTERN MISSING {p}", flush=True)
     runnable = tuple(m for m in mutants if not any(p.startswith(m.name + ":") for p in problems))
     failures = len({p.split(":", 1)[0] for p in problems})
-    with tempfile.TemporaryDirectory(prefix="segformer_mutants_") as tmp:
-        copy = os.path.join(tmp, "repo")
-        shutil.copytree(REPO, copy, ignore=_IGNORE)
-        tests = tuple(dict.fromkeys(t for m in runnable for t in m.tests))
+    jobs = max(1, args.jobs)
+    threads = max(1, (os.cpu_count() or 2) // jobs)  # torch threads per pytest run: no oversubscription
+    with tempfile.TemporaryDirectory(prefix="segformer_mutants_") as tmp, ThreadPoolExecutor(jobs) as pool:
+        copies: queue.Queue[str] = queue.Queue()
+        for i in range(jobs):  # one copy per concurrent pytest run: a mutant never leaks into another's tests
+            copies.put(shutil.copytree(REPO, os.path.join(tmp, f"repo{i}"), ignore=_IGNORE))
+
+        def in_a_copy(fn, *fn_args):
+            copy = copies.get()
+            try:
+                return fn(copy, *fn_args)
+            finally:
+                copies.put(copy)
+
+        tests = list(dict.fromkeys(t for m in runnable for t in m.tests))
         start = time.monotonic()
-        code, failed, tail = _run_pytest(copy, tests, stop_early=False, timeout=args.timeout * 2)
-        print(f"{'baseline':<40} {len(tests)} tests on the unmutated copy: exit {code}  "
+        chunks = [tuple(tests[i::jobs]) for i in range(jobs) if tests[i::jobs]]
+        base = list(pool.map(lambda chunk: in_a_copy(_run_pytest, chunk, False, args.timeout * 2, threads), chunks))
+        failed = [t for _, f, _ in base for t in f]
+        print(f"{'baseline':<40} {len(tests)} tests on the unmutated code: "
+              f"{'pass' if not failed and all(c == 0 for c, _, _ in base) else 'FAIL'}  "
               f"{time.monotonic() - start:.1f}s", flush=True)
-        if code != 0:
-            print(f"The tests must pass before mutating; failed: {list(failed)}\n{tail}")
+        if failed or any(c != 0 for c, _, _ in base):
+            print(f"The tests must pass before mutating; failed: {failed}\n" + "\n".join(t for _, _, t in base))
             return 1
-        for m in runnable:
-            caught, verdict = run_mutant(copy, m, args.timeout, args.verbose)
+        verdicts = pool.map(lambda m: in_a_copy(run_mutant, m, args.timeout, args.verbose, threads), runnable)
+        for m, (caught, verdict) in zip(runnable, verdicts):
             failures += not caught
             print(f"{m.name:<40} {verdict}", flush=True)
     print(f"{len(mutants) - failures} of {len(mutants)} mutants caught in {time.monotonic() - total:.0f}s")
