@@ -34,6 +34,13 @@ def test_chain_train_evaluate_export_ort_quantize(tmp_path):
     assert f"{SECRET}" not in train.output
     job = _job(f"{res}/train")
     assert job["status"] == "done" and job["encrypted"] is True
+    from segformer_tao.engine.checkpoint import is_encrypted
+
+    checkpoints = [f for f in os.listdir(f"{res}/train") if f.endswith(".pth")]
+    assert "segformer_model_latest.pth" in checkpoints
+    for name in checkpoints:  # the flag is true of the files: every checkpoint is sealed on disk
+        with open(f"{res}/train/{name}", "rb") as f:
+            assert is_encrypted(f.read()), name
     assert set(job["artifacts"]) >= {"latest_checkpoint"}
     assert all(len(a["sha256"]) == 64 and a["bytes"] > 0 for a in job["artifacts"].values())
 
