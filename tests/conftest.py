@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +13,17 @@ from dataclasses import dataclass
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def status_epochs(results_dir) -> tuple[list[int], list[int]]:
+    """From a train results dir's status.json: (epochs already done when each training loop started, epochs
+    finished, in order). Lines are told apart by their messages, which both status.json layouts share."""
+    with open(os.path.join(results_dir, "status.json")) as f:
+        lines = [json.loads(line) for line in f.read().splitlines()]
+    starts = [ln["epoch"] for ln in lines
+              if ln.get("message", "").startswith(("Training started", "Training loop started"))]
+    done = [ln["epoch"] for ln in lines if re.fullmatch(r"Epoch \d+/\d+ done\.", ln.get("message", ""))]
+    return starts, done
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from segformer_tao.data.synthetic import make_demo_dataset
 from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
-from tests.conftest import REPO
+from tests.conftest import REPO, status_epochs
 
 KILLS = 10
 
@@ -87,10 +87,7 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(tmp_path):
 
     # Each re-run resumed instead of restarting (a seeded restart also ends with the same weights): every epoch
     # was logged once, in order, and re-runs started where the last checkpoint left off.
-    with open(os.path.join(killed, "train", "status.json")) as f:
-        lines = [json.loads(line) for line in f.read().splitlines()]
-    trained = [ln["epoch"] for ln in lines if ln["status"] == "RUNNING"]
-    starts = [ln["epoch"] for ln in lines if ln["status"] == "STARTED"]
+    starts, trained = status_epochs(os.path.join(killed, "train"))
     assert trained == sorted(set(trained)) and trained[-1] == 6, trained
     assert starts == sorted(starts) and starts[-1] > 0, starts
 

@@ -19,7 +19,7 @@ from segformer_tao.automl import search
 from segformer_tao.config import compose_config
 from segformer_tao.jobs import prepare_results_dir, resolve_parent
 from tests.automl.conftest import tiny_overrides
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, status_epochs
 
 pytestmark = pytest.mark.slow
 
@@ -99,9 +99,7 @@ def test_rerun_after_a_crash_keeps_finished_trials_and_resumes_the_interrupted_o
     assert f"Resuming training from {out / 'trials' / '1' / 'segformer_model_latest.pth'}" in again.output
     assert (out / "trials" / "0" / "job.json").read_text() == first_job  # trial 0 was not run again
     # trial 1 went on from its checkpoint (a restart from scratch prints the same "Resuming" line first)
-    status = [json.loads(line) for line in (out / "trials" / "1" / "status.json").read_text().splitlines()]
-    starts = [ln["epoch"] for ln in status if ln["status"] == "STARTED"]
-    trained = [ln["epoch"] for ln in status if ln["status"] == "RUNNING"]
+    starts, trained = status_epochs(out / "trials" / "1")
     assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 1, starts
     assert trained == sorted(set(trained)), trained  # no epoch trained twice
     trials = _load_study(out).get_trials()

@@ -26,7 +26,8 @@ def _train(tiny, tmp_path, precision: str) -> tuple[list[float], dict]:
     dm = SegDataModule(cfg, ds_cls(12, mode="train"), ds_cls(6, mode="eval", seed=1))
     out = train_model(cfg, str(results), net_cls(), dm)
     lines = [json.loads(s) for s in (results / "status.json").read_text().splitlines()]
-    losses = [ln["train_loss"] for ln in lines if ln["status"] == "RUNNING"]
+    # epoch lines; the loss is top-level or under "graphical" depending on the status.json layout
+    losses = [ln.get("graphical", ln)["train_loss"] for ln in lines if ln.get("message", "").startswith("Epoch ")]
     return losses, {"out": out, "ckpt": load_checkpoint(str(results / "segformer_model_latest.pth"))}
 
 

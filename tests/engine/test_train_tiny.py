@@ -12,12 +12,12 @@ from segformer_tao.engine.checkpoint import load_checkpoint
 from segformer_tao.engine.datamodule import SegDataModule
 from segformer_tao.engine.module import lr_factor
 from segformer_tao.engine.trainer import train_model
+from tests.conftest import status_epochs
 
 
 def _status_epochs(results) -> list[int]:
     """The epochs (1-based) that status.json says were trained, in order, over every run in ``results``."""
-    lines = [json.loads(s) for s in (results / "status.json").read_text().splitlines()]
-    return [ln["epoch"] for ln in lines if ln["status"] == "RUNNING"]
+    return status_epochs(results)[1]
 
 
 def _run(tiny, tmp_path, results, *overrides):
