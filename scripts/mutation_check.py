@@ -7,8 +7,9 @@ A mutant is caught when at least one of its tests fails (``require_all``: every 
 check fails when a mutant survives, when its pattern no longer matches the code exactly once (the code moved:
 fix the pattern in MUTANTS), or when the tests do not pass on the unmutated copy.
 
-Usage: ``python scripts/mutation_check.py [NAME ...]`` (``--list`` prints the mutants). ``make mutants`` runs
-all of them; CI runs it after ``make test``. Prints one line per mutant: caught by which test, seconds.
+Usage: ``python scripts/mutation_check.py [NAME ...]`` (``--list`` prints the mutants; ``--slow`` adds those
+whose tests take minutes). ``make mutants`` runs the others; CI runs it after ``make test``. Prints one line per
+mutant: caught by which test(s), seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Mutant:
     edits: tuple[tuple[str, str, str], ...]
     tests: tuple[str, ...]
     require_all: bool = False
+    slow: bool = False  # minutes of tests: only with --slow or by name (not in `make mutants`)
 
 
 TT = "tests/engine/test_train_tiny.py::"
@@ -49,6 +51,11 @@ MUTANTS: tuple[Mutant, ...] = (
         (TT + "test_resume_gives_the_same_weights_as_an_uninterrupted_run",
          TT + "test_extending_a_finished_training_keeps_its_csv_history",
          TT + "test_out_of_memory_is_explained_and_keeps_the_last_checkpoint"), require_all=True),
+    Mutant("resume_ignored_after_kills", (
+        ("segformer_tao/engine/trainer.py", "ckpt_path=resume,", "ckpt_path=None,"),),
+        ("tests/test_crash_safety.py::test_sigkill_anywhere_then_resume_matches_uninterrupted_run",
+         "tests/automl/test_search.py::test_rerun_after_a_crash_keeps_finished_trials_and_resumes_the_interrupted_one"),
+        require_all=True, slow=True),
     Mutant("augmentations_dropped", (
         ("segformer_tao/data/transforms.py", "    return v2.Compose(steps)\n", "    return v2.Compose(steps[:1])\n"),),
         ("tests/data/test_transforms.py::test_flips_and_rotations_happen_at_their_configured_rates",
@@ -226,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each failing test's message")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per pytest run (default 300)")
+    parser.add_argument("--slow", action="store_true", help="also run the mutants whose tests take minutes")
     parser.add_argument("-j", "--jobs", type=int, default=2,
                         help="pytest runs at once, each in its own copy (default 2, CI's cores; 1 thread each)")
     args = parser.parse_args(argv)
@@ -233,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in known]
     if unknown:
         parser.error(f"unknown mutant(s) {unknown}; known: {', '.join(known)}")
-    mutants = tuple(known[n] for n in args.names) if args.names else MUTANTS
+    mutants = tuple(known[n] for n in args.names) if args.names else tuple(
+        m for m in MUTANTS if args.slow or not m.slow)
     if args.list:
         for m in mutants:
-            print(f"{m.name}: {', '.join(_short(t) for t in m.tests)}")
+            print(f"{m.name}{' (slow)' if m.slow else ''}: {', '.join(_short(t) for t in m.tests)}")
         return 0
     total = time.monotonic()
     problems = check_patterns(REPO, mutants)
