@@ -86,7 +86,8 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(tmp_path):
     _assert_files_intact(killed)
 
     # Each re-run resumed instead of restarting (a seeded restart also ends with the same weights): every epoch
-    # was logged once, in order, and re-runs started where the last checkpoint left off.
+    # was logged once, in order (its checkpoint is saved before its status line, so a logged epoch is never
+    # redone), and re-runs started where the last checkpoint left off.
     starts, trained = status_epochs(os.path.join(killed, "train"))
     assert trained == sorted(set(trained)) and trained[-1] == 6, trained
     assert starts == sorted(starts) and starts[-1] > 0, starts
