@@ -18,6 +18,7 @@ import argparse
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -163,13 +164,17 @@ def _run_pytest(copy: str, tests: tuple[str, ...], stop_early: bool, timeout: fl
     exit code 124 on timeout."""
     report = os.path.join(copy, ".mutation_report.xml")
     env = {**os.environ, "PYTHONPATH": copy, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore",
-           f"--junitxml={report}", *(["-x"] if stop_early else []), *tests]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", f"--junitxml={report}",
+           *(["-x"] if stop_early else []), *tests]
+    # its own process group, so that a timeout also ends the CLI processes the tests started
+    proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return 124, {}, out[-2000:]
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        return 124, {}, output[-2000:]
     failed = {}
     if os.path.exists(report):
         for case in ET.parse(report).getroot().iter("testcase"):
@@ -178,7 +183,7 @@ def _run_pytest(copy: str, tests: tuple[str, ...], stop_early: bool, timeout: fl
                 module = case.get("classname", "").replace(".", "/") + ".py"
                 failed[f"{module}::{case.get('name')}"] = " ".join((problem.get("message") or "").split())[:160]
         os.unlink(report)
-    return proc.returncode, failed, (proc.stdout + proc.stderr)[-2000:]
+    return proc.returncode, failed, output[-2000:]
 
 
 def _short(node: str) -> str:
