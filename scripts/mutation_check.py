@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{'pass' if not failed and all(c == 0 for c, _, _ in base) else 'FAIL'}  "
               f"{time.monotonic() - start:.1f}s", flush=True)
         if failed or any(c != 0 for c, _, _ in base):
-            print(f"The tests must pass before mutating; failed: {failed}\n" + "\n".join(t for _, _, t in base))
+            print(f"The tests must pass before mutating (pytest exit codes {[c for c, _, _ in base]}, 124 = timed "
+                  f"out); failed: {failed}\n" + "\n".join(t for _, _, t in base))
             return 1
         verdicts = pool.map(lambda m: in_a_copy(run_mutant, m, args.timeout, args.verbose, threads), runnable)
         for m, (caught, verdict) in zip(runnable, verdicts):
