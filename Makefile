@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all test-slow lint specs specs-check demo bench clean
+.PHONY: install test test-all test-slow lint specs specs-check demo bench clean mutants
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Break the package on purpose (named mutants in scripts/mutation_check.py); fails if a breakage survives its tests.
+mutants: $(STAMP)
+	$(PY) scripts/mutation_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

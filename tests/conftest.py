@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +13,17 @@ from dataclasses import dataclass
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def status_epochs(results_dir) -> tuple[list[int], list[int]]:
+    """From a train results dir's status.json: (epochs already done when each training loop started, epochs
+    finished, in order). Lines are told apart by their messages, which both status.json layouts share."""
+    with open(os.path.join(results_dir, "status.json")) as f:
+        lines = [json.loads(line) for line in f.read().splitlines()]
+    starts = [ln["epoch"] for ln in lines
+              if ln.get("message", "").startswith(("Training started", "Training loop started"))]
+    done = [ln["epoch"] for ln in lines if re.fullmatch(r"Epoch \d+/\d+ done\.", ln.get("message", ""))]
+    return starts, done
 
 
 @dataclass
@@ -67,3 +80,15 @@ def moto_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip with a visible reason where no CUDA GPU is present (they never pass silently)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here"))

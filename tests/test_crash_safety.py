@@ -20,7 +20,7 @@ import torch
 
 from segformer_tao.data.synthetic import make_demo_dataset
 from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
-from tests.conftest import REPO
+from tests.conftest import REPO, status_epochs
 
 KILLS = 10
 
@@ -84,6 +84,13 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(tmp_path):
     final = subprocess.run(_train_cmd(data, killed), env=_env(), capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-3000:]
     _assert_files_intact(killed)
+
+    # Each re-run resumed instead of restarting (a seeded restart also ends with the same weights): every epoch
+    # was logged once, in order (its checkpoint is saved before its status line, so a logged epoch is never
+    # redone), and re-runs started where the last checkpoint left off.
+    starts, trained = status_epochs(os.path.join(killed, "train"))
+    assert trained == sorted(set(trained)) and trained[-1] == 6, trained
+    assert starts == sorted(starts) and starts[-1] > 0, starts
 
     expected, got = _weights(ref), _weights(killed)
     assert expected.keys() == got.keys()

@@ -34,6 +34,13 @@ def test_chain_train_evaluate_export_ort_quantize(tmp_path):
     assert f"{SECRET}" not in train.output
     job = _job(f"{res}/train")
     assert job["status"] == "done" and job["encrypted"] is True
+    from segformer_tao.engine.checkpoint import is_encrypted
+
+    checkpoints = [f for f in os.listdir(f"{res}/train") if f.endswith(".pth")]
+    assert "segformer_model_latest.pth" in checkpoints
+    for name in checkpoints:  # the flag is true of the files: every checkpoint is sealed on disk
+        with open(f"{res}/train/{name}", "rb") as f:
+            assert is_encrypted(f.read()), name
     assert set(job["artifacts"]) >= {"latest_checkpoint"}
     assert all(len(a["sha256"]) == 64 and a["bytes"] > 0 for a in job["artifacts"].values())
 
@@ -78,3 +85,19 @@ def test_failed_job_is_recorded(tmp_path):
     assert SECRET not in json.dumps(job) and SECRET not in open(f"{res}/evaluate/experiment.yaml").read()
     shown = run_cli("jobs", "show", f"{res}/evaluate")
     assert shown.returncode == 0 and '"status": "failed"' in shown.stdout
+
+
+def test_parent_job_picks_the_best_checkpoint_over_the_latest(tmp_path):
+    from segformer_tao.jobs import resolve_parent
+
+    train = tmp_path / "train"
+    train.mkdir()
+    for i, name in enumerate(["segformer_model_best.pth", "model_epoch_002_step_00010.pth",
+                              "segformer_model_latest.pth"]):
+        (train / name).write_bytes(b"weights")
+        os.utime(train / name, (1_000_000 + i, 1_000_000 + i))  # the best checkpoint is the oldest file
+    for action, key in [("evaluate", "evaluate.checkpoint"), ("export", "export.checkpoint")]:
+        got_key, path, reason = resolve_parent(action, str(train))
+        assert (got_key, path) == (key, str(train / "segformer_model_best.pth")) and "best" in reason
+    (train / "segformer_model_best.pth").unlink()  # no validation ran: the latest checkpoint is next
+    assert resolve_parent("evaluate", str(train))[1] == str(train / "segformer_model_latest.pth")

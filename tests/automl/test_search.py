@@ -20,7 +20,7 @@ from segformer_tao.config import compose_config
 from segformer_tao.jobs import prepare_results_dir, resolve_parent
 from segformer_tao.status import read_status
 from tests.automl.conftest import tiny_overrides
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, status_epochs
 
 pytestmark = pytest.mark.slow
 
@@ -103,6 +103,10 @@ def test_rerun_after_a_crash_keeps_finished_trials_and_resumes_the_interrupted_o
     assert "train path: AutoML search" in again.output and "trial 1 was interrupted" in again.output
     assert f"Resuming training from {out / 'trials' / '1' / 'segformer_model_latest.pth'}" in again.output
     assert (out / "trials" / "0" / "job.json").read_text() == first_job  # trial 0 was not run again
+    # trial 1 went on from its checkpoint (a restart from scratch prints the same "Resuming" line first)
+    starts, trained = status_epochs(out / "trials" / "1")
+    assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 1, starts
+    assert trained == sorted(set(trained)), trained  # no epoch trained twice
     trials = _load_study(out).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL] + [TrialState.COMPLETE] * 2
     retry = trials[2]  # the retry of trial 1: same parameters, trial 1's directory and checkpoints

@@ -200,8 +200,35 @@ def _nothing_half_written(results_dir: str) -> None:
 AFTER = {"disk_full_checkpoint": _nothing_half_written}
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# Cases whose mistake only exists where something is absent: (present?, reason) -> a visible skip where it is.
+NEEDS_ABSENT = {
+    "fp16_without_gpu": (_cuda, "a CUDA GPU is present, so train.precision=16-mixed is valid here"),
+    "gen_trt_engine_no_tensorrt": (lambda: _installed("tensorrt") and _cuda(), "TensorRT and a GPU are present"),
+    "evaluate_trt_no_tensorrt": (lambda: _installed("tensorrt") and _cuda(), "TensorRT and a GPU are present"),
+    "quantize_torchao_missing": (lambda: _installed("torchao"), "torchao is installed"),
+    "quantize_modelopt_missing": (lambda: _installed("modelopt"), "nvidia-modelopt is installed"),
+}
+
+
 @pytest.mark.parametrize("case_id, argv, needles", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case_id, argv, needles, bad_paths):
+    if case_id in NEEDS_ABSENT and NEEDS_ABSENT[case_id][0]():
+        pytest.skip(f"{case_id}: {NEEDS_ABSENT[case_id][1]}")
     args = _format(argv, bad_paths)
     if args and args[0] in ("train", "evaluate", "inference", "export", "quantize") and not any(
             a.startswith("results_dir=") for a in args) and "-e" not in args:

@@ -110,3 +110,20 @@ def test_check_reports_every_kind_of_problem_at_once(demo_root, tmp_path):
                    "The same for 2 more file(s): 0003.png, 0004.png"):
         assert needle in msg, (needle, msg)
     assert msg.count("[bad_mask]") == 1  # one full example per kind, not the same fix three times
+
+
+def test_train_checks_the_dataset_before_training(demo_root, tmp_path):
+    """`segformer train` runs the check first: a bad validation mask stops it before any epoch, with the report."""
+    from tests.bad_inputs.runner import run_cli_forked
+    from tests.conftest import assert_user_error
+
+    root = shutil.copytree(demo_root, tmp_path / "d")
+    Image.fromarray(np.full((48, 48), 9, np.uint8)).save(root / "masks/val/0001.png")  # class 9 of 4
+    results = tmp_path / "res"
+    r = run_cli_forked("train", f"dataset.segment.root_dir={root}", "dataset.segment.num_classes=4",
+                       "dataset.segment.label_transform=None", "model=mit_b0", "dataset.segment.img_size=32",
+                       "dataset.segment.batch_size=2", "dataset.segment.workers=0", "train.num_epochs=1",
+                       "automl_policy=off", f"results_dir={results}")
+    assert_user_error(r, "Dataset check of", "masks/val/0001.png", "[9]")
+    assert json.loads((results / "train" / "dataset_report.json").read_text())["ok"] is False
+    assert not (results / "train" / "status.json").exists() and not list((results / "train").glob("*.pth"))

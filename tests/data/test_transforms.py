@@ -73,3 +73,90 @@ def test_train_loader_is_deterministic_under_seed(demo_cfg):
     demo_cfg.train.seed = 8
     c = first_batch()
     assert not torch.equal(a[0], c[0])
+
+
+def _only(**enabled):
+    """Augmentation config with every step off except those given (merged over the off state)."""
+    off = {"random_flip": {"enable": False}, "random_rotate": {"enable": False},
+           "random_color": {"enable": False}, "with_scale_random_crop": {"enable": False},
+           "with_random_blur": False, "with_random_crop": False}
+    return OmegaConf.merge(_aug(**off), enabled)
+
+
+def _grid(n=15):
+    """An n x n image whose channels are 16 * (row, col, 0) and a mask holding each pixel's id row * n + col
+    (n <= 15 keeps the ids below the ignore index 255 that pads crops)."""
+    rows, cols = np.mgrid[0:n, 0:n]
+    img = np.stack([rows * 16, cols * 16, np.zeros_like(rows)], axis=2).astype(np.uint8)
+    return img, (rows * n + cols).astype(np.uint8)
+
+
+def _outcome(image, target, img, mask) -> str:
+    """Which exact flip/turn of (img, mask) the pipeline produced; the mask must have had the same one."""
+    src = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+    m = torch.from_numpy(mask.astype(np.int64))
+    for name, fn in [("none", lambda t: t), ("h", lambda t: t.flip(-1)), ("v", lambda t: t.flip(-2)),
+                     ("hv", lambda t: t.flip(-1).flip(-2)), ("rot90", lambda t: torch.rot90(t, 1, (-2, -1)))]:
+        if torch.allclose(image, fn(src), atol=1e-6):
+            assert torch.equal(target, fn(m)), f"mask did not follow the image's {name}"
+            return name
+    raise AssertionError("output is no flip or quarter turn of the input")
+
+
+def test_flips_and_rotations_happen_at_their_configured_rates():
+    img, mask = _grid()
+    n = 400
+    flips = TrainPipeline(_only(random_flip={"enable": True, "hflip_probability": 0.3, "vflip_probability": 0.7}), 15)
+    torch.manual_seed(0)
+    seen = [_outcome(*flips(img, mask), img, mask) for _ in range(n)]
+    hflip = sum(s in ("h", "hv") for s in seen) / n
+    vflip = sum(s in ("v", "hv") for s in seen) / n
+    # 3.5 binomial standard deviations (~0.08 at n=400): a broken rate fails, seeded draws do not flake
+    assert abs(hflip - 0.3) < 0.08 and abs(vflip - 0.7) < 0.08, (hflip, vflip)
+    turns = TrainPipeline(_only(random_rotate={"enable": True, "rotate_probability": 0.4, "angle_list": [90]}), 15)
+    seen = [_outcome(*turns(img, mask), img, mask) for _ in range(n)]
+    assert set(seen) <= {"none", "rot90"} and abs(seen.count("rot90") / n - 0.4) < 0.09
+
+
+def test_colour_jitter_at_probability_one_changes_pixels_not_the_mask():
+    img = np.random.default_rng(2).integers(30, 220, (16, 16, 3), dtype=np.uint8)
+    mask = np.random.default_rng(3).integers(0, 3, (16, 16), dtype=np.uint8)
+    src = torch.from_numpy(img).permute(2, 0, 1).float() / 255
+
+    def changed_fraction(p, n):
+        pipe = TrainPipeline(_only(random_color={"enable": True, "color_probability": p}), 16)
+        changed = 0
+        for _ in range(n):
+            image, target = pipe(img, mask)
+            assert torch.equal(target, torch.from_numpy(mask.astype(np.int64)))  # colour never touches the mask
+            changed += not torch.allclose(image, src, atol=1e-6)
+        return changed / n
+
+    torch.manual_seed(0)
+    assert changed_fraction(1.0, 30) == 1.0
+    assert abs(changed_fraction(0.5, 200) - 0.5) < 0.13
+
+
+def _check_follows(image, target, n=15) -> bool:
+    """Assert the mask is the nearest-exact resampling of the same geometry as the bilinear image; return
+    whether the geometry differs from the identity (a crop or scale happened)."""
+    ids = target
+    valid = ids != 255  # padding of the scale + crop step
+    assert (ids[valid] < n * n).all()
+    src_row, src_col = (ids // n).float(), (ids % n).float()
+    # the image holds 16 * (source row, col) sampled bilinearly at the same positions: nearest-exact picks the
+    # source pixel whose centre is within half a pixel of that position (+ uint8 rounding)
+    img_row, img_col = image[0] * 255 / 16, image[1] * 255 / 16
+    assert ((img_row - src_row).abs()[valid] <= 0.5 + 1 / 16).all()
+    assert ((img_col - src_col).abs()[valid] <= 0.5 + 1 / 16).all()
+    identity = torch.arange(n * n).view(n, n)
+    return not torch.equal(ids, identity)
+
+
+def test_crops_change_geometry_and_the_mask_follows_exactly():
+    img, mask = _grid()
+    torch.manual_seed(0)
+    for aug in (_only(with_random_crop=True), _only(with_scale_random_crop={"enable": True, "scale_range": [1, 1.5]})):
+        pipe = TrainPipeline(aug, 15)
+        changed = [_check_follows(*pipe(img, mask)) for _ in range(40)]
+        assert sum(changed) >= 20, sum(changed)  # most draws crop or scale (a full-size draw is possible)

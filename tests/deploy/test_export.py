@@ -54,8 +54,14 @@ def test_static_size_full_resolution_output_and_deepstream(tmp_path, tiny_checkp
                       "export.serialize_nvdsinfer=true", "export.simplify=false")
     result = export.run(cfg)
     runtime = OrtRuntime(onnx_file, num_classes=NUM_CLASSES, img_size=IMG)
-    out = runtime.predict(torch.randn(3, 3, IMG, IMG))  # batch 3 through a graph traced at batch 2
+    x = torch.randn(3, 3, IMG, IMG)
+    out = runtime.predict(x)  # batch 3 through a graph traced at batch 2
     assert out.shape == (3, NUM_CLASSES, IMG, IMG)
+    # our own ONNX Runtime session against PyTorch's logits resized like the graph's Resize (bilinear, half-pixel)
+    got = make_session(onnx_file).run(["output"], {"input": x.numpy()})[0]
+    ref = torch.nn.functional.interpolate(torch.from_numpy(_torch_logits(tiny_checkpoint, x)), size=(IMG, IMG),
+                                          mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
     assert runtime.meta["class_names"] == ["c0", "c1", "c2"] and runtime.meta["img_size"] == IMG
     ds = yaml.safe_load(open(result["artifacts"]["nvdsinfer_config"]))["property"]
     # the DeepStream form (tests/deploy/test_deepstream.py checks its masks): its own ONNX, normalizing inside
@@ -91,13 +97,17 @@ def test_unwritable_output_dir(tmp_path, tiny_checkpoint):
     cfg = _export_cfg(tmp_path, tiny_checkpoint, f"export.onnx_file={blocker}/sub/m.onnx")
     with pytest.raises(UserError, match=r"Cannot write export.onnx_file=.*cannot be created \(Not a directory\)"):
         export.run(cfg)
+
+
+def test_read_only_output_dir(tmp_path, tiny_checkpoint):
     locked = tmp_path / "locked"
     locked.mkdir()
     os.chmod(locked, 0o500)
     try:
-        if not os.access(locked, os.W_OK):  # permissions are enforced (not root)
-            with pytest.raises(UserError, match="not writable"):
-                export.run(_export_cfg(tmp_path, tiny_checkpoint, f"export.onnx_file={locked}/m.onnx"))
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: directory permissions are not enforced, so a read-only folder is writable")
+        with pytest.raises(UserError, match="not writable"):
+            export.run(_export_cfg(tmp_path, tiny_checkpoint, f"export.onnx_file={locked}/m.onnx"))
     finally:
         os.chmod(locked, 0o700)
 
@@ -117,4 +127,24 @@ def test_opset_below_what_the_graph_needs(tmp_path, tiny_checkpoint):
 def test_older_opset_without_layernorm_op(tmp_path, tiny_checkpoint):
     # opset 14-16 have no LayerNormalization: the exporter decomposes it and parity must still hold.
     result = export.run(_export_cfg(tmp_path, tiny_checkpoint, "export.opset_version=14"))
-    assert result["metrics"]["max_abs_diff"] <= 1e-4
+    path = result["artifacts"]["onnx_file"]
+    assert onnx.load(path).opset_import[0].version == 14
+    assert not any(n.op_type == "LayerNormalization" for n in onnx.load(path).graph.node)
+    x = torch.randn(2, 3, IMG, IMG)  # checked with our own session, not export's self-reported difference
+    got = make_session(path).run(["output"], {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, _torch_logits(tiny_checkpoint, x), atol=1e-4, rtol=0)
+
+
+def test_export_refuses_an_onnx_that_differs_from_torch(tmp_path, tiny_checkpoint, monkeypatch):
+    """The parity check must look at the ONNX: a graph traced from other weights is refused, and not written."""
+    from segformer_tao.deploy import onnx_export
+    from segformer_tao.model import build_model
+
+    torch.manual_seed(123)
+    other = build_model(deploy_cfg("export", tmp_path), load_weights=False).eval()
+    trace = onnx_export.export_onnx_bytes
+    monkeypatch.setattr(onnx_export, "export_onnx_bytes", lambda model, settings: trace(other, settings))
+    cfg = _export_cfg(tmp_path, tiny_checkpoint)
+    with pytest.raises(UserError, match="exported ONNX differs from PyTorch by"):
+        export.run(cfg)
+    assert not os.path.exists(f"{tmp_path}/results/export/tiny.onnx")

@@ -53,7 +53,11 @@ def test_qdq_onnx_is_valid_symmetric_and_runs(fp32_onnx, algorithm):
     ref = make_session(fp32_onnx).run(None, {"input": x})[0]
     got = make_session(int8).run(None, {"input": x})[0]
     assert got.shape == ref.shape == (3, NUM_CLASSES, IMG // 4, IMG // 4)
-    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.9
+    # Bounded relative error (a wrong scale or offset fails it, unlike a correlation) and the same classes.
+    # Measured on this random-init mit_b0: ~0.025 relative error, ~98.8% argmax agreement for every algorithm.
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    agree = (got.argmax(1) == ref.argmax(1)).mean()
+    assert rel < 0.08 and agree > 0.95, (rel, agree)
 
 
 def test_classifier_and_attention_stay_float(fp32_onnx):
@@ -63,9 +67,13 @@ def test_classifier_and_attention_stay_float(fp32_onnx):
     assert len(classifier) == 1 and len(attention) == 2 * 8  # mit_b0: 8 blocks, Q.K^T and attn.V each
     int8 = onnx.load_from_string(quantize_onnx(fp32_onnx, _calib(2), QuantizeSettings()))
     producers = {o: n for n in int8.graph.node for o in n.output}
-    for node in int8.graph.node:
-        if node.name in classifier + attention:
-            assert all(getattr(producers.get(i), "op_type", "") != "DequantizeLinear" for i in node.input), node.name
+    by_name = {n.name: n for n in int8.graph.node}
+    missing = [name for name in classifier + attention if name not in by_name]
+    assert not missing, f"the quantizer renamed nodes that must stay float: {missing}"
+    for name in classifier + attention:
+        node = by_name[name]
+        assert all(getattr(producers.get(i), "op_type", "") != "DequantizeLinear" for i in node.input), name
+    assert qdq_summary(int8.SerializeToString())["quantized_nodes"] > 10  # while the rest is quantized
 
 
 def test_skip_names_globs_and_unknown_names(fp32_onnx):

@@ -12,6 +12,12 @@ from segformer_tao.engine.checkpoint import load_checkpoint
 from segformer_tao.engine.datamodule import SegDataModule
 from segformer_tao.engine.module import lr_factor
 from segformer_tao.engine.trainer import train_model
+from tests.conftest import status_epochs
+
+
+def _status_epochs(results) -> list[int]:
+    """The epochs (1-based) that status.json says were trained, in order, over every run in ``results``."""
+    return status_epochs(results)[1]
 
 
 def _run(tiny, tmp_path, results, *overrides):
@@ -75,6 +81,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path, m
                       f"train.resume_training_checkpoint_path={mid}")
     assert reads == [str(mid)]  # read once: the resume check's payload is handed to Lightning
     monkeypatch.undo()
+    # Only epochs 3-4 were trained (a restart from scratch reaches the same seeded weights, so check the work done)
+    assert _status_epochs(tmp_path / "resumed") == [3, 4]
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("model_epoch_*.pth")) == [
+        "model_epoch_003_step_00009.pth", "model_epoch_004_step_00012.pth"]
     a = load_checkpoint(str(tmp_path / "full" / "segformer_model_latest.pth"))["state_dict"]
     b = load_checkpoint(str(tmp_path / "resumed" / "segformer_model_latest.pth"))["state_dict"]
     assert resumed["metrics"]["global_step"] == full["metrics"]["global_step"] == 12
@@ -85,9 +95,20 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path, m
 def test_encrypted_training_checkpoints(tiny, tmp_path):
     results = tmp_path / "enc"
     _run(tiny, tmp_path, results, "train.num_epochs=1", "encryption_key=topsecret")
-    blob = (results / "segformer_model_latest.pth").read_bytes()
-    assert b"topsecret" not in blob
+    from segformer_tao.engine.checkpoint import is_encrypted
+    from segformer_tao.errors import UserError
+
+    written = sorted(results.glob("*.pth"))
+    assert {p.name for p in written} >= {"segformer_model_latest.pth", "segformer_model_best.pth",
+                                         "model_epoch_001_step_00003.pth"}
+    for path in written:  # every checkpoint is sealed on disk and refuses to open without the key
+        blob = path.read_bytes()
+        assert is_encrypted(blob) and b"topsecret" not in blob, path.name
+        with pytest.raises(UserError, match="no encryption_key was given"):
+            load_checkpoint(str(path))
     assert load_checkpoint(str(results / "segformer_model_latest.pth"), "topsecret")["meta"]["backbone"] == "mit_b0"
+    _run(tiny, tmp_path, results, "train.num_epochs=2", "encryption_key=topsecret")  # resumes through the key
+    assert _status_epochs(results) == [1, 2] and is_encrypted((results / "segformer_model_latest.pth").read_bytes())
 
 
 def test_out_of_memory_is_explained_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch):
@@ -98,12 +119,16 @@ def test_out_of_memory_is_explained_and_keeps_the_last_checkpoint(tiny, tmp_path
     _run(tiny, tmp_path, results, "train.num_epochs=1")
     before = (results / "segformer_model_latest.pth").read_bytes()
 
+    started_at = []
+
     def boom(self, batch, batch_idx):
+        started_at.append((self.current_epoch, self.global_step))
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(SegFormerModule, "training_step", boom)
     with pytest.raises(UserError, match="Lower dataset.segment.batch_size or dataset.segment.img_size"):
         _run(tiny, tmp_path, results, "train.num_epochs=3")  # resumes from latest, then runs out of memory
+    assert started_at == [(1, 3)]  # resumed after epoch 1 (3 steps), not restarted from scratch
     assert (results / "segformer_model_latest.pth").read_bytes() == before
 
 
@@ -133,6 +158,7 @@ def test_extending_a_finished_training_keeps_its_csv_history(tiny, tmp_path):
     _, out = _run(tiny, tmp_path, results, "train.num_epochs=2")
     assert out["metrics"]["global_step"] == 6 and not out["metrics"].get("already_finished")
     assert _csv_epochs(results) == {0, 1}
+    assert _status_epochs(results) == [1, 2]  # the second run trained epoch 2 only
 
 
 def test_resuming_a_results_dir_of_another_model_is_a_user_error(tiny, tmp_path):

@@ -1,0 +1,296 @@
+"""Mutation check: break the package on purpose, one named breakage at a time, and require a test to go red.
+
+Each mutant below is a textual edit of a copy of the repository (package and tests, in a temporary folder);
+only the tests meant to catch it run, against the mutated copy (``PYTHONPATH`` and the working directory point
+at the copy, so tests and the ``python -m segformer_tao.cli`` subprocesses they start import the mutated code).
+A mutant is caught when at least one of its tests fails (``require_all``: every one of them must fail). The
+check fails when a mutant survives, when its pattern no longer matches the code exactly once (the code moved:
+fix the pattern in MUTANTS), or when the tests do not pass on the unmutated copy.
+
+Usage: ``python scripts/mutation_check.py [NAME ...]`` (``--list`` prints the mutants; ``--slow`` adds those
+whose tests take minutes). ``make mutants`` runs the others; CI runs it after ``make test``. Prints one line per
+mutant: caught by which test(s), seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A named breakage: ``edits`` are (file relative to the repo, exact text, replacement), each of which must
+    match exactly once; ``tests`` are pytest node ids meant to catch it."""
+
+    name: str
+    edits: tuple[tuple[str, str, str], ...]
+    tests: tuple[str, ...]
+    require_all: bool = False
+    slow: bool = False  # minutes of tests: only with --slow or by name (not in `make mutants`)
+
+
+TT = "tests/engine/test_train_tiny.py::"
+TW = "tests/model/test_weights.py::"
+TX = "tests/deploy/test_export.py::"
+# The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant("resume_ignored", (
+        ("segformer_tao/engine/trainer.py", "ckpt_path=resume,", "ckpt_path=None,"),),
+        (TT + "test_resume_gives_the_same_weights_as_an_uninterrupted_run",
+         TT + "test_extending_a_finished_training_keeps_its_csv_history",
+         TT + "test_out_of_memory_is_explained_and_keeps_the_last_checkpoint"), require_all=True),
+    Mutant("resume_ignored_after_kills", (
+        ("segformer_tao/engine/trainer.py", "ckpt_path=resume,", "ckpt_path=None,"),),
+        ("tests/test_crash_safety.py::test_sigkill_anywhere_then_resume_matches_uninterrupted_run",
+         "tests/automl/test_search.py::test_rerun_after_a_crash_keeps_finished_trials_and_resumes_the_interrupted_one"),
+        require_all=True, slow=True),
+    Mutant("augmentations_dropped", (
+        ("segformer_tao/data/transforms.py", "    return v2.Compose(steps)\n", "    return v2.Compose(steps[:1])\n"),),
+        ("tests/data/test_transforms.py::test_flips_and_rotations_happen_at_their_configured_rates",
+         "tests/data/test_transforms.py::test_colour_jitter_at_probability_one_changes_pixels_not_the_mask",
+         "tests/data/test_transforms.py::test_crops_change_geometry_and_the_mask_follows_exactly"), require_all=True),
+    Mutant("crop_leaves_the_mask_uncropped", (
+        ("segformer_tao/data/transforms.py",
+         "crop = F.crop(inpt, params[\"top\"], params[\"left\"], params[\"height\"], params[\"width\"])",
+         "crop = inpt"),),
+        ("tests/data/test_transforms.py::test_crops_change_geometry_and_the_mask_follows_exactly",)),
+    Mutant("mask_resampled_with_legacy_nearest", (
+        ("segformer_tao/data/transforms.py", "size, interpolation=v2.InterpolationMode.NEAREST_EXACT)",
+         "size, interpolation=v2.InterpolationMode.NEAREST)"),),
+        ("tests/data/test_transforms.py::test_crops_change_geometry_and_the_mask_follows_exactly",)),
+    Mutant("training_checkpoints_plaintext", (
+        ("segformer_tao/engine/callbacks.py", "self.encryption_key = encryption_key or None",
+         "self.encryption_key = None"),),
+        (TT + "test_encrypted_training_checkpoints",)),
+    Mutant("save_checkpoint_plaintext", (
+        ("segformer_tao/engine/checkpoint.py", "    if encryption_key:\n        data = encrypt_bytes(",
+         "    if False:\n        data = encrypt_bytes("),),
+        ("tests/engine/test_checkpoint.py::test_encrypted_checkpoint_needs_the_right_key",
+         TT + "test_encrypted_training_checkpoints"), require_all=True),
+    Mutant("weight_loading_skipped", (  # loads the model's own tensors back: the report still looks right
+        ("segformer_tao/model/weights.py", "result = model.load_state_dict(sd, strict=False)",
+         "result = model.load_state_dict({k: target.get(k, v) for k, v in sd.items()}, strict=False)"),),
+        (TW + "test_state_dict_round_trip", TW + "test_tao_layout_with_fuse_bias",
+         TW + "test_nvlabs_imagenet_backbone_with_classifier", TW + "test_mmseg_backbone"), require_all=True),
+    Mutant("export_parity_self_compared", (
+        ("segformer_tao/deploy/onnx_export.py", "got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]",
+         "got = ref"),),
+        (TX + "test_export_refuses_an_onnx_that_differs_from_torch",)),
+    Mutant("exported_graph_wrong_and_self_checked", (
+        ("segformer_tao/deploy/onnx_export.py", "got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]",
+         "got = ref"),
+        ("segformer_tao/deploy/onnx_export.py", "        logits = self.model(x)\n",
+         "        logits = self.model(x) * (1.01 if torch.onnx.is_in_onnx_export() else 1.0)\n")),
+        (TX + "test_older_opset_without_layernorm_op",
+         TX + "test_static_size_full_resolution_output_and_deepstream"), require_all=True),
+    Mutant("int8_scale_doubled", (
+        ("segformer_tao/deploy/quantization.py", "        quantized = onnx.load(out)\n",
+         "        quantized = onnx.load(out)\n"
+         "        for init in quantized.graph.initializer:\n"
+         "            if init.name.endswith('_scale'):\n"
+         "                init.CopyFrom(onnx.numpy_helper.from_array(\n"
+         "                    onnx.numpy_helper.to_array(init) * 2, init.name))\n"),),
+        ("tests/deploy/test_quantization.py::test_qdq_onnx_is_valid_symmetric_and_runs[minmax]",)),
+    Mutant("metrics_at_img_size", (
+        ("segformer_tao/actions/evaluate.py", "        for i, mask in enumerate(batch[\"mask\"]):\n",
+         "        for i, mask in enumerate(batch[\"mask\"]):\n"
+         "            mask = torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(batch[\"image\"]"
+         ".shape[-2:]), mode=\"nearest\")[0, 0].long()\n"),),
+        ("tests/engine/test_evaluate_resolution.py::test_metrics_are_computed_at_each_masks_own_resolution",)),
+    Mutant("val_metrics_at_img_size", (
+        ("segformer_tao/engine/module.py", "size=mask.shape[-2:], mode=\"bilinear\"",
+         "size=batch[\"image\"].shape[-2:], mode=\"bilinear\""),
+        ("segformer_tao/engine/module.py", "            mask = mask.to(logits.device)\n",
+         "            mask = torch.nn.functional.interpolate(mask[None, None].float(), size=batch[\"image\"]"
+         ".shape[-2:], mode=\"nearest\")[0, 0].long().to(logits.device)\n")),
+        ("tests/engine/test_evaluate_resolution.py::test_validation_miou_is_computed_at_each_masks_own_resolution",)),
+    Mutant("flip_tta_not_flipped_back", (
+        ("segformer_tao/deploy/runtime.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
+         "flipped = runtime.predict(images.flip(-1))"),),
+        ("tests/deploy/test_postprocess.py::test_flip_tta_of_a_mirror_equivariant_model_equals_its_plain_softmax",)),
+    Mutant("dataset_check_skipped_by_cli", (
+        ("segformer_tao/cli.py", "if action not in CHECKED_SPLITS or", "if True or action not in CHECKED_SPLITS or"),),
+        ("tests/data/test_check.py::test_train_checks_the_dataset_before_training",)),
+    Mutant("dataset_check_finds_nothing", (
+        ("segformer_tao/data/check.py", "    if report[\"problems\"]:\n        raise UserError(",
+         "    if False:\n        raise UserError("),),
+        ("tests/data/test_check.py::test_check_finds_every_problem",
+         "tests/data/test_check.py::test_train_checks_the_dataset_before_training")),
+    Mutant("atomic_write_is_a_plain_write", (
+        ("segformer_tao/io.py", "    path = os.fspath(path)\n    directory = os.path.dirname(os.path.abspath(path))\n",
+         "    path = os.fspath(path)\n    with open(path, mode) as f:\n        yield f\n    return\n"),),
+        ("tests/test_io.py::test_a_failed_write_keeps_the_old_file",)),
+    Mutant("parent_job_picks_latest", (
+        ("segformer_tao/jobs.py", "        if \"best\" in ckpts:\n",
+         "        if \"best\" in ckpts and \"latest\" not in ckpts:\n"),),
+        ("tests/test_jobs.py::test_parent_job_picks_the_best_checkpoint_over_the_latest",)),
+)
+
+_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
+                                 ".ruff_cache", "*.egg-info", "build", "dist", ".whl")
+
+
+def check_patterns(root: str, mutants: tuple[Mutant, ...]) -> list[str]:
+    """One message per edit whose text is not found exactly once in its file (the code moved or changed)."""
+    problems = []
+    for m in mutants:
+        for path, old, _ in m.edits:
+            full = os.path.join(root, path)
+            text = open(full, encoding="utf-8").read() if os.path.isfile(full) else None
+            count = 0 if text is None else text.count(old)
+            if count != 1:
+                where = "file missing" if text is None else ("pattern not found" if count == 0 else
+                                                              f"pattern found {count} times")
+                problems.append(f"{m.name}: {path}: {where}: {old.strip()[:80]!r}")
+    return problems
+
+
+def _run_pytest(copy: str, tests: tuple[str, ...], stop_early: bool, timeout: float, threads: int = 1,
+                ) -> tuple[int, dict[str, str], str]:
+    """Run ``tests`` in the copied repo; returns (exit code, {failed node id: failure message}, output tail);
+    exit code 124 on timeout."""
+    report = os.path.join(copy, ".mutation_report.xml")
+    env = {**os.environ, "PYTHONPATH": copy, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header", f"--junitxml={report}",
+           *(["-x"] if stop_early else []), *tests]
+    # its own process group, so that a timeout also ends the CLI processes the tests started
+    proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        return 124, {}, output[-2000:]
+    failed = {}
+    if os.path.exists(report):
+        for case in ET.parse(report).getroot().iter("testcase"):
+            problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+            if problem is not None:
+                module = case.get("classname", "").replace(".", "/") + ".py"
+                failed[f"{module}::{case.get('name')}"] = " ".join((problem.get("message") or "").split())[:160]
+        os.unlink(report)
+    return proc.returncode, failed, output[-2000:]
+
+
+def _short(node: str) -> str:
+    return node.split("::", 1)[-1]
+
+
+def _apply(copy: str, mutant: Mutant) -> dict[str, str]:
+    originals: dict[str, str] = {}
+    for path, old, new in mutant.edits:
+        full = os.path.join(copy, path)
+        text = open(full, encoding="utf-8").read()
+        originals.setdefault(full, text)
+        with open(full, "w", encoding="utf-8") as f:
+            f.write(text.replace(old, new, 1))
+    return originals
+
+
+def _restore(originals: dict[str, str]) -> None:
+    for full, text in originals.items():
+        with open(full, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def run_mutant(copy: str, mutant: Mutant, timeout: float, verbose: bool = False, threads: int = 1,
+               ) -> tuple[bool, str]:
+    """(caught, one-line verdict) for one mutant applied to the copy (restored afterwards); ``verbose`` adds each
+    failing test's message (to see that it failed for the mutant's reason)."""
+    originals = _apply(copy, mutant)
+    start = time.monotonic()
+    try:
+        code, failed, tail = _run_pytest(copy, mutant.tests, not mutant.require_all, timeout, threads)
+    finally:
+        _restore(originals)
+    seconds = time.monotonic() - start
+    if code == 124:
+        return True, f"caught (tests timed out after {timeout:.0f}s)  {seconds:.1f}s"
+    if code not in (0, 1):  # 2-5: interrupted, internal error, usage error, nothing collected
+        return False, f"ERROR: pytest exit code {code} (collection or usage problem)  {seconds:.1f}s\n{tail}"
+    if not failed:
+        return False, f"SURVIVED: {len(mutant.tests)} test(s) passed  {seconds:.1f}s"
+    missed = [t for t in mutant.tests if t not in failed] if mutant.require_all else []
+    if missed:
+        return False, (f"SURVIVED in {', '.join(_short(t) for t in missed)} (caught by "
+                       f"{', '.join(_short(t) for t in failed)})  {seconds:.1f}s")
+    details = "".join(f"\n    {_short(t)}: {msg}" for t, msg in failed.items()) if verbose else ""
+    return True, f"caught by {', '.join(_short(t) for t in failed)}  {seconds:.1f}s{details}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the mutants and their tests, run nothing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each failing test's message")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per pytest run (default 300)")
+    parser.add_argument("--slow", action="store_true", help="also run the mutants whose tests take minutes")
+    parser.add_argument("-j", "--jobs", type=int, default=2,
+                        help="pytest runs at once, each in its own copy (default 2, CI's cores; 1 thread each)")
+    args = parser.parse_args(argv)
+    known = {m.name: m for m in MUTANTS}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"unknown mutant(s) {unknown}; known: {', '.join(known)}")
+    mutants = tuple(known[n] for n in args.names) if args.names else tuple(
+        m for m in MUTANTS if args.slow or not m.slow)
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}{' (slow)' if m.slow else ''}: {', '.join(_short(t) for t in m.tests)}")
+        return 0
+    total = time.monotonic()
+    problems = check_patterns(REPO, mutants)
+    for p in problems:
+        print(f"PATTERN MISSING {p}", flush=True)
+    runnable = tuple(m for m in mutants if not any(p.startswith(m.name + ":") for p in problems))
+    failures = len({p.split(":", 1)[0] for p in problems})
+    jobs = max(1, args.jobs)
+    threads = max(1, (os.cpu_count() or 2) // jobs)  # torch threads per pytest run: no oversubscription
+    with tempfile.TemporaryDirectory(prefix="segformer_mutants_") as tmp, ThreadPoolExecutor(jobs) as pool:
+        copies: queue.Queue[str] = queue.Queue()
+        for i in range(jobs):  # one copy per concurrent pytest run: a mutant never leaks into another's tests
+            copies.put(shutil.copytree(REPO, os.path.join(tmp, f"repo{i}"), ignore=_IGNORE))
+
+        def in_a_copy(fn, *fn_args):
+            copy = copies.get()
+            try:
+                return fn(copy, *fn_args)
+            finally:
+                copies.put(copy)
+
+        tests = list(dict.fromkeys(t for m in runnable for t in m.tests))
+        start = time.monotonic()
+        chunks = [tuple(tests[i::jobs]) for i in range(jobs) if tests[i::jobs]]
+        base = list(pool.map(lambda chunk: in_a_copy(_run_pytest, chunk, False, args.timeout * 2, threads), chunks))
+        failed = [t for _, f, _ in base for t in f]
+        print(f"{'baseline':<40} {len(tests)} tests on the unmutated code: "
+              f"{'pass' if not failed and all(c == 0 for c, _, _ in base) else 'FAIL'}  "
+              f"{time.monotonic() - start:.1f}s", flush=True)
+        if failed or any(c != 0 for c, _, _ in base):
+            print(f"The tests must pass before mutating (pytest exit codes {[c for c, _, _ in base]}, 124 = timed "
+                  f"out); failed: {failed}\n" + "\n".join(t for _, _, t in base))
+            return 1
+        verdicts = pool.map(lambda m: in_a_copy(run_mutant, m, args.timeout, args.verbose, threads), runnable)
+        for m, (caught, verdict) in zip(runnable, verdicts):
+            failures += not caught
+            print(f"{m.name:<40} {verdict}", flush=True)
+    print(f"{len(mutants) - failures} of {len(mutants)} mutants caught in {time.monotonic() - total:.0f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
