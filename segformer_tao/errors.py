@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """A mistake the user can fix (bad key, missing file, wrong value).
@@ -44,3 +46,26 @@ def explain_exception(e: BaseException) -> UserError | None:
     if isinstance(e, PermissionError):
         return UserError(f"Permission denied: '{e.filename}'. Choose a writable results_dir or fix the permissions.")
     return None
+
+
+def refused_pickle(path: str, e: BaseException) -> UserError | None:
+    """The UserError for a file that ``torch.load(weights_only=True)`` refused because its pickle names code
+    (e.g. ``posix.system``) rather than tensors and plain containers; None for any other failure."""
+    found = re.search(r"GLOBAL (\S+)", str(e)) if "Weights only load failed" in str(e) else None
+    if found is None:  # garbage bytes fail weights_only loading too, without naming any code
+        return None
+    return UserError(
+        f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers (it "
+        f"references {found.group(1)}), and "
+        "unpickling them could run code. segformer_tao only loads weights with torch.load(weights_only=True). "
+        "Use a checkpoint written by `segformer train` or a .safetensors file; if you trust the file's source, "
+        "re-save just its state_dict with the tool that wrote it."
+    )
+
+
+def load_failure_reason(e: BaseException) -> str:
+    """``Type: first line`` of a torch.load failure, without torch's advice to retry with weights_only=False
+    (that would run whatever code the file's pickle names)."""
+    lines = str(e).splitlines()
+    first = lines[0].split(" Re-running")[0][:200] if lines else ""
+    return f"{type(e).__name__}: {first}"

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import io as _io
 import os
-import re
 from typing import Any
 
 import torch
 
 from segformer_tao import io
-from segformer_tao.errors import UserError
+from segformer_tao.errors import UserError, load_failure_reason, refused_pickle
 
 FORMAT = "segformer_tao.checkpoint/1"
 MAGIC = b"SEGTAO-AESGCM-1\n"
@@ -78,21 +77,6 @@ def strip_secrets(obj: Any) -> Any:
     return obj
 
 
-def refused_pickle(path: str, e: BaseException) -> UserError | None:
-    """The UserError for a file that ``torch.load(weights_only=True)`` refused because its pickle names code
-    (e.g. ``posix.system``) rather than tensors and plain containers; None for any other failure."""
-    found = re.search(r"GLOBAL (\S+)", str(e)) if "Weights only load failed" in str(e) else None
-    if found is None:  # garbage bytes fail weights_only loading too, without naming any code
-        return None
-    return UserError(
-        f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers (it "
-        f"references {found.group(1)}), and "
-        "unpickling them could run code. segformer_tao only loads weights with torch.load(weights_only=True). "
-        "Use a checkpoint written by `segformer train` or a .safetensors file; if you trust the file's source, "
-        "re-save just its state_dict with the tool that wrote it."
-    )
-
-
 def save_checkpoint(path: str, payload: dict, encryption_key: str | None = None) -> None:
     """Serialize ``payload`` with ``torch.save`` and write it atomically (local or s3://).
 
@@ -142,14 +126,6 @@ def load_checkpoint(path: str, encryption_key: str | None = None, map_location: 
             "train.pretrained_model_path."
         )
         raise UserError(f"Cannot read checkpoint '{path}': {reason}.{hint}") from e
-
-
-def load_failure_reason(e: BaseException) -> str:
-    """``Type: first line`` of a torch.load failure, without torch's advice to retry with weights_only=False
-    (that would run whatever code the file's pickle names)."""
-    lines = str(e).splitlines()
-    first = lines[0].split(" Re-running")[0][:200] if lines else ""
-    return f"{type(e).__name__}: {first}"
 
 
 def _other_model_file(path: str) -> tuple[str, str] | None:

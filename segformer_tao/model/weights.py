@@ -28,7 +28,7 @@ from omegaconf.nodes import AnyNode
 from torch import nn
 
 from segformer_tao import io as sio
-from segformer_tao.errors import UserError
+from segformer_tao.errors import UserError, load_failure_reason, refused_pickle
 from segformer_tao.model.backbones import infer_backbone
 
 __all__ = ["LoadReport", "read_state_dict", "detect_layout", "convert_state_dict", "load_pretrained"]
@@ -81,8 +81,6 @@ def _load_bytes(data: bytes, name: str) -> dict:
         with torch.serialization.safe_globals(safe):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        from segformer_tao.engine.checkpoint import load_failure_reason, refused_pickle
-
         refused = refused_pickle(name, e)
         if refused is not None:
             raise refused from e
