@@ -154,6 +154,13 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     jobs.apply_parent_job(action, cfg)
     check_required(action, cfg)
     check_conflicts(action, cfg)
+    if action == "train" and cfg.automl_policy != "off":  # a search refused (bad storage, ...) writes nothing
+        from segformer_tao.automl.policy import blocker, default_specs_dir
+
+        if blocker(cfg, default_specs_dir())[0] is None:
+            from segformer_tao.automl.search import preflight
+
+            preflight(cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)
     jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
     module_name = f"segformer_tao.actions.{action}"

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -310,9 +311,13 @@ def _unset_missing(cfg: DictConfig) -> None:
 
 
 def to_yaml_without_secrets(cfg: DictConfig) -> str:
-    """The composed config as YAML with encryption_key removed (for experiment.yaml and `segformer config`)."""
+    """The composed config as YAML with encryption_key removed and the password of automl.storage masked (for
+    experiment.yaml and `segformer config`)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("encryption_key", None)
+    automl = container.get("automl") or {}
+    if automl.get("storage"):
+        automl["storage"] = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", str(automl["storage"]))
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
