@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -61,12 +61,16 @@ def rdb_url(url: str) -> str:
 
 
 def _check_driver(url: str) -> None:
-    dialect = url.split(":", 1)[0].split("+")[0]
-    driver = url.split(":", 1)[0].split("+")[1] if "+" in url.split(":", 1)[0] else None
+    scheme = url.split(":", 1)[0]
+    dialect, _, driver = scheme.partition("+")
     module, extra = _DRIVERS.get(dialect, (None, None))
-    if module and (driver in (None, module)) and importlib.util.find_spec(module) is None:
+    if not module or driver not in ("", module):
+        return  # another driver named explicitly: SQLAlchemy's own error says what is missing
+    try:
+        importlib.import_module(module)
+    except ImportError:
         raise UserError(f"automl.storage='{mask_url(url)}' needs the {module} driver, which is not installed: "
-                        f"`pip install \"segformer_tao[{extra}]\"` on every worker.")
+                        f"`pip install \"segformer_tao[{extra}]\"` on every worker.") from None
 
 
 def open_storage(url: str | None, out_dir: str, heartbeat_s: int, create: bool = True) -> optuna.storages.BaseStorage:
