@@ -120,8 +120,9 @@ def file_digest(path: str) -> dict[str, Any]:
 
 def _redacted_argv() -> list[str]:
     # encryption_key=..., and the password of any URL with credentials (automl.storage=postgresql://u:pw@h/db)
-    return [re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", re.sub(r"(encryption_key=).*", r"\1***", a))
-            for a in sys.argv]
+    from segformer_tao.config.compose import mask_url_passwords
+
+    return [mask_url_passwords(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
 
 
 @dataclass

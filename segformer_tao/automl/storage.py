@@ -23,6 +23,7 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
+from segformer_tao.config.compose import mask_url_passwords
 from segformer_tao.errors import UserError
 
 STUDY_NAME = "segformer_automl"
@@ -30,14 +31,13 @@ JOURNAL_FILE = "automl_study.journal"
 LEGACY_DB = "automl_study.db"
 SPACE_ATTR = "search_space"
 MAX_RETRY = 2  # a trial whose worker died is retried at most twice
-_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 # driver module -> extra that installs it, per SQLAlchemy dialect
 _DRIVERS = {"postgresql": ("psycopg", "automl-pg"), "mysql": ("pymysql", "automl-mysql")}
 
 
 def mask_url(text: str) -> str:
     """``scheme://user:secret@host`` -> ``scheme://user:***@host`` anywhere in ``text``."""
-    return _CREDENTIALS.sub(r"\1***@", str(text))
+    return mask_url_passwords(str(text))
 
 
 def url_password(url: str | None) -> str | None:

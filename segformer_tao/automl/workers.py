@@ -126,9 +126,9 @@ def run_child(trial: optuna.Trial, tcfg: DictConfig, trial_dir: str, slot: Slot,
         rc = proc.wait()
     job = read_job(trial_dir) or {}
     if rc != 0:
-        raise UserError(f"AutoML trial {trial.number} failed (exit code {rc}"
-                        f"{': ' + job['error'] if job.get('error') else ''}); see "
-                        f"{os.path.join(trial_dir, TRIAL_LOG)}.")
+        why = (f"AutoML trial {trial.number} failed (exit code {rc}{': ' + job['error'] if job.get('error') else ''}"
+               f"); see {os.path.join(trial_dir, TRIAL_LOG)}.")
+        raise UserError(why) if rc == 2 else RuntimeError(why)  # 2: the trial's spec was refused (user input)
     frozen = trial.study._storage.get_trial(trial._trial_id)
     metrics = job.get("metrics", {})
     if PRUNED_ATTR in frozen.user_attrs:

@@ -310,6 +310,14 @@ def _unset_missing(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, key, None)
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def mask_url_passwords(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` anywhere in ``text`` (e.g. automl.storage)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def to_yaml_without_secrets(cfg: DictConfig) -> str:
     """The composed config as YAML with encryption_key removed and the password of automl.storage masked (for
     experiment.yaml and `segformer config`)."""
@@ -317,9 +325,10 @@ def to_yaml_without_secrets(cfg: DictConfig) -> str:
     container.pop("encryption_key", None)
     automl = container.get("automl") or {}
     if automl.get("storage"):
-        automl["storage"] = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", str(automl["storage"]))
+        automl["storage"] = mask_url_passwords(str(automl["storage"]))
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
 __all__ = ["compose_config", "validate", "iter_fields", "all_keys", "suggest", "apply_overrides", "conf_groups",
-           "group_options", "load_spec_file", "to_yaml_without_secrets", "package_dir", "ListConfig"]
+           "group_options", "load_spec_file", "to_yaml_without_secrets", "mask_url_passwords", "package_dir",
+           "ListConfig"]
