@@ -124,7 +124,9 @@ def check_conflicts(action: str, cfg) -> None:
     section = cfg.get(action)
     if section is not None and "gpu_ids" in section and "num_gpus" in section:
         ids, n = list(section.gpu_ids or []), section.num_gpus
-        if len(ids) > 1 and len(ids) != n:
+        # an AutoML search may list the GPUs of all its parallel trials (num_gpus each)
+        parallel = int(cfg.automl.parallel_trials) if action == "train" and cfg.automl_policy != "off" else 1
+        if len(ids) > 1 and len(ids) not in (n, n * parallel):
             raise UserError(f"{action}.gpu_ids={ids} lists {len(ids)} devices but {action}.num_gpus={n}. Make them "
                             f"agree, e.g. {action}.num_gpus={len(ids)}, or drop {action}.gpu_ids.")
 

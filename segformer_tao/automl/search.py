@@ -254,12 +254,13 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optu
         try:
             value = objective(trial)
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             return
         except BaseException:
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
-    study.tell(trial, value)
+    # skip_if_finished: a worker stalled past 3 heartbeats may find its trial failed (and retried) by another one
+    study.tell(trial, value, skip_if_finished=True)
 
 
 def optimize(study: optuna.Study, target: int, objectives: list[Callable[[optuna.Trial], float]],

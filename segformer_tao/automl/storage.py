@@ -42,7 +42,7 @@ def mask_url(text: str) -> str:
 
 def url_password(url: str | None) -> str | None:
     """The password inside a storage URL (for log redaction), or None."""
-    m = re.search(r"://[^:/@\s]+:([^@\s]+)@", str(url or ""))
+    m = re.search(r"://[^:/@\s]+:([^\s/?#]+)@", str(url or ""))
     return m.group(1) if m else None
 
 

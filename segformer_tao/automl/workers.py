@@ -81,12 +81,16 @@ def plan_slots(cfg: DictConfig) -> list[Slot] | None:
     return [Slot(i, gpus=tuple(ids[i * per_trial:(i + 1) * per_trial])) for i in range(parallel)]
 
 
+try:  # resolved here: a forked child must not load libraries (another thread may hold the loader's lock)
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGKILL when the worker dies, so a killed worker leaves no orphan trial running."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: the orphan finishes its trial; the heartbeat still retries it
-        pass
+    if _PRCTL is not None:  # elsewhere the orphan finishes its trial and the heartbeat still retries it
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def child_env(slot: Slot, trial: optuna.Trial, where: dict) -> dict[str, str]:

@@ -310,7 +310,8 @@ def _unset_missing(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, key, None)
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+# the password runs to the host's '@' (greedy: an unencoded '@' or ':' in a password is masked too)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^\s/?#]+@")
 
 
 def mask_url_passwords(text: str) -> str:
