@@ -129,10 +129,15 @@ def write_report(study: optuna.Study, out_dir: str) -> dict:
         raise UserError(f"AutoML finished with no complete trial (states: {summary['counts']}); see "
                         f"{os.path.join(out_dir, RESULTS_JSON)}. Raise automl.timeout or automl.num_trials, or use "
                         "automl.algorithm=bayesian (no pruning).")
-    checkpoint = export_best(best, out_dir)
-    log.info("AutoML: best trial %d val_miou=%.4f %s -> %s", best.number, best.value, best.user_attrs.get("config"),
-             os.path.join(out_dir, BEST_DIR))
-    artifacts = {"best_checkpoint": checkpoint, "automl_results": os.path.join(out_dir, RESULTS_JSON)}
+    artifacts = {"automl_results": os.path.join(out_dir, RESULTS_JSON)}
+    if os.path.isdir(best.user_attrs["trial_dir"]):
+        artifacts["best_checkpoint"] = export_best(best, out_dir)
+        log.info("AutoML: best trial %d val_miou=%.4f %s -> %s", best.number, best.value,
+                 best.user_attrs.get("config"), os.path.join(out_dir, BEST_DIR))
+    else:  # a worker on another host without a shared filesystem ran it: best_model/ is written there
+        log.info("AutoML: best trial %d val_miou=%.4f %s ran on %s; its best_model/ is in the results dir there (%s)",
+                 best.number, best.value, best.user_attrs.get("config"), best.user_attrs.get("host"),
+                 best.user_attrs["trial_dir"])
     artifacts.update({os.path.splitext(os.path.basename(p))[0]: p for p in plots})
     metrics = {"val_miou": best.value, "best_trial": best.number, "trials_complete": summary["counts"]["complete"],
                "trials_pruned": summary["counts"]["pruned"]}

@@ -143,8 +143,16 @@ def _origin(t: optuna.trial.FrozenTrial) -> int:
 
 
 def trial_dir_of(trial: optuna.Trial, out_dir: str) -> str:
-    """``trials/<n>``, where a retried trial keeps the directory (and checkpoints) of the trial it retries."""
-    return os.path.join(out_dir, "trials", str(_origin(trial.study._storage.get_trial(trial._trial_id))))
+    """``trials/<n>``, where a retried trial keeps the directory (and checkpoints) of the trial it retries: the
+    one that trial recorded when this host can reach it (the same results dir, or another worker's on a shared
+    filesystem), else ``trials/<n>`` here (the retry then starts from scratch)."""
+    origin = _origin(trial.study._storage.get_trial(trial._trial_id))
+    if origin != trial.number:
+        first = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == origin)
+        recorded = first.user_attrs.get("trial_dir")
+        if recorded and os.path.isdir(recorded):
+            return recorded
+    return os.path.join(out_dir, "trials", str(origin))
 
 
 def trial_config(cfg: DictConfig, values: dict, trial_dir: str) -> DictConfig:

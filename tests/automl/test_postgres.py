@@ -41,10 +41,9 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(demo_
     """Two workers, one study, automl.num_trials=4: worker A is SIGKILLed in its second trial; B notices (heartbeat
     every 2 s, dead after 6 s), re-runs that trial, and both wait for each other so exactly 4 trials complete."""
     results = tmp_path / "res"
-    out = results / "train"
-    args = _args(demo_root, results, pg_url, "automl.num_trials=4", "automl.heartbeat_interval=2")
-    a = _worker(args)
-    b = _worker(args)
+    out = results / "b" / "train"  # each worker has its own results dir (one writer per folder), as on many hosts
+    a = _worker(_args(demo_root, results / "a", pg_url, "automl.num_trials=4", "automl.heartbeat_interval=2"))
+    b = _worker(_args(demo_root, results / "b", pg_url, "automl.num_trials=4", "automl.heartbeat_interval=2"))
     host = socket.gethostname()
     deadline, victim = time.time() + 400, None
     while victim is None:  # A's second trial, once it is training
@@ -69,7 +68,9 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(demo_
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == victim.params and retries[0].user_attrs["host"] == f"{host}:{b.pid}"
-    assert retries[0].user_attrs["trial_dir"] == victim.user_attrs["trial_dir"]  # resumed in the same dir
+    # resumed in the killed trial's own dir, in A's results dir (reachable here, as on a shared filesystem)
+    assert retries[0].user_attrs["trial_dir"] == victim.user_attrs["trial_dir"]
+    assert victim.user_attrs["trial_dir"].startswith(str(results / "a"))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4 and len({t.user_attrs["trial_dir"] for t in complete}) == 4  # none ran twice
     assert {t.user_attrs["host"] for t in complete} == {f"{host}:{a.pid}", f"{host}:{b.pid}"}
