@@ -6,7 +6,10 @@ number of visible GPUs, one trial per GPU. Trials: mit_b0 on the synthetic demo 
 --repeats times; prints median wall times with min-max and the speed-up ratio, and writes
 bench/results/automl_parallel.json.
 
-    python bench/automl_parallel.py [--trials 4] [--epochs 2] [--img-size 64] [--repeats 2]
+    python bench/automl_parallel.py [--trials 4] [--epochs 2] [--img-size 64] [--images 16] [--repeats 2]
+
+Short trials measure mostly process start-up (each parallel trial is a fresh `segformer train`, ~10-20 s of
+imports on a loaded 2-core machine); real trials last minutes to hours, so use trials of a realistic length.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--images", type=int, default=16, help="training images (validation: a quarter)")
     args = ap.parse_args()
     sys.path.insert(0, ROOT)
     import torch
@@ -67,7 +71,8 @@ def main() -> None:
     parallel = gpus if gpus > 1 else 2
     tmp = tempfile.mkdtemp(prefix="bench-automl-")
     try:
-        root = str(make_demo_dataset(os.path.join(tmp, "demo"), train=8, val=4, test=1))
+        root = str(make_demo_dataset(os.path.join(tmp, "demo"), train=args.images, val=max(2, args.images // 4),
+                                           test=1))
         times: dict[int, list[float]] = {1: [], parallel: []}
         for r in range(args.repeats):
             for p in (1, parallel):  # alternate, so load changes on a shared machine hit both alike
@@ -80,11 +85,13 @@ def main() -> None:
     med = {p: statistics.median(v) for p, v in times.items()}
     ratio = med[1] / med[parallel]
     device = f"{gpus} GPU(s) {torch.cuda.get_device_name(0)}" if gpus else f"{cores} CPU cores ({cpu_flags()})"
-    print(f"\nAutoML {args.trials} trials x {args.epochs} epochs, mit_b0 {args.img_size}px, {device}")
+    print(f"\nAutoML {args.trials} trials x {args.epochs} epochs, mit_b0 {args.img_size}px, {args.images} images, "
+          f"{device}")
     for p, v in times.items():
         print(f"  parallel_trials={p}: median {med[p]:.1f} s (min {min(v):.1f}, max {max(v):.1f}, n={len(v)})")
     print(f"  speed-up parallel_trials={parallel} vs 1: {ratio:.2f}x (goal >= 1.5x)")
     out = {"device": device, "trials": args.trials, "epochs": args.epochs, "img_size": args.img_size,
+           "images": args.images,
            "wall_s": {str(p): v for p, v in times.items()}, "median_s": {str(p): m for p, m in med.items()},
            "speedup": ratio, "parallel_trials": parallel}
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)

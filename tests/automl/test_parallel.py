@@ -6,6 +6,7 @@ import json
 import os
 from datetime import datetime
 
+import optuna
 import pytest
 
 from segformer_tao.automl import storage, workers
@@ -23,8 +24,8 @@ def test_two_parallel_trials_run_as_children_with_their_own_threads_logs_and_dir
     results = tmp_path / "res"
     out = results / "train"
     res = run_cli("train", "-e", str(demo_root / "spec.yaml"), *tiny_overrides(demo_root, results),
-                  "dataset.segment.img_size=32", "automl.num_trials=4", "automl.max_epochs=1",
-                  "automl.algorithm=bayesian", "automl.sampler=tpe", "automl.parallel_trials=2",
+                  "dataset.segment.img_size=32", "automl.num_trials=4", "automl.max_epochs=2",
+                  "automl.algorithm=hyperband", "automl.parallel_trials=2",
                   env={"OMP_NUM_THREADS": "2"})
     assert res.returncode == 0, res.output[-3000:]
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
@@ -32,7 +33,9 @@ def test_two_parallel_trials_run_as_children_with_their_own_threads_logs_and_dir
     assert (out / storage.JOURNAL_FILE).is_file() and not (out / storage.LEGACY_DB).exists()
 
     report = json.loads((out / "automl_results.json").read_text())
-    assert report["counts"]["complete"] == 4 and len(report["trials"]) == 4
+    counts = report["counts"]
+    assert counts["complete"] + counts["pruned"] == 4 and counts["complete"] >= 1 and len(report["trials"]) == 4
+    study = optuna.load_study(study_name=storage.STUDY_NAME, storage=storage.open_storage(None, str(out), 60))
     assert sorted(r["trial"] for r in report["trials"]) == [0, 1, 2, 3]
     assert {r["devices"] for r in report["trials"]} == {f"cpu x{threads} threads"}
     assert sorted(os.listdir(out / "trials")) == ["0", "1", "2", "3"]
@@ -45,14 +48,19 @@ def test_two_parallel_trials_run_as_children_with_their_own_threads_logs_and_dir
         assert {"experiment.yaml", "job.json", "status.json", "segformer_model_best.pth", workers.TRIAL_SPEC,
                 workers.TRIAL_LOG} <= names, names
         job = json.loads((tdir / "job.json").read_text())
-        assert job["status"] == "done" and job["pid"] != json.loads((out / "job.json").read_text())["pid"]
-        assert job["metrics"]["best_val_miou"] == pytest.approx(r["val_miou"])
+        assert job["pid"] != json.loads((out / "job.json").read_text())["pid"]  # trained in a child process
+        # the child reported val_miou after each epoch to the study; a pruned one stopped after epoch 1
+        t = study.trials[r["trial"]]
+        pruned = t.state == optuna.trial.TrialState.PRUNED
+        assert sorted(t.intermediate_values) == ([1] if pruned else [1, 2]) and r["state"] == t.state.name.lower()
+        assert job["status"] == ("pruned" if pruned else "done")
+        assert t.intermediate_values[max(t.intermediate_values)] == pytest.approx(job["metrics"]["val_miou"])
         assert "train finished" in (tdir / workers.TRIAL_LOG).read_text()
         spans.append((_when(job["start"]), _when(job["end"])))
     # two at a time: some trials overlap in time, never more than two
     overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1]]
     assert overlapping, spans
-    best = max(report["trials"], key=lambda r: r["val_miou"])
+    best = max((r for r in report["trials"] if r["state"] == "complete"), key=lambda r: r["val_miou"])
     assert report["best_trial"] == best["trial"]
     assert (out / "best_model" / "segformer_model_best.pth").read_bytes() == \
         (out / "trials" / str(best["trial"]) / "segformer_model_best.pth").read_bytes()
