@@ -319,6 +319,9 @@ def run(cfg: DictConfig) -> dict:
     target = int(cfg.automl.num_trials)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     where = st.mask_url(cfg.automl.storage) if cfg.automl.storage else st.local_path(out_dir)
+    if not cfg.automl.storage and int(cfg.automl.heartbeat_interval) != 60:
+        log.info("AutoML: automl.heartbeat_interval=%s has no effect without automl.storage (one process owns a "
+                 "results-dir study and retries its interrupted trials when re-run)", cfg.automl.heartbeat_interval)
     log.info("AutoML: %s (%s sampler) over %s; %d/%d trials finished, %d epochs each; %s; study in %s",
              cfg.automl.algorithm, sampler, [p.key for p in space], finished, target, trial_epochs(cfg),
              f"{len(slots)} trials at a time ({', '.join(s.describe() for s in slots)})" if slots
