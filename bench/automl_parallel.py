@@ -68,6 +68,8 @@ def main() -> None:
 
     gpus = torch.cuda.device_count()
     cores = len(os.sched_getaffinity(0))
+    if gpus == 1:
+        sys.exit("one GPU: nothing to compare (parallel trials take one GPU each); run this on a multi-GPU machine")
     parallel = gpus if gpus > 1 else 2
     tmp = tempfile.mkdtemp(prefix="bench-automl-")
     try:

@@ -169,6 +169,17 @@ def trial_config(cfg: DictConfig, values: dict, trial_dir: str) -> DictConfig:
     return tcfg
 
 
+def _own_devices(cfg: DictConfig) -> str:
+    """What a trial trained in this process runs on, as a Slot describes it."""
+    import torch
+
+    if torch.cuda.is_available():
+        ids = [int(g) for g in cfg.train.gpu_ids or [0]]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"gpu {visible.split(',')[ids[0]] if visible else ids[0]}"
+    return f"cpu x{torch.get_num_threads()} threads"
+
+
 def _start_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str,
                  devices: str) -> tuple[str, dict, DictConfig]:
     """Sample the trial's values and record them, its directory, host and devices on the trial."""
@@ -203,7 +214,7 @@ def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir:
     from segformer_tao.jobs import Job, is_primary, prepare_results_dir
     from segformer_tao.status import action_status
 
-    trial_dir, values, tcfg = _start_trial(trial, cfg, space, out_dir, "in process")
+    trial_dir, values, tcfg = _start_trial(trial, cfg, space, out_dir, _own_devices(cfg))
     prepare_results_dir("train", tcfg)
     job = Job.start("train", tcfg, trial_dir)
     job.record["automl_trial"] = {"number": trial.number, "params": values}

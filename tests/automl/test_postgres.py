@@ -74,6 +74,7 @@ def test_two_workers_share_one_study_and_a_killed_workers_trial_is_retried(demo_
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4 and len({t.user_attrs["trial_dir"] for t in complete}) == 4  # none ran twice
     assert {t.user_attrs["host"] for t in complete} == {f"{host}:{a.pid}", f"{host}:{b.pid}"}
+    assert {t.user_attrs["devices"] for t in complete} == {"cpu x1 threads"}  # OMP_NUM_THREADS=1, in process
 
     report = json.loads((out / "automl_results.json").read_text())
     assert report["counts"]["complete"] == 4 and report["counts"]["fail"] == 1
