@@ -17,7 +17,8 @@ Scale: ``automl.parallel_trials`` slots run trials as ``segformer train`` child 
 workers started with the same command on several hosts share one study through ``automl.storage``: each worker
 asks the study for the next trial until ``automl.num_trials`` are finished or running anywhere, waits for the
 others' trials (re-running those whose worker died, detected by Optuna's heartbeat), then writes the same
-reports and best_model/ from the shared study (atomic writes, so concurrent writers leave one whole copy).
+reports from the shared study into its own results dir, and best_model/ when it can reach the best trial's dir
+(a shared filesystem, or the worker that ran it).
 """
 
 from __future__ import annotations
