@@ -64,3 +64,32 @@ def test_two_parallel_trials_run_as_children_with_their_own_threads_logs_and_dir
     assert report["best_trial"] == best["trial"]
     assert (out / "best_model" / "segformer_model_best.pth").read_bytes() == \
         (out / "trials" / str(best["trial"]) / "segformer_model_best.pth").read_bytes()
+
+
+def test_a_killed_search_leaves_no_trial_process_running(demo_root, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "res" / "train"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "segformer_tao.cli", "train", "-e", str(demo_root / "spec.yaml"),
+                             *tiny_overrides(demo_root, tmp_path / "res"), "dataset.segment.img_size=32",
+                             "automl.num_trials=2", "automl.max_epochs=50", "automl.parallel_trials=2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jobs = [out / "trials" / str(n) / "job.json" for n in (0, 1)]
+    deadline = time.time() + 300
+    while not all(j.is_file() for j in jobs):  # both children are training
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    pids = [json.loads(j.read_text())["pid"] for j in jobs]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while any(os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split(")")[1][:3]
+              for p in pids):
+        assert time.time() < deadline, f"trial processes {pids} outlived their search"
+        time.sleep(0.2)
