@@ -125,7 +125,9 @@ def check_conflicts(action: str, cfg) -> None:
     section = cfg.get(action)
     if section is not None and "gpu_ids" in section and "num_gpus" in section:
         ids, n = list(section.gpu_ids or []), section.num_gpus
-        if len(ids) > 1 and len(ids) != n:
+        # an AutoML search may list the GPUs of all its parallel trials (num_gpus each)
+        parallel = int(cfg.automl.parallel_trials) if action == "train" and cfg.automl_policy != "off" else 1
+        if len(ids) > 1 and len(ids) not in (n, n * parallel):
             raise UserError(f"{action}.gpu_ids={ids} lists {len(ids)} devices but {action}.num_gpus={n}. Make them "
                             f"agree, e.g. {action}.num_gpus={len(ids)}, or drop {action}.gpu_ids.")
 
@@ -155,6 +157,13 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     jobs.apply_parent_job(action, cfg, {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o})
     check_required(action, cfg)
     check_conflicts(action, cfg)
+    if action == "train" and cfg.automl_policy != "off":  # a search refused (bad storage, ...) writes nothing
+        from segformer_tao.automl.policy import blocker, default_specs_dir
+
+        if blocker(cfg, default_specs_dir())[0] is None:
+            from segformer_tao.automl.search import preflight
+
+            preflight(cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)
     jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
     module_name = f"segformer_tao.actions.{action}"

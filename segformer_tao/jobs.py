@@ -130,6 +130,14 @@ def setup_logging(out_dir: str, secrets: list[str] | None = None) -> None:
         h.addFilter(redact)
 
 
+def redact_in_logs(secrets: list[str]) -> None:
+    """Replace these secrets by *** in every log line from now on (e.g. a storage URL's password)."""
+    secrets = [s for s in secrets if s]
+    if secrets:
+        for h in logging.getLogger().handlers:
+            h.addFilter(_RedactSecrets(secrets))
+
+
 def _env_secrets() -> list[str]:
     names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY")
     return [os.environ[n] for n in names if os.environ.get(n)]
@@ -145,7 +153,10 @@ def file_digest(path: str) -> dict[str, Any]:
 
 
 def _redacted_argv() -> list[str]:
-    return [re.sub(r"(encryption_key=).*", r"\1***", a) for a in sys.argv]
+    # encryption_key=..., and the password of any URL with credentials (automl.storage=postgresql://u:pw@h/db)
+    from segformer_tao.config.compose import mask_url_passwords
+
+    return [mask_url_passwords(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
 
 
 @dataclass

@@ -62,10 +62,6 @@ def specs_problem(specs_dir: str) -> str | None:
     return None
 
 
-def _processes(cfg: DictConfig) -> int:
-    return max(1, int(cfg.train.num_gpus)) * max(1, int(cfg.train.num_nodes))
-
-
 def blocker(cfg: DictConfig, specs_dir: str) -> tuple[str | None, str]:
     """(what stops AutoML or None, the capability reason) for this config and specs folder."""
     enabled, why = automl_capability(specs_dir)
@@ -78,10 +74,10 @@ def blocker(cfg: DictConfig, specs_dir: str) -> tuple[str | None, str]:
     if "optuna" in missing or ("scipy" in missing and str(cfg.automl.sampler) == "gp"):
         return (f"AutoML needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed "
                 "(`pip install \"segformer_tao[automl]\"`)"), why
-    if _processes(cfg) > 1:
-        return (f"AutoML trials run in one process but train.num_gpus={cfg.train.num_gpus} x "
-                f"train.num_nodes={cfg.train.num_nodes} asks for more; set train.num_gpus=1 train.num_nodes=1 "
-                "to search"), why
+    if int(cfg.train.num_nodes) > 1:
+        return (f"AutoML trials train on one node each but train.num_nodes={cfg.train.num_nodes}; set "
+                "train.num_nodes=1 and start the same command on every node with a shared automl.storage to search "
+                "on several machines"), why
     return None, why
 
 

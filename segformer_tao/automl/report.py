@@ -16,17 +16,20 @@ from segformer_tao.errors import UserError
 log = logging.getLogger("segformer_tao")
 BEST_DIR = "best_model"
 BEST_CHECKPOINT = "segformer_model_best.pth"
+SURPLUS = "surplus"  # a trial asked for by two workers racing for the last slot: never run, not reported
 RESULTS_JSON, RESULTS_CSV = "automl_results.json", "automl_results.csv"
 MIOU_PLOT, IMPORTANCE_PLOT = "automl_val_miou.png", "automl_importances.png"
 
 
 def trial_row(t: FrozenTrial) -> dict:
-    """One trial as reported: number, state, val_miou (pruned: last reported), epochs reported, params, dir."""
+    """One trial as reported: number, state, val_miou (pruned: last reported), epochs reported, params, dir,
+    the worker that ran it (``host:pid``) and its devices."""
     steps = sorted(t.intermediate_values)
     value = t.value if t.state == TrialState.COMPLETE else (t.intermediate_values[steps[-1]] if steps else None)
     return {"trial": t.number, "state": t.state.name.lower(), "val_miou": value,
             "epochs_reported": steps[-1] if steps else 0, "params": t.user_attrs.get("config", {}),
-            "trial_dir": t.user_attrs.get("trial_dir"),
+            "trial_dir": t.user_attrs.get("trial_dir"), "host": t.user_attrs.get("host"),
+            "devices": t.user_attrs.get("devices"),
             "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None}
 
 
@@ -34,10 +37,12 @@ def _write_csv(path: str, rows: list[dict]) -> None:
     keys = sorted({k for r in rows for k in r["params"]})
     buf = _io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["trial", "state", "val_miou", "epochs_reported", *keys, "trial_dir", "duration_s"])
+    writer.writerow(["trial", "state", "val_miou", "epochs_reported", *keys, "trial_dir", "host", "devices",
+                     "duration_s"])
     for r in rows:
         writer.writerow([r["trial"], r["state"], r["val_miou"], r["epochs_reported"],
-                         *[r["params"].get(k, "") for k in keys], r["trial_dir"], r["duration_s"]])
+                         *[r["params"].get(k, "") for k in keys], r["trial_dir"], r["host"], r["devices"],
+                         r["duration_s"]])
     io.write_text(path, buf.getvalue())
 
 
@@ -109,11 +114,11 @@ def export_best(best: FrozenTrial, out_dir: str) -> str:
 
 def write_report(study: optuna.Study, out_dir: str) -> dict:
     """Write results, plots and best_model/; return the train action's {"metrics", "artifacts"}."""
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
     rows = [trial_row(t) for t in trials]
     imp = importances(study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None  # ties: the earlier trial
     summary = {"best_trial": best.number if best else None, "best_val_miou": best.value if best else None,
                "best_params": best.user_attrs.get("config") if best else None, "importances": imp,
                "counts": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}, "trials": rows}
@@ -124,10 +129,15 @@ def write_report(study: optuna.Study, out_dir: str) -> dict:
         raise UserError(f"AutoML finished with no complete trial (states: {summary['counts']}); see "
                         f"{os.path.join(out_dir, RESULTS_JSON)}. Raise automl.timeout or automl.num_trials, or use "
                         "automl.algorithm=bayesian (no pruning).")
-    checkpoint = export_best(best, out_dir)
-    log.info("AutoML: best trial %d val_miou=%.4f %s -> %s", best.number, best.value, best.user_attrs.get("config"),
-             os.path.join(out_dir, BEST_DIR))
-    artifacts = {"best_checkpoint": checkpoint, "automl_results": os.path.join(out_dir, RESULTS_JSON)}
+    artifacts = {"automl_results": os.path.join(out_dir, RESULTS_JSON)}
+    if os.path.isdir(best.user_attrs["trial_dir"]):
+        artifacts["best_checkpoint"] = export_best(best, out_dir)
+        log.info("AutoML: best trial %d val_miou=%.4f %s -> %s", best.number, best.value,
+                 best.user_attrs.get("config"), os.path.join(out_dir, BEST_DIR))
+    else:  # a worker on another host without a shared filesystem ran it: best_model/ is written there
+        log.info("AutoML: best trial %d val_miou=%.4f %s ran on %s; its best_model/ is in the results dir there (%s)",
+                 best.number, best.value, best.user_attrs.get("config"), best.user_attrs.get("host"),
+                 best.user_attrs["trial_dir"])
     artifacts.update({os.path.splitext(os.path.basename(p))[0]: p for p in plots})
     metrics = {"val_miou": best.value, "best_trial": best.number, "trials_complete": summary["counts"]["complete"],
                "trials_pruned": summary["counts"]["pruned"]}

@@ -2,8 +2,9 @@
 
 Layout of the train results dir (``cfg.train.results_dir``)::
 
-    automl_study.db              Optuna study (SQLite unless automl.storage names an RDB URL)
+    automl_study.journal         Optuna study (journal file; automl.storage=postgresql://... for many hosts)
     trials/<n>/                  one train job per trial: experiment.yaml, job.json, status.json, checkpoints
+                                 (+ trial_spec.yaml and train.log when trials run as child processes)
     best_model/                  best trial's segformer_model_best.pth + experiment.yaml (its spec)
     automl_results.json / .csv   every trial: number, state, val_miou, params, trial dir
     automl_val_miou.png, automl_importances.png
@@ -11,43 +12,46 @@ Layout of the train results dir (``cfg.train.results_dir``)::
 Re-running the same command resumes: finished (complete or pruned) trials are kept, a trial that was running
 when the process died is retried with the same parameters in its own directory (training resumes from its
 latest checkpoint), and only the missing trials run.
+
+Scale: ``automl.parallel_trials`` slots run trials as ``segformer train`` child processes (see workers.py), and
+workers started with the same command on several hosts share one study through ``automl.storage``: each worker
+asks the study for the next trial until ``automl.num_trials`` are finished or running anywhere, waits for the
+others' trials (re-running those whose worker died, detected by Optuna's heartbeat), then writes the same
+reports from the shared study into its own results dir, and best_model/ when it can reach the best trial's dir
+(a shared filesystem, or the worker that ran it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import logging
 import os
-import warnings
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from segformer_tao.automl import storage as st
+from segformer_tao.automl import workers
 from segformer_tao.automl.pruning import PruningCallback
-from segformer_tao.automl.report import write_report
+from segformer_tao.automl.report import SURPLUS, write_report
 from segformer_tao.automl.space import Param, build_space, load_train_schema, sample
 from segformer_tao.errors import UserError
 
 log = logging.getLogger("segformer_tao")
-STUDY_NAME = "segformer_automl"
-DB_FILE = "automl_study.db"
+STUDY_NAME = st.STUDY_NAME
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 REDUCTION_FACTOR = 3  # Hyperband / ASHA keep the best third at each rung
-HEARTBEAT_S, GRACE_S = 60, 180  # an RDB trial silent for GRACE_S is taken as dead and retried
-MAX_RETRY = 2
-
-
-@contextlib.contextmanager
-def _experimental_ok():
-    """Heartbeats and trial retries are marked experimental in Optuna; we rely on (and test) their behaviour."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
+POLL_S = 2.0  # how often a worker with nothing to start looks again at the shared study
+_experimental_ok = st.warnings_off
 
 
 def trial_epochs(cfg: DictConfig) -> int:
@@ -93,23 +97,21 @@ def build_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: DictConfig, out_dir: str) -> optuna.Study:
-    """Create or load the study; with the default SQLite file, trials left running by a dead process are retried."""
-    default = not cfg.automl.storage
-    url = str(cfg.automl.storage or f"sqlite:///{os.path.join(out_dir, DB_FILE)}")
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with _experimental_ok():
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                 grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or unreachable server
-        raise UserError(f"automl.storage='{url}' cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}). "
-                        "Use an SQLAlchemy URL such as postgresql://user@host/db, or unset it for SQLite in "
-                        "the results dir.") from e
+def open_study(cfg: DictConfig, out_dir: str, space: list[Param]) -> optuna.Study:
+    """Create or load the study (refusing one made with another search space).
+
+    With the results-dir storage one process owns the study, so trials left running by a dead process are
+    retried; with an RDB, Optuna's heartbeat finds them instead (another worker may still be running them).
+    """
+    url = cfg.automl.storage or None
+    storage = st.open_storage(url, out_dir, int(cfg.automl.heartbeat_interval))
+    st.check_space(storage, space, st.mask_url(url) if url else out_dir)
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
                                 sampler=build_sampler(cfg), pruner=build_pruner(cfg))
-    if default:  # one process owns a results-dir SQLite study, so anything still RUNNING died with its process
+    study.set_user_attr(st.SPACE_ATTR, st.describe_space(space))
+    if not url:
+        with _experimental_ok():
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=st.MAX_RETRY)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             with _experimental_ok():
@@ -118,12 +120,40 @@ def open_study(cfg: DictConfig, out_dir: str) -> optuna.Study:
     return study
 
 
-def trial_dir_of(trial: optuna.Trial, out_dir: str) -> str:
-    """``trials/<n>``, where a retried trial keeps the directory (and checkpoints) of the trial it retries."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+def preflight(cfg: DictConfig) -> None:
+    """Everything that can refuse a search before its results dir is touched: keys, devices, the storage (driver,
+    server, password) and the stored study's search space. Raises UserError; writes nothing in the results dir."""
+    from segformer_tao.jobs import action_results_dir
+
+    _check(cfg)
+    sampler_name(cfg)
+    workers.plan_slots(cfg)
+    space = build_space(cfg, load_train_schema())
+    out_dir = os.path.abspath(action_results_dir("train", cfg))
+    url = cfg.automl.storage or None
+    storage = st.open_storage(url, out_dir, int(cfg.automl.heartbeat_interval), create=False)
+    if storage is not None:
+        st.check_space(storage, space, st.mask_url(url) if url else out_dir)
+
+
+def _origin(t: optuna.trial.FrozenTrial) -> int:
+    """The trial number a retried trial retries (its directory and checkpoints), else its own number."""
     with _experimental_ok():
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    return os.path.join(out_dir, "trials", str(history[0] if history else trial.number))
+        history = RetryHeartbeatStaleTrialCallback.retry_history(t)
+    return history[0] if history else t.number
+
+
+def trial_dir_of(trial: optuna.Trial, out_dir: str) -> str:
+    """``trials/<n>``, where a retried trial keeps the directory (and checkpoints) of the trial it retries: the
+    one that trial recorded when this host can reach it (the same results dir, or another worker's on a shared
+    filesystem), else ``trials/<n>`` here (the retry then starts from scratch)."""
+    origin = _origin(trial.study._storage.get_trial(trial._trial_id))
+    if origin != trial.number:
+        first = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == origin)
+        recorded = first.user_attrs.get("trial_dir")
+        if recorded and os.path.isdir(recorded):
+            return recorded
+    return os.path.join(out_dir, "trials", str(origin))
 
 
 def trial_config(cfg: DictConfig, values: dict, trial_dir: str) -> DictConfig:
@@ -140,19 +170,56 @@ def trial_config(cfg: DictConfig, values: dict, trial_dir: str) -> DictConfig:
     return tcfg
 
 
+def _own_devices(cfg: DictConfig) -> str:
+    """What a trial trained in this process runs on, as a Slot describes it."""
+    import torch
+
+    if torch.cuda.is_available():
+        ids = [int(g) for g in cfg.train.gpu_ids or [0]]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"gpu {visible.split(',')[ids[0]] if visible else ids[0]}"
+    return f"cpu x{torch.get_num_threads()} threads"
+
+
+def _start_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str,
+                 devices: str) -> tuple[str, dict, DictConfig]:
+    """Sample the trial's values and record them, its directory, host and devices on the trial."""
+    from segformer_tao.engine.tracking import trial_tracking
+
+    trial_dir = trial_dir_of(trial, out_dir)
+    values = sample(trial, space, cfg)
+    for key, value in (("config", values), ("trial_dir", trial_dir), ("host", workers.host_id()),
+                       ("devices", devices)):
+        trial.set_user_attr(key, value)
+    tcfg = trial_config(cfg, values, trial_dir)
+    trial_tracking(tcfg, trial.number, out_dir)  # in-process and child trials: one W&B group / MLflow experiment
+    return trial_dir, values, tcfg
+
+
+def run_child_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str,
+                    slot: workers.Slot) -> float:
+    """Objective: train one trial as a ``segformer train`` child process on ``slot``."""
+    trial_dir, values, tcfg = _start_trial(trial, cfg, space, out_dir, slot.describe())
+    os.makedirs(trial_dir, exist_ok=True)
+    tcfg.dataset.segment.check = "off"  # this search checked the dataset once already (as in-process trials skip it)
+    where = {"url": cfg.automl.storage or None, "out_dir": out_dir, "heartbeat_s": int(cfg.automl.heartbeat_interval)}
+    log.info("AutoML trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in values.items()))
+    return workers.run_child(trial, tcfg, trial_dir, slot, where)
+
+
+def trial_callbacks(cfg: DictConfig) -> list:
+    """In a trial's child process (`segformer train` started by a search): the callback reporting to its trial."""
+    trial = workers.child_trial(build_pruner(cfg))
+    return [PruningCallback(trial)] if trial is not None else []
+
+
 def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str) -> float:
     """Objective: train one trial as a normal job and return its best val_miou (raises TrialPruned if pruned)."""
-    from segformer_tao.engine.tracking import trial_tracking
     from segformer_tao.engine.trainer import train_model
     from segformer_tao.jobs import Job, is_primary, prepare_results_dir
     from segformer_tao.status import action_status
 
-    trial_dir = trial_dir_of(trial, out_dir)
-    values = sample(trial, space, cfg)
-    trial.set_user_attr("config", values)
-    trial.set_user_attr("trial_dir", trial_dir)
-    tcfg = trial_config(cfg, values, trial_dir)
-    trial_tracking(tcfg, trial.number, out_dir)
+    trial_dir, values, tcfg = _start_trial(trial, cfg, space, out_dir, _own_devices(cfg))
     prepare_results_dir("train", tcfg)
     job = Job.start("train", tcfg, trial_dir)
     job.record["automl_trial"] = {"number": trial.number, "params": values}
@@ -184,21 +251,100 @@ def _check(cfg: DictConfig) -> None:
                         "Lower train.validation_interval or raise automl.max_epochs.")
 
 
+def _next_trial(study: optuna.Study, target: int) -> optuna.Trial | str | None:
+    """A trial to run now, "wait" while trials run elsewhere (they may die and come back), or None when done."""
+    with _experimental_ok():
+        fail_stale_trials(study)  # RDB: trials of dead workers -> FAIL + a WAITING retry
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
+    alive = {_origin(t) for t in trials if t.state in ALIVE}
+    if len(alive) >= target and not any(t.state == TrialState.WAITING for t in trials):
+        return "wait" if any(t.state == TrialState.RUNNING for t in trials) else None
+    trial = study.ask()
+    # Workers that ask at the same moment for the last trial both get one: the later number gives way.
+    mine = _origin(study._storage.get_trial(trial._trial_id))
+    earlier = {_origin(t) for t in study.get_trials(deepcopy=False)
+               if t.number < trial.number and t.state in ALIVE and not t.user_attrs.get(SURPLUS)}
+    if len(earlier - {mine}) >= target:
+        trial.set_user_attr(SURPLUS, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return "wait"
+    return trial
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> None:
+    from optuna.storages._heartbeat import get_heartbeat_thread  # the heartbeat Study.optimize runs per trial
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            return
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+    # skip_if_finished: a worker stalled past 3 heartbeats may find its trial failed (and retried) by another one
+    study.tell(trial, value, skip_if_finished=True)
+
+
+def optimize(study: optuna.Study, target: int, objectives: list[Callable[[optuna.Trial], float]],
+             timeout: float | None) -> None:
+    """Run trials with one thread per objective (slot) until ``target`` trials are finished in the study.
+
+    A failing trial stops new trials from starting; the running ones finish, then its error is raised.
+    """
+    deadline = time.time() + timeout if timeout else None
+    lock, stop = threading.Lock(), threading.Event()
+
+    def slot_loop(objective: Callable[[optuna.Trial], float]) -> None:
+        while not stop.is_set():
+            with lock:
+                nxt = None if deadline and time.time() > deadline else _next_trial(study, target)
+            if nxt is None:
+                return
+            if nxt == "wait":
+                stop.wait(POLL_S)
+                continue
+            try:
+                _run_one(study, nxt, objective)
+            except BaseException:
+                stop.set()
+                raise
+
+    if len(objectives) == 1:
+        slot_loop(objectives[0])
+        return
+    with ThreadPoolExecutor(len(objectives), thread_name_prefix="automl-slot") as pool:
+        futures = [pool.submit(slot_loop, o) for o in objectives]
+    for f in futures:
+        f.result()  # re-raise the first slot's error
+
+
 def run(cfg: DictConfig) -> dict:
-    """Run (or resume) the study in cfg.train.results_dir; returns the best trial's val_miou and checkpoint."""
+    """Run (or resume, or join) the study; returns the best trial's val_miou and checkpoint."""
+    from segformer_tao.jobs import redact_in_logs
+
+    redact_in_logs([st.url_password(cfg.automl.storage) or ""])
     _check(cfg)
     sampler = sampler_name(cfg)  # a bad sampler choice fails before any trial starts
+    slots = workers.plan_slots(cfg)
     out_dir = str(cfg.train.results_dir)
     space = build_space(cfg, load_train_schema())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg, out_dir)
+    study = open_study(cfg, out_dir, space)
     target = int(cfg.automl.num_trials)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    log.info("AutoML: %s (%s sampler) over %s; %d/%d trials finished, %d epochs each; study in %s",
+    where = st.mask_url(cfg.automl.storage) if cfg.automl.storage else st.local_path(out_dir)
+    if not cfg.automl.storage and int(cfg.automl.heartbeat_interval) != 60:
+        log.info("AutoML: automl.heartbeat_interval=%s has no effect without automl.storage (one process owns a "
+                 "results-dir study and retries its interrupted trials when re-run)", cfg.automl.heartbeat_interval)
+    log.info("AutoML: %s (%s sampler) over %s; %d/%d trials finished, %d epochs each; %s; study in %s",
              cfg.automl.algorithm, sampler, [p.key for p in space], finished, target, trial_epochs(cfg),
-             out_dir)
-    if finished < target:
-        study.optimize(lambda t: run_trial(t, cfg, space, out_dir), n_trials=target - finished,
-                       timeout=cfg.automl.timeout, catch=(),
-                       callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)])
+             f"{len(slots)} trials at a time ({', '.join(s.describe() for s in slots)})" if slots
+             else "one trial at a time in this process", where)
+    if slots:
+        objectives = [lambda t, s=s: run_child_trial(t, cfg, space, out_dir, s) for s in slots]
+    else:
+        objectives = [lambda t: run_trial(t, cfg, space, out_dir)]
+    optimize(study, target, objectives, cfg.automl.timeout)
     return write_report(study, out_dir)

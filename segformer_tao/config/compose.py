@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -322,12 +323,26 @@ def _unset_missing(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, key, None)
 
 
+# the password runs to the host's '@' (greedy: an unencoded '@' or ':' in a password is masked too)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^\s/?#]+@")
+
+
+def mask_url_passwords(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` anywhere in ``text`` (e.g. automl.storage)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
 def to_yaml_without_secrets(cfg: DictConfig) -> str:
-    """The composed config as YAML with encryption_key removed (for experiment.yaml and `segformer config`)."""
+    """The composed config as YAML with encryption_key removed and the password of automl.storage masked (for
+    experiment.yaml and `segformer config`)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("encryption_key", None)
+    automl = container.get("automl") or {}
+    if automl.get("storage"):
+        automl["storage"] = mask_url_passwords(str(automl["storage"]))
     return OmegaConf.to_yaml(OmegaConf.create(container))
 
 
 __all__ = ["compose_config", "validate", "iter_fields", "all_keys", "suggest", "apply_overrides", "conf_groups",
-           "group_options", "load_spec_file", "to_yaml_without_secrets", "package_dir", "ListConfig"]
+           "group_options", "load_spec_file", "to_yaml_without_secrets", "mask_url_passwords", "package_dir",
+           "ListConfig"]

@@ -428,8 +428,18 @@ class AutoMLConfig:
     parameters: list[str] = spec([], "(segformer_tao) Keys to search instead of the train schema's "
                                  "automl_default_parameters (every automl_enabled key, as TAO); empty = all of those.")
     disabled_parameters: list[str] = spec([], "(segformer_tao) Keys excluded from the search.")
-    storage: str | None = spec(None, "(segformer_tao) Optuna storage URL (default sqlite in results_dir).")
+    storage: str | None = spec(None, "(segformer_tao) Optuna storage URL shared by workers on many hosts, e.g. "
+                               "postgresql://user:password@host:5432/db (needs segformer_tao[automl-pg]); default: "
+                               "a journal file in the results dir. The password is never shown or written.")
     seed: int = spec(0, "(segformer_tao) Sampler seed.")
+    parallel_trials: int = spec(1, "(segformer_tao) Trials run at once on this machine, each as its own `segformer "
+                                "train` child process on train.num_gpus GPUs of train.gpu_ids (CPU: a share of the "
+                                "cores). 1: trials run one after another in this process.", valid_min=1,
+                                valid_max="inf")
+    heartbeat_interval: int = spec(60, "(segformer_tao) Seconds between a running trial's heartbeats in an "
+                                   "automl.storage database; a trial silent for 3x this long is taken as dead (its "
+                                   "worker was killed) and retried by another worker. Same on every worker.",
+                                   valid_min=1, valid_max="inf")
 
 
 # -------------------------------------------------------------------------------------------------- top

@@ -69,11 +69,16 @@ def is_encrypted(blob: bytes) -> bool:
 
 
 def strip_secrets(obj: Any) -> Any:
-    """Copy of a config container without any ``encryption_key`` entry (at any depth)."""
+    """Copy of a config container without any ``encryption_key`` entry (at any depth) and with the password of any
+    URL masked (``automl.storage=postgresql://user:***@host/db``)."""
     if isinstance(obj, dict):
         return {k: strip_secrets(v) for k, v in obj.items() if k != "encryption_key"}
     if isinstance(obj, list | tuple):
         return [strip_secrets(v) for v in obj]
+    if isinstance(obj, str):
+        from segformer_tao.config.compose import mask_url_passwords
+
+        return mask_url_passwords(obj)
     return obj
 
 

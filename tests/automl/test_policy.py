@@ -69,11 +69,12 @@ def test_model_without_automl_capability(specs_copy, caplog):
         choose_path(_cfg("automl_policy=on"), specs_dir=str(specs_copy))
 
 
-def test_multi_process_training_is_not_searched(specs_copy, caplog):
-    path, lines = _route(_cfg("train.num_gpus=2"), specs_copy, caplog)
-    assert path == "plain" and "train.num_gpus=2" in lines[0]
-    with pytest.raises(UserError, match="train.num_gpus=1"):
-        choose_path(_cfg("automl_policy=on", "train.num_gpus=2"), specs_dir=str(specs_copy))
+def test_multi_gpu_trials_are_searched_but_multi_node_trials_are_not(specs_copy, caplog):
+    assert _route(_cfg("train.num_gpus=2"), specs_copy, caplog)[0] == "automl"  # DDP inside each trial's child
+    path, lines = _route(_cfg("train.num_nodes=2"), specs_copy, caplog)
+    assert path == "plain" and "train.num_nodes=2" in lines[0]
+    with pytest.raises(UserError, match="train.num_nodes=1"):
+        choose_path(_cfg("automl_policy=on", "train.num_nodes=2"), specs_dir=str(specs_copy))
 
 
 def test_without_the_automl_extra_auto_trains_plainly_and_on_says_what_to_install(specs_copy, caplog, monkeypatch):

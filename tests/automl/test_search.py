@@ -15,7 +15,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from segformer_tao.automl import search
+from segformer_tao.automl import search, storage
 from segformer_tao.config import compose_config
 from segformer_tao.jobs import prepare_results_dir, resolve_parent
 from segformer_tao.status import read_status
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _load_study(out_dir) -> optuna.Study:
-    return optuna.load_study(study_name=search.STUDY_NAME, storage=f"sqlite:///{out_dir}/{search.DB_FILE}")
+    return optuna.load_study(study_name=search.STUDY_NAME, storage=storage.open_storage(None, str(out_dir), 60))
 
 
 def test_hyperband_study_prunes_and_leaves_trial_jobs_reports_and_best_model(demo_root, tmp_path):

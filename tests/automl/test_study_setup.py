@@ -38,7 +38,8 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
 
 def _trainer(epoch: int, miou: float | None):
     metrics = {} if miou is None else {"val_miou": torch.tensor(miou)}
-    return SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=epoch, callback_metrics=metrics,
+    return SimpleNamespace(sanity_checking=False, is_global_zero=True, world_size=1, current_epoch=epoch,
+                           callback_metrics=metrics,
                            should_stop=False)
 
 
@@ -57,7 +58,7 @@ def test_pruning_callback_reports_each_validation_and_stops_pruned_trials(pruner
 
 def test_bad_storage_url_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="automl.storage"):
-        search.open_study(_cfg("automl.storage=nosuchdb://x"), str(tmp_path))
+        search.open_study(_cfg("automl.storage=nosuchdb://x"), str(tmp_path), [])
 
 
 def test_trials_must_validate_at_least_once():

@@ -73,6 +73,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("results_dir_unwritable", ["train", *D, "results_dir={a_file}/out"], ["a_file", "results_dir"]),
     ("gpu_ids_conflict", ["train", *D, "train.num_gpus=1", "train.gpu_ids=[0,1,2]"],
      ["train.gpu_ids", "train.num_gpus"]),
+    # ---- AutoML (tests/automl/test_postgres.py covers a wrong password, a missing driver, another search space)
+    ("automl_storage_unreachable", ["train", *D, "automl_policy=on",
+                                    "automl.storage=postgresql://automl:pw-5531@127.0.0.1:1/study"],
+     ["automl.storage='postgresql://automl:***@127.0.0.1:1/study' cannot be opened", "reachable"]),
+    ("automl_too_few_gpus_or_nodes", ["train", *D, "automl_policy=on", "train.num_nodes=2"],
+     ["train.num_nodes=2", "automl.storage"]),
 ]
 # Cases that load models, data or ONNX: run in a forked child of the test process (tests/bad_inputs/runner.py).
 HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
