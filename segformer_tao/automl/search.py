@@ -225,19 +225,21 @@ def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir:
     job.record["automl_trial"] = {"number": trial.number, "params": values}
     log.info("AutoML trial %d (%s): %s", trial.number, trial_dir, ", ".join(f"{k}={v}" for k, v in values.items()))
     pruning = PruningCallback(trial)
-    with action_status(trial_dir, "train", enabled=is_primary()) as outcome:  # status.json as in any train job
-        try:
+    # status.json as in any train job, its last line written before job.finish releases the trial dir's lock
+    try:
+        with action_status(trial_dir, "train", enabled=is_primary()) as outcome:
             result = train_model(tcfg, trial_dir, callbacks=[pruning])
-        except BaseException as e:
-            job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
-            raise
-        result.pop("is_global_zero", None)
-        metrics, artifacts = result["metrics"], result["artifacts"]
-        if artifacts.get("best_checkpoint"):
-            trial.set_user_attr("best_checkpoint", artifacts["best_checkpoint"])
-        job.finish("pruned" if pruning.pruned else "done", metrics=metrics, artifacts=artifacts)
-        if pruning.pruned:
-            outcome["message"] = f"Train stopped early: AutoML pruned this trial after epoch {max(pruning.reported)}."
+            if pruning.pruned:
+                outcome["message"] = (f"Train stopped early: AutoML pruned this trial after epoch "
+                                      f"{max(pruning.reported)}.")
+    except BaseException as e:
+        job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
+        raise
+    result.pop("is_global_zero", None)
+    metrics, artifacts = result["metrics"], result["artifacts"]
+    if artifacts.get("best_checkpoint"):
+        trial.set_user_attr("best_checkpoint", artifacts["best_checkpoint"])
+    job.finish("pruned" if pruning.pruned else "done", metrics=metrics, artifacts=artifacts)
     if pruning.pruned:
         raise optuna.TrialPruned(f"pruned at epoch {max(pruning.reported)}")
     best = metrics.get("best_val_miou")
