@@ -22,8 +22,12 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 install: $(STAMP)
 
 # Default suite plus the slow end-to-end tests (CI runs this); pytest's "no tests ran" (exit 5) fails.
+# The TensorRT contract test runs in a pytest process of its own: after the rest of the suite (ORT, OpenVINO's TBB,
+# fsspec and moto threads alive), the pytest process received SIGSEGV while waiting on its first `pip download`
+# child (seen twice on 2026-11-27; alone, or after any one test folder, it passes).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/deploy/test_tensorrt_contract.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/deploy/test_tensorrt_contract.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
