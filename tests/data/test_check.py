@@ -126,4 +126,7 @@ def test_train_checks_the_dataset_before_training(demo_root, tmp_path):
                        "automl_policy=off", f"results_dir={results}")
     assert_user_error(r, "Dataset check of", "masks/val/0001.png", "[9]")
     assert json.loads((results / "train" / "dataset_report.json").read_text())["ok"] is False
-    assert not (results / "train" / "status.json").exists() and not list((results / "train").glob("*.pth"))
+    # no epoch ran: status.json holds only STARTED and the FAILURE naming the check, and no checkpoint exists
+    lines = [json.loads(line) for line in (results / "train" / "status.json").read_text().splitlines()]
+    assert [line["status"] for line in lines] == ["STARTED", "FAILURE"] and "Dataset check" in lines[-1]["message"]
+    assert not list((results / "train").glob("*.pth"))
