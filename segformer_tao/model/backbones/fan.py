@@ -23,6 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.convnext import ConvNeXtStage
 from torch import nn
 
+from segformer_tao.model.backbones.features import FeatureMaps
 from segformer_tao.model.backbones.mit import map_to_tokens, tokens_to_map
 
 __all__ = ["FANHybrid", "FAN_ARCHS"]
@@ -246,7 +247,7 @@ class ClassAttentionBlock(nn.Module):
         return x + torch.cat([cls, x[:, 1:]], dim=1)
 
 
-class FANHybrid(nn.Module):
+class FANHybrid(FeatureMaps, nn.Module):
     """FAN hybrid encoder.
 
     forward(x: float NCHW) -> 4 NCHW maps: 128 ch @4, 256 ch @8, embed_dim @16, embed_dim @16 (or 768 @32
@@ -285,14 +286,6 @@ class FANHybrid(nn.Module):
         self.num_features = last_dim
         self.apply(_init_weights)
         trunc_normal_(self.cls_token, std=0.02)
-
-    @property
-    def out_channels(self) -> list[int]:
-        return [f["num_chs"] for f in self.feature_info]
-
-    @property
-    def out_strides(self) -> list[int]:
-        return [f["reduction"] for f in self.feature_info]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -20,6 +20,8 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from segformer_tao.model.backbones.features import FeatureMaps
+
 __all__ = ["MixVisionTransformer", "MIT_ARCHS"]
 
 # Published SegFormer encoders: widths, heads, spatial-reduction ratios are shared by b1-b5; depth grows.
@@ -132,7 +134,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
-class MixVisionTransformer(nn.Module):
+class MixVisionTransformer(FeatureMaps, nn.Module):
     """MiT encoder: four stages of (overlapping patch embed, transformer blocks, LayerNorm).
 
     forward(x: float NCHW) -> list of 4 NCHW maps at strides 4, 8, 16, 32 with ``embed_dims`` channels.
@@ -176,16 +178,6 @@ class MixVisionTransformer(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f"norm{i + 1}"))
         self.num_features = embed_dims[-1]
         self.apply(_init_weights)
-
-    @property
-    def out_channels(self) -> list[int]:
-        """Channels of the 4 returned feature maps."""
-        return list(self.embed_dims)
-
-    @property
-    def out_strides(self) -> list[int]:
-        """Stride (pixels of input per feature pixel) of the 4 returned feature maps."""
-        return [f["reduction"] for f in self.feature_info]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, trunc_normal_
 from torch import nn
 
+from segformer_tao.model.backbones.features import FeatureMaps
 from segformer_tao.model.backbones.msda import MSDeformAttn
 
 __all__ = ["ViTAdapter", "SpatialPriorModule", "InteractionBlock", "reference_points"]
@@ -164,7 +165,7 @@ class InteractionBlock(nn.Module):
         return x, c
 
 
-class ViTAdapter(nn.Module):
+class ViTAdapter(FeatureMaps, nn.Module):
     """The adapter around a ViT. Subclasses set the ViT up and implement :meth:`embed` and :meth:`run_blocks`.
 
     forward(x (B, 3, H, W), H and W multiples of 32 and of the patch size) ->
@@ -231,14 +232,6 @@ class ViTAdapter(nn.Module):
         return [self.spm, self.interactions, self.up, self.norm1, self.norm2, self.norm3, self.norm4]
 
     # ---- shared
-    @property
-    def out_channels(self) -> list[int]:
-        return [f["num_chs"] for f in self.feature_info]
-
-    @property
-    def out_strides(self) -> list[int]:
-        return [f["reduction"] for f in self.feature_info]
-
     def freeze_vit(self) -> None:
         """TAO's freeze_backbone for ViT-Adapters: the ViT is frozen (no grad, eval mode); the adapter trains."""
         self._vit_frozen = True
