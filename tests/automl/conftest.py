@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from segformer_tao.config.compose import package_dir
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -40,14 +41,6 @@ def _pg_bin(name: str) -> str | None:
     return found if isinstance(found, str) else (found[0] if found else None)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server on 127.0.0.1 (password auth) in a temporary data dir, stopped at the end.
@@ -73,7 +66,7 @@ def postgres_server():
     if as_user:
         shutil.chown(base, "postgres")
         shutil.chown(pwfile, "postgres")
-    port = _free_port()
+    port = free_port()
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
     run(initdb, "-D", data, "-U", PG_USER, f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8")
     run(pg_ctl, "-D", data, "-l", logfile, "-w", "-t", "60", "start",
