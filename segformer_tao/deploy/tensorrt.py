@@ -68,6 +68,11 @@ def engine_records(engine_file: str, job_dirs: list[str] | tuple[str, ...] = ())
     return records
 
 
+def _engine_fix(trust_key: str) -> str:
+    return (f"Rebuild it with `segformer gen_trt_engine` (gen_trt_engine.onnx_file=<the ONNX>), or, if you trust "
+            f"this file and where it came from, set {trust_key}=true.")
+
+
 def check_engine_trusted(engine_file: str, data: bytes, *, trust_key: str = "evaluate.trust_engine",
                          trusted: bool = False, job_dirs: list[str] | tuple[str, ...] = ()) -> str:
     """Refuse to load an engine that `segformer gen_trt_engine` did not build: the sha256 of ``data`` (the file's
@@ -78,18 +83,17 @@ def check_engine_trusted(engine_file: str, data: bytes, *, trust_key: str = "eva
         log.warning("warning: %s=true: loading TensorRT engine '%s' (sha256 %s) without checking it against a "
                     "build record", trust_key, engine_file, actual)
         return actual
-    fix = (f"Rebuild it with `segformer gen_trt_engine` (gen_trt_engine.onnx_file=<the ONNX>), or, if you trust "
-           f"this file and where it came from, set {trust_key}=true.")
     records = engine_records(engine_file, job_dirs)
     if not records:
         raise UserError(f"TensorRT engine '{engine_file}' has no build record: no sha256 in '{engine_file}.json' "
                         f"nor in a job.json naming it (its sha256 is {actual}). An engine is executable code, so "
-                        f"segformer only loads engines whose hash their gen_trt_engine job recorded. {fix}")
+                        "segformer only loads engines whose hash their gen_trt_engine job recorded. "
+                        + _engine_fix(trust_key))
     for where, expected in records:
         if expected != actual:
             raise UserError(f"TensorRT engine '{engine_file}' is not the file its build recorded: its sha256 is "
                             f"{actual}, but '{where}' records {expected}. It was replaced or changed after "
-                            f"gen_trt_engine wrote it. {fix}")
+                            "gen_trt_engine wrote it. " + _engine_fix(trust_key))
     return actual
 
 
