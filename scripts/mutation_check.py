@@ -137,6 +137,25 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/jobs.py", "        if \"best\" in ckpts:\n",
          "        if \"best\" in ckpts and \"latest\" not in ckpts:\n"),),
         ("tests/test_jobs.py::test_parent_job_picks_the_best_checkpoint_over_the_latest",)),
+    Mutant("engine_loaded_without_its_build_record", (
+        ("segformer_tao/deploy/tensorrt.py", "    if trusted:\n", "    if True:\n"),),
+        ("tests/deploy/test_engine_trust.py::test_an_engine_without_a_build_record_is_refused_unless_trusted",
+         "tests/deploy/test_engine_trust.py::test_an_engine_changed_after_its_build_is_refused",
+         "tests/deploy/test_engine_trust.py::test_runtime_checks_before_tensorrt_is_imported"), require_all=True),
+    Mutant("hf_shard_names_unconfined", (
+        ("segformer_tao/model/weights.py", "    if outside:\n", "    if False:\n"),),
+        (TW + "test_hf_shard_outside_the_model_folder_is_refused[dotdot]",
+         TW + "test_hf_shard_names_of_a_remote_folder_are_confined_by_name"), require_all=True),
+    Mutant("appends_follow_symlinks", (
+        ("segformer_tao/io.py", '_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)', "_NOFOLLOW = 0"),),
+        ("tests/test_io.py::test_appended_files_refuse_a_symlink_planted_at_their_name",)),
+    Mutant("atomic_writes_always_private", (
+        ("segformer_tao/io.py", "_NOFOLLOW | _CLOEXEC, FILE_MODE), tmp", "_NOFOLLOW | _CLOEXEC, 0o600), tmp"),),
+        ("tests/test_io.py::test_every_output_file_gets_the_same_mode_from_the_umask",)),
+    Mutant("script_command_unquoted", (
+        ("scripts/train_single_node.sh", 'exec "$SEGFORMER" train train.num_gpus',
+         "exec $SEGFORMER train train.num_gpus"),),
+        ("tests/test_scripts.py::test_segformer_path_with_spaces_and_arguments_pass_through_intact",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 import re
 import typing
 import warnings
@@ -89,6 +90,34 @@ def _load_bytes(data: bytes, name: str) -> dict:
             "(.pth/.pt/.ckpt/.bin, loadable with weights_only=True) or a .safetensors file.") from e
 
 
+def _confinement_root(folder: str) -> str:
+    """The folder shards must stay in: the model folder, or for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<rev>``, whose files link to ``../../blobs/``) the ``models--*`` folder."""
+    real = os.path.realpath(folder)
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots" and os.path.basename(os.path.dirname(parent)).startswith("models--"):
+        return os.path.dirname(parent)
+    return real
+
+
+def shard_path(folder: str, index: str, shard: str) -> str:
+    """The path of ``shard`` (a file name from the Hugging Face index ``index`` in ``folder``), confined to
+    ``folder``: a relative name without ``..``, and locally, symbolic links resolved, still inside the folder (or
+    its Hugging Face cache entry). s3:// and other remote folders are checked on the name alone. UserError else."""
+    parts = shard.replace("\\", "/").split("/")
+    outside = (not shard or shard.startswith(("/", "\\")) or "://" in shard or re.match(r"^[A-Za-z]:", shard)
+               or any(p in ("..", "") for p in parts))
+    joined = f"{str(folder).rstrip('/')}/{'/'.join(p for p in parts if p != '.')}"
+    if not outside and not sio.is_remote(folder):
+        root = _confinement_root(folder)
+        outside = os.path.commonpath([os.path.realpath(joined), root]) != root
+    if outside:
+        raise UserError(f"'{folder}/{index}' names the shard '{shard}', which is not a file inside the model folder "
+                        f"'{folder}' (an absolute path, a '..' or a symbolic link leading out of it). Shards must lie "
+                        "in the folder of their index: re-download the model, or fix the index's weight_map.")
+    return joined
+
+
 def _read_hf_dir(path: str) -> dict:
     fs, root = sio.filesystem(path)
     for fname in _HF_FILES:
@@ -96,10 +125,13 @@ def _read_hf_dir(path: str) -> dict:
             continue
         if not fname.endswith(".index.json"):
             return _load_bytes(sio.read_bytes(f"{path}/{fname}"), fname)
-        shards = sorted(set(json.loads(sio.read_text(f"{path}/{fname}"))["weight_map"].values()))
+        weight_map = json.loads(sio.read_text(f"{path}/{fname}")).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UserError(f"'{path}/{fname}' has no weight_map (tensor name -> shard file). Re-download the "
+                            "model, or point the weights path at a single checkpoint file.")
         merged: dict = {}
-        for shard in shards:
-            merged.update(_load_bytes(sio.read_bytes(f"{path}/{shard}"), shard))
+        for shard in sorted({str(v) for v in weight_map.values()}):
+            merged.update(_load_bytes(sio.read_bytes(shard_path(path, fname, shard)), shard))
         return merged
     raise UserError(f"Directory '{path}' has none of {', '.join(_HF_FILES)}. Point the weights path at a "
                     "Hugging Face model directory or at a checkpoint file.")
