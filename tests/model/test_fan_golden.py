@@ -1,0 +1,100 @@
+"""Our FAN-hybrid SegFormer computes what TAO's computes: golden outputs from TAO's own code.
+
+``tests/model/golden/`` holds, per FAN variant, the four backbone maps and the logits of TAO's SegFormer
+(NVIDIA/tao_pytorch_backend at the commit in ``recipe.json``, run by ``scripts/make_fan_golden.py``) and the seed
+recipe its weights were drawn from. Here the same recipe fills a TAO-layout state dict, which goes through our
+TAO key conversion into our model (strictly: every key of TAO's model, none else); our outputs must match TAO's
+to 1e-5 per stage in float32, whatever the input's memory layout, and in the exported ONNX graph.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segformer_tao.model import build_model
+from segformer_tao.model.weights import convert_state_dict
+from tests.model.golden_recipe import seeded_input, seeded_state_dict
+from tests.model.helpers import make_cfg
+
+GOLDEN = Path(__file__).parent / "golden"
+RECIPE = json.loads((GOLDEN / "recipe.json").read_text())
+TOL = 1e-5  # float32, activations of order 1-10
+STAGES = ("feat0", "feat1", "feat2", "feat3")
+
+
+def tao_weighted_model(name: str):
+    """Our SegFormer for ``name`` holding the recipe's weights, loaded through our TAO-layout conversion."""
+    v = RECIPE["variants"][name]
+    tao_sd = seeded_state_dict({**RECIPE, "seed": v["seed"]}, v["state_dict"])
+    model = build_model(make_cfg(name, num_classes=RECIPE["num_classes"], embed_dim=RECIPE["decoder_embed_dim"]),
+                        load_weights=False)
+    model.load_state_dict(convert_state_dict(tao_sd, "tao"), strict=True)  # nothing missing, nothing left over
+    return model.eval()
+
+
+def outputs(model, x: torch.Tensor) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        feats = model.backbone(x)
+        logits = model.decode_head(feats)
+    return {**{s: f.numpy() for s, f in zip(STAGES, feats)}, "logits": logits.numpy()}
+
+
+def max_diffs(ours: dict[str, np.ndarray], golden) -> dict[str, float]:
+    return {k: float(np.abs(ours[k] - golden[k]).max()) for k in (*STAGES, "logits")}
+
+
+VARIANTS = [
+    "fan_tiny_8_p4_hybrid", "fan_small_12_p4_hybrid",
+    pytest.param("fan_base_16_p4_hybrid", marks=pytest.mark.slow),
+    pytest.param("fan_large_16_p4_hybrid", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_fan_matches_tao_golden_outputs(name):
+    model = tao_weighted_model(name)
+    golden = np.load(GOLDEN / RECIPE["variants"][name]["file"])
+    x = seeded_input(RECIPE)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ours = outputs(model, x.contiguous(memory_format=layout))
+        assert {k: v.shape for k, v in ours.items()} == {k: golden[k].shape for k in ours}
+        diffs = max_diffs(ours, golden)
+        assert max(diffs.values()) <= TOL, f"{name} {layout}: max |ours - TAO| per output {diffs}"
+
+
+def test_fan_tao_norms_are_the_ones_tao_runs():
+    """Our ConvNeXt norms use the variance TAO's run used (recorded by the generator from TAO's own forward)."""
+    from segformer_tao.model.backbones.fan import LayerNorm2dUnbiased
+
+    name = "fan_tiny_8_p4_hybrid"
+    model = tao_weighted_model(name)
+    branches = RECIPE["variants"][name]["layernorm2d_branch"]
+    ours = {n: type(m) for n, m in model.named_modules() if n in branches}
+    assert set(ours) == set(branches)
+    for n, branch in branches.items():  # TAO's var_mean branch divides by C - 1
+        assert (ours[n] is LayerNorm2dUnbiased) == (branch == "var_mean"), (n, branch, ours[n])
+
+
+def test_fan_onnx_export_matches_pytorch_and_tao():
+    """The exported graph has no memory layout: TAO's unbiased variance must be written out in it."""
+    ort = pytest.importorskip("onnxruntime")
+    from segformer_tao.deploy.onnx_export import ExportSettings, export_onnx_bytes
+
+    name = "fan_tiny_8_p4_hybrid"
+    model = tao_weighted_model(name)
+    x = seeded_input(RECIPE)
+    h, w = x.shape[-2:]
+    session = ort.InferenceSession(export_onnx_bytes(model, ExportSettings(height=h, width=w)),
+                                   providers=["CPUExecutionProvider"])
+    batch = torch.cat([x, x.flip(-1)])  # dynamic batch of 2
+    onnx_logits = session.run(None, {"input": batch.numpy()})[0]
+    with torch.no_grad():
+        torch_logits = model(batch).numpy()
+    assert np.abs(onnx_logits - torch_logits).max() <= 1e-4
+    golden = np.load(GOLDEN / RECIPE["variants"][name]["file"])["logits"]
+    assert np.abs(onnx_logits[:1] - golden).max() <= 1e-4
