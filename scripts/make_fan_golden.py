@@ -10,9 +10,10 @@ and head) runs as TAO ships it.
 
 Per variant: build TAO's ``SegFormer`` (``feat_downsample=False``, eval mode), fill every state-dict tensor from
 the recipe (``tests/model/golden_recipe.py``: per-key seeded generator over the sorted keys), run the recipe's
-input in float32 (TAO's positional encoding is float32 only) and save the four backbone maps and the logits (``<variant>.npz``). The recipe
-(``recipe.json``) also records each variant's TAO state-dict keys and shapes, and which of TAO's ``LayerNorm2d``
-modules saw a non-contiguous input (TAO's ``torch.var_mean`` branch, unbiased variance) on this data path.
+input in float32 (TAO's positional encoding is float32 only) and save the four backbone maps and the logits
+(``<variant>.npz``). The recipe (``recipe.json``) also records each variant's TAO state-dict keys and shapes,
+and which of TAO's ``LayerNorm2d`` modules saw a non-contiguous input (TAO's ``torch.var_mean`` branch, unbiased
+variance) on this data path.
 
 Usage: PYTHONPATH=. python scripts/make_fan_golden.py --tao-src /tmp/tao_src [--out tests/model/golden]
 """
@@ -124,7 +125,8 @@ def main() -> None:
     args = ap.parse_args()
     commit = args.commit
     if args.tao_git:
-        commit = subprocess.check_output(["git", "--git-dir", args.tao_git, "rev-parse", args.commit], text=True).strip()
+        commit = subprocess.check_output(["git", "--git-dir", args.tao_git, "rev-parse", args.commit],
+                                         text=True).strip()
     segformer = import_tao(args.tao_src)
     recipe = {"source": f"github.com/{TAO_REPO} @ {commit}: nvidia_tao_pytorch/cv/segformer/model/segformer.py "
                         "SegFormer (FAN hybrid backbone from cv/segformer/model/backbones/fan.py, "

@@ -48,14 +48,7 @@ def max_diffs(ours: dict[str, np.ndarray], golden) -> dict[str, float]:
     return {k: float(np.abs(ours[k] - golden[k]).max()) for k in (*STAGES, "logits")}
 
 
-VARIANTS = [
-    "fan_tiny_8_p4_hybrid", "fan_small_12_p4_hybrid",
-    pytest.param("fan_base_16_p4_hybrid", marks=pytest.mark.slow),
-    pytest.param("fan_large_16_p4_hybrid", marks=pytest.mark.slow),
-]
-
-
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", list(RECIPE["variants"]))
 def test_fan_matches_tao_golden_outputs(name):
     model = tao_weighted_model(name)
     golden = np.load(GOLDEN / RECIPE["variants"][name]["file"])
