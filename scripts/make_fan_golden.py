@@ -96,7 +96,8 @@ def import_tao(src: str) -> types.ModuleType:
                          os.path.join(root, "cv", "segformer", "model", "backbones"))
     fan = importlib.import_module("nvidia_tao_pytorch.cv.segformer.model.backbones.fan")
     backbones.fan_model_dict = {v: getattr(fan, v) for v in VARIANTS}
-    backbones.mit_model_dict = backbones.vit_adapter_model_dict = backbones.cradio_vit_adapter_model_dict = {}
+    for other in ("mit_model_dict", "vit_adapter_model_dict", "cradio_vit_adapter_model_dict"):
+        setattr(backbones, other, {})
     return importlib.import_module("nvidia_tao_pytorch.cv.segformer.model.segformer")
 
 
