@@ -18,7 +18,7 @@ import torch
 
 from segformer_tao.model import build_model
 from segformer_tao.model.weights import convert_state_dict
-from tests.model.golden_recipe import seeded_input, seeded_state_dict
+from tests.model.golden_recipe import seeded_input, seeded_state_dict, seeded_tensor
 from tests.model.helpers import make_cfg
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -91,3 +91,27 @@ def test_fan_onnx_export_matches_pytorch_and_tao():
     assert np.abs(onnx_logits - torch_logits).max() <= 1e-4
     golden = np.load(GOLDEN / RECIPE["variants"][name]["file"])["logits"]
     assert np.abs(onnx_logits[:1] - golden).max() <= 1e-4
+
+
+def test_fan_feat_downsample_runs_on_taos_stage_maps():
+    """feat_downsample=True (TAO's own forward fails: its head expects embed_dim): our stage 4 is TAO's final token
+    map through the learnable 3x3 stride-2 conv (768 ch @32), stages 1-3 stay TAO's, and the head runs on it."""
+    name = "fan_tiny_8_p4_hybrid"
+    v = RECIPE["variants"][name]
+    recipe = {**RECIPE, "seed": v["seed"]}
+    shapes = {**v["state_dict"], "backbone.learnable_downsample.weight": [768, 192, 3, 3],
+              "backbone.learnable_downsample.bias": [768]}
+    tao_sd = seeded_state_dict(recipe, shapes)
+    model = build_model(make_cfg(name, num_classes=RECIPE["num_classes"], embed_dim=RECIPE["decoder_embed_dim"],
+                                 **{"model.backbone.feat_downsample": True}), load_weights=False)
+    tao_sd["decoder.linear_c4.proj.weight"] = seeded_tensor(recipe, "decoder.linear_c4.proj.weight", (64, 768))
+    model.load_state_dict(convert_state_dict(tao_sd, "tao"), strict=True)
+    golden = np.load(GOLDEN / v["file"])
+    ours = outputs(model.eval(), seeded_input(RECIPE))
+    for stage in STAGES[:3]:
+        assert np.abs(ours[stage] - golden[stage]).max() <= TOL
+    down = "backbone.learnable_downsample."
+    expected = torch.nn.functional.conv2d(torch.from_numpy(golden["feat3"]), tao_sd[down + "weight"],
+                                          tao_sd[down + "bias"], stride=2, padding=1)
+    assert ours["feat3"].shape == (1, 768, 2, 3) and np.abs(ours["feat3"] - expected.numpy()).max() <= 1e-4
+    assert ours["logits"].shape == golden["logits"].shape and np.isfinite(ours["logits"]).all()
