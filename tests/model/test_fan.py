@@ -151,3 +151,16 @@ def test_stage4_width_mismatch_names_the_head_module_and_both_widths(tmp_path):
     msg = str(err.value)
     assert "decode_head.linear_c4.proj takes 192 input channels in the checkpoint but 768 in this model" in msg
     assert "feat_downsample=True" in msg and "embed_dim" not in msg
+
+
+def test_decoder_width_mismatch_names_the_tensor_and_embed_dim(tmp_path):
+    name = "fan_tiny_8_p4_hybrid"
+    sd = {f"model.backbone.{k}": v for k, v in _tensors(tao_fan_backbone_shapes(name)).items()}
+    sd["model.decoder.linear_c1.proj.weight"] = torch.rand(48, 128)
+    torch.save({"state_dict": sd}, tmp_path / "tao_fan_48.pth")
+    model = build_model(make_cfg(name, embed_dim=32), load_weights=False)
+    from segformer_tao.errors import UserError
+
+    with pytest.raises(UserError, match=r"linear_c1\.proj\.weight is \(48, 128\) in the checkpoint but \(32, 128\) "
+                                        r"in this model \(decoder width 32\)\. Set model\.decode_head\.decoder_params"):
+        load_pretrained(model, str(tmp_path / "tao_fan_48.pth"), part="full")
