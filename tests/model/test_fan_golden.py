@@ -60,6 +60,27 @@ def test_fan_matches_tao_golden_outputs(name):
         assert max(diffs.values()) <= TOL, f"{name} {layout}: max |ours - TAO| per output {diffs}"
 
 
+@pytest.mark.gpu
+def test_fan_matches_tao_golden_outputs_on_cuda():
+    """Same weights on the GPU (cuDNN convs, CUDA LayerNorm), both memory layouts; TF32 off for float32 maths."""
+    name = "fan_small_12_p4_hybrid"
+    model = tao_weighted_model(name).cuda()
+    golden = np.load(GOLDEN / RECIPE["variants"][name]["file"])
+    x = seeded_input(RECIPE).cuda()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            with torch.no_grad():
+                feats = model.backbone(x.contiguous(memory_format=layout))
+                ours = {**{s: f.cpu().numpy() for s, f in zip(STAGES, feats)},
+                        "logits": model.decode_head(feats).cpu().numpy()}
+            diffs = max_diffs(ours, golden)
+            assert max(diffs.values()) <= 1e-4, f"{name} cuda {layout}: {diffs}"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
 def test_fan_tao_norms_are_the_ones_tao_runs():
     """Our ConvNeXt norms use the variance TAO's run used (recorded by the generator from TAO's own forward)."""
     from segformer_tao.model.backbones.fan import LayerNorm2dUnbiased
