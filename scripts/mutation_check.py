@@ -45,6 +45,7 @@ class Mutant:
 TT = "tests/engine/test_train_tiny.py::"
 TW = "tests/model/test_weights.py::"
 TX = "tests/deploy/test_export.py::"
+TG = "tests/model/test_fan_golden.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -156,6 +157,19 @@ MUTANTS: tuple[Mutant, ...] = (
         ("scripts/train_single_node.sh", 'exec "$SEGFORMER" train train.num_gpus',
          "exec $SEGFORMER train train.num_gpus"),),
         ("tests/test_scripts.py::test_segformer_path_with_spaces_and_arguments_pass_through_intact",)),
+    Mutant("fan_convnext_norm_biased", (  # timm's LayerNorm2d: what ours computed before issue 26
+        ("segformer_tao/model/backbones/fan.py",
+         "shrink = (self.normalized_shape[0] - 1) / self.normalized_shape[0]", "shrink = 1.0"),),
+        (TG + "test_fan_matches_tao_golden_outputs[fan_tiny_8_p4_hybrid]",
+         TG + "test_fan_onnx_export_matches_pytorch_and_tao"), require_all=True),
+    Mutant("fan_stem_norm_unbiased", (  # TAO's stem norm sees a contiguous map: biased variance
+        ("segformer_tao/model/backbones/fan.py", "LayerNorm2d(d0, eps=1e-6))", "LayerNorm2dUnbiased(d0, eps=1e-6))"),),
+        (TG + "test_fan_matches_tao_golden_outputs[fan_tiny_8_p4_hybrid]",
+         TG + "test_fan_tao_norms_are_the_ones_tao_runs"), require_all=True),
+    Mutant("fan_norm_v_eps_of_the_block", (
+        ("segformer_tao/model/backbones/fan.py", "self.norm_v = nn.LayerNorm(dim, eps=1e-5)",
+         "self.norm_v = nn.LayerNorm(dim, eps=1e-6)"),),
+        (TG + "test_fan_matches_tao_golden_outputs[fan_tiny_8_p4_hybrid]",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

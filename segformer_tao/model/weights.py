@@ -319,12 +319,7 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
                         "SegFormer/MiT/FAN/ViT checkpoint.")
     _check_backbone(model, sd, target, path, vit_only)
     _reinit_classifier(model, sd, target, report)
-    bad = [k for k in sd if k in target and sd[k].shape != target[k].shape]
-    if bad:
-        raise UserError(
-            f"Weights in '{path}' do not fit the decode head ({bad[0]}: {tuple(sd[bad[0]].shape)} vs "
-            f"{tuple(target[bad[0]].shape)}). Set model.decode_head.decoder_params.embed_dim to the value "
-            "the checkpoint was trained with.")
+    _check_head_shapes(model, sd, target, path)
     result = model.load_state_dict(sd, strict=False)
     scope = "" if part == "full" else "backbone."
     report.missing = sorted(k for k in result.missing_keys
@@ -337,6 +332,33 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
     if report.missing or report.unexpected:
         warnings.warn(str(report), stacklevel=2)
     return report
+
+
+def _check_head_shapes(model: nn.Module, sd: dict, target: dict, path: str) -> None:
+    """Raise UserError naming the first head tensor whose shape differs: which module, which width, which key."""
+    bad = [k for k in sd if k in target and sd[k].shape != target[k].shape]
+    if not bad:
+        return
+    key, have, want = bad[0], tuple(sd[bad[0]].shape), tuple(target[bad[0]].shape)
+    m = re.fullmatch(r"decode_head\.linear_c(\d)\.proj\.weight", key)
+    if m and have[0] == want[0]:  # same decoder width: the backbone output feeding this projection differs
+        stage = int(m[1])
+        name = getattr(model, "backbone_name", "") or type(model.backbone).__name__
+        in_index = list(getattr(model, "in_index", range(4)))
+        downsample = getattr(model.backbone, "feat_downsample", None)
+        setting = "" if downsample is None else f" with model.backbone.feat_downsample={downsample}"
+        raise UserError(
+            f"Weights in '{path}' do not fit the decode head: decode_head.linear_c{stage}.proj takes {have[1]} "
+            f"input channels in the checkpoint but {want[1]} in this model (backbone output {in_index[stage - 1]} "
+            f"of model.backbone.type={name}{setting}, model.decode_head.in_index={in_index}). Use the backbone "
+            "settings and in_index the checkpoint was trained with.")
+    if m or re.fullmatch(r"decode_head\.(linear_fuse\.(conv|bn)\.\w+|linear_pred\.weight)", key):
+        raise UserError(
+            f"Weights in '{path}' do not fit the decode head: {key} is {have} in the checkpoint but {want} in this "
+            f"model (decoder width {model.decode_head.embed_dim}). Set model.decode_head.decoder_params.embed_dim "
+            "to the value the checkpoint was trained with.")
+    raise UserError(f"Weights in '{path}' do not fit the model: {key} is {have} in the checkpoint but {want} in "
+                    "this model.")
 
 
 def _is_adapter(model: nn.Module, key: str) -> bool:
