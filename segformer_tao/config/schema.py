@@ -102,7 +102,8 @@ class DecodeHeadConfig:
     )
     in_index: list[int] = spec([0, 1, 2, 3], "Backbone stages fed to the head.", automl_enabled=False)
     feature_strides: list[int] = spec([4, 8, 16, 32], "Feature strides of the stages.", automl_enabled=False)
-    align_corners: bool = spec(False, "align_corners of the decoder's bilinear upsampling.")
+    align_corners: bool = spec(False, "align_corners of the decoder's bilinear upsampling. TAO's head ignores "
+                                "this key (always false); true warns that TAO-trained weights expect false.")
     decoder_params: dict[str, int] = spec(
         {"embed_dim": 768}, "Decoder parameters: embed_dim (256, 512 or 768).", automl_enabled=False
     )
