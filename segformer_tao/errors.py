@@ -48,15 +48,28 @@ def explain_exception(e: BaseException) -> UserError | None:
     return None
 
 
+def refused_global(e: BaseException) -> str | None:
+    """The global (``module.name``) that ``torch.load(weights_only=True)`` refused, or None for other failures
+    (garbage bytes fail weights_only loading too, without naming any code)."""
+    found = re.search(r"GLOBAL (\S+)", str(e)) if "Weights only load failed" in str(e) else None
+    return found.group(1) if found else None
+
+
 def refused_pickle(path: str, e: BaseException) -> UserError | None:
     """The UserError for a file that ``torch.load(weights_only=True)`` refused because its pickle names code
     (e.g. ``posix.system``) rather than tensors and plain containers; None for any other failure."""
-    found = re.search(r"GLOBAL (\S+)", str(e)) if "Weights only load failed" in str(e) else None
-    if found is None:  # garbage bytes fail weights_only loading too, without naming any code
+    named = refused_global(e)
+    if named is None:
         return None
+    if named.split(".")[0] == "torchao":  # allowed are only the torchao types our INT8 checkpoints hold
+        return UserError(
+            f"Refused to load '{path}': it references {named}, which is not one of the torchao types that "
+            "segformer_tao's torchao INT8 checkpoints hold (it may come from another torchao version or another "
+            "tool). Quantize the float checkpoint again with `segformer quantize quantize.backend=torchao` and the "
+            "torchao of the [torchao] extra.")
     return UserError(
         f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers (it "
-        f"references {found.group(1)}), and "
+        f"references {named}), and "
         "unpickling them could run code. segformer_tao only loads weights with torch.load(weights_only=True). "
         "Use a checkpoint written by `segformer train` or a .safetensors file; if you trust the file's source, "
         "re-save just its state_dict with the tool that wrote it."
