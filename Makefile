@@ -15,7 +15,7 @@ $(PY):
 # server's; they clash with ours) and outside site-packages, in $(VENV)/tao-core where tests/tao_core finds it.
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e ".[dev,s3,automl,onnx]"
+	$(PIP) install -q -e ".[dev,s3,automl,onnx,torchao,modelopt]"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/tao-core nvidia-tao-core==7.3.0
 	touch $(STAMP)
 
