@@ -61,12 +61,12 @@ def refused_pickle(path: str, e: BaseException) -> UserError | None:
     named = refused_global(e)
     if named is None:
         return None
-    if named.split(".")[0] == "torchao":  # allowed are only the torchao types our INT8 checkpoints hold
+    if named.split(".")[0] == "torchao":  # only our torchao INT8 checkpoints, and only their own types, pass
         return UserError(
-            f"Refused to load '{path}': it references {named}, which is not one of the torchao types that "
-            "segformer_tao's torchao INT8 checkpoints hold (it may come from another torchao version or another "
-            "tool). Quantize the float checkpoint again with `segformer quantize quantize.backend=torchao` and the "
-            "torchao of the [torchao] extra.")
+            f"Refused to load '{path}': it references {named}. torchao types are read only from the INT8 checkpoints "
+            "of `segformer quantize quantize.backend=torchao` (by evaluate, inference, export), and only the ones "
+            "those hold; pretrained weights must be float, and a checkpoint from another torchao version or tool "
+            "must be quantized again from its float checkpoint.")
     return UserError(
         f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers (it "
         f"references {named}), and "

@@ -147,7 +147,7 @@ def _load_weights_only(blob: bytes, path: str, map_location: Any) -> dict:
         if named is None or not torchao_int8.is_torchao_reference(named):
             raise
     return torchao_int8.load_allowing_torchao(
-        lambda: torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True))
+        lambda: torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True), path)
 
 
 def _other_model_file(path: str) -> tuple[str, str] | None:

@@ -42,22 +42,28 @@ def require_torchao(why: str):
     """Import torchao (its quantization package) or raise NotAvailableError naming the extra.
 
     torchao registers ~40 of its types as safe for every ``torch.load(weights_only=True)`` in the process when
-    imported; that registration is undone here so that only :func:`load_payload`'s scoped allowlist lets them in
-    (our other loaders keep torch's defaults)."""
-    before = list(torch.serialization.get_safe_globals())
+    imported (by whoever imports it first); that registration is undone here, so that only the scoped allowlist
+    of :func:`load_allowing_torchao` lets torchao types in (our other loaders keep torch's defaults)."""
     try:
         quantization = import_module("torchao.quantization")
     except ImportError as e:
         raise NotAvailableError(f"{why} needs torchao, which is not installed ({e.name or e}): `{INSTALL}`.") from e
-    if len(torch.serialization.get_safe_globals()) != len(before):
+    registered = torch.serialization.get_safe_globals()
+    kept = [g for g in registered if not _defined_in_torchao(g)]
+    if len(kept) != len(registered):
         torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(before)
+        torch.serialization.add_safe_globals(kept)
     return quantization
 
 
-def allowed_types() -> list[type]:
-    """The torchao classes of :data:`ALLOWED_TYPES` (torchao must be importable)."""
-    require_torchao("Loading a torchao INT8 checkpoint")
+def _defined_in_torchao(entry) -> bool:
+    obj = entry[0] if isinstance(entry, tuple) else entry
+    return str(getattr(obj, "__module__", "")).split(".")[0] == "torchao"
+
+
+def allowed_types(path: str = "a torchao INT8 checkpoint") -> list[type]:
+    """The torchao classes of :data:`ALLOWED_TYPES` (NotAvailableError naming ``path`` without torchao)."""
+    require_torchao(f"Reading '{path}' (a quantize.backend=torchao INT8 checkpoint)")
     found = []
     for module, name in ALLOWED_TYPES:
         try:
@@ -113,9 +119,10 @@ def quantize(model: nn.Module, mode: str, skip_names: list[str]) -> dict:
             "kept_float": kept_linear + [f"every {t} (torchao quantizes Linear layers only)" for t in other_float]}
 
 
-def load_allowing_torchao(load):
-    """``load()`` (a ``torch.load(weights_only=True)``) with :data:`ALLOWED_TYPES` allowed, scoped to that call."""
-    with torch.serialization.safe_globals(allowed_types()):
+def load_allowing_torchao(load, path: str):
+    """``load()`` (a ``torch.load(weights_only=True)`` of ``path``) with :data:`ALLOWED_TYPES` allowed, scoped to
+    that call."""
+    with torch.serialization.safe_globals(allowed_types(path)):
         return load()
 
 
