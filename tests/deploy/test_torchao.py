@@ -57,21 +57,24 @@ def test_checkpoint_loads_as_the_quantized_model(tmp_path, mode):
             load(path)
 
 
-@pytest.mark.parametrize("mode", ["weight_only_ptq", "static_ptq"])
-def test_torchao_types_are_allowed_only_by_the_scoped_allowlist(tmp_path, mode):
-    """torchao allows its ~40 types in every torch.load when imported; that is undone, so a plain
-    weights_only load of the file fails and only the checkpoint loader's allowlist reads it."""
+def test_torchao_types_are_allowed_only_by_the_scoped_allowlist(tmp_path):
+    """torchao allows its ~40 types in every torch.load when imported; that is undone, so a plain weights_only
+    load of the file fails and only the checkpoint loader's allowlist reads it; the allowlist is exactly the
+    types the two modes' checkpoints hold."""
     from segformer_tao.engine.checkpoint import load_checkpoint
     from segformer_tao.model import torchao_int8
 
-    path, _ = _quantized_checkpoint(tmp_path, mode)
-    torchao_int8.require_torchao("test")
-    with pytest.raises(Exception, match="torchao.quantization"):
-        torch.load(path, weights_only=True)
-    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    assert "torchao.quantization.Int8Tensor" in unsafe
-    assert unsafe <= {f"{module}.{name}" for module, name in torchao_int8.ALLOWED_TYPES}, unsafe
-    assert load_checkpoint(path)["quantization"]["backend"] == "torchao"
+    needed = set()
+    for mode in ("weight_only_ptq", "static_ptq"):
+        path, _ = _quantized_checkpoint(tmp_path / mode, mode)
+        torchao_int8.require_torchao("test")
+        with pytest.raises(Exception, match="torchao.quantization"):
+            torch.load(path, weights_only=True)
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        assert "torchao.quantization.Int8Tensor" in unsafe
+        needed |= unsafe
+        assert load_checkpoint(path)["quantization"]["backend"] == "torchao"
+    assert needed == {f"{module}.{name}" for module, name in torchao_int8.ALLOWED_TYPES}
 
 
 class _Payload:
