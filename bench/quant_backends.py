@@ -59,7 +59,7 @@ def demo_inputs(py: str) -> tuple[str, str]:
     return spec, f"{OUT}/train/segformer_model_best.pth"
 
 
-def quantize_all(py: str, spec: str, ckpt: str) -> dict[str, dict]:
+def quantize_all(py: str, spec: str, ckpt: str, reuse: bool) -> dict[str, dict]:
     from segformer_tao.deploy.quant_backends import INSTALL, require_backend
 
     reports: dict[str, dict] = {}
@@ -71,6 +71,9 @@ def quantize_all(py: str, spec: str, ckpt: str) -> dict[str, dict]:
             reports[name] = {"skipped": f"not installed: {INSTALL[backend]}"}
             continue
         out = f"{OUT}/{name.replace(' ', '_')}"
+        if reuse and os.path.isfile(f"{out}/quantize_report.json"):
+            reports[name] = json.load(open(f"{out}/quantize_report.json"))
+            continue
         rc = _cli(py, "quantize", "-e", spec, f"quantize.model_path={ckpt}", f"quantize.results_dir={out}",
                   "model=mit_b0", "dataset.segment.workers=0", "quantize.device=cpu",
                   "dataset.segment.quant_calibration_dataset.images_dir=demo_data/dataset/images/train", *overrides,
@@ -85,18 +88,26 @@ def open_runtimes(reports: dict[str, dict], ckpt: str) -> dict[str, object]:
     from segformer_tao.deploy.openvino import OpenVinoRuntime
     from segformer_tao.deploy.runtime import TorchRuntime
 
+    torch_fp32 = TorchRuntime(ckpt, device="cpu")
+    geometry = {"num_classes": int(torch_fp32.meta["num_classes"]), "img_size": int(torch_fp32.meta["img_size"])}
     runtimes: dict[str, object] = {}
     ort = reports.get("onnxruntime", {})
     if "fp32" in ort:
-        runtimes["ORT FP32 (reference)"] = OrtRuntime(ort["fp32"]["file"])
-    runtimes["torch FP32"] = TorchRuntime(ckpt, device="cpu")
+        runtimes["ORT FP32 (reference)"] = OrtRuntime(ort["fp32"]["file"], **geometry)
+    runtimes["torch FP32"] = torch_fp32
     for name, report in reports.items():
         if "int8" not in report:
             continue
         kind, path = BACKENDS[name][1], report["int8"]["file"]
-        runtimes[name] = (OrtRuntime(path) if kind == "ort" else OpenVinoRuntime(path) if kind == "openvino"
-                          else TorchRuntime(path, device="cpu"))
+        runtimes[name] = (OrtRuntime(path, **geometry) if kind == "ort" else OpenVinoRuntime(path, **geometry)
+                          if kind == "openvino" else TorchRuntime(path, device="cpu"))
     return runtimes
+
+
+def _fp32_bytes(name: str, reports: dict[str, dict]) -> int | None:
+    """Size of a reference row: the FP32 ONNX (ORT), or the float checkpoint layout torchao's report compares."""
+    source = "onnxruntime" if name.startswith("ORT") else "torchao weight_only"
+    return (reports.get(source) or {}).get("fp32", {}).get("bytes")
 
 
 def main() -> None:
@@ -105,6 +116,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=0.5, help="minimum seconds per runtime per round")
     parser.add_argument("--out", default="bench/results/quant_backends.json")
+    parser.add_argument("--reuse", action="store_true", help="reuse the quantize results of an earlier run")
     args = parser.parse_args()
     from bench.deploy import cpu_info
     from segformer_tao.deploy.cpu_select import images_per_s
@@ -112,7 +124,7 @@ def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     py = sys.executable
     spec, ckpt = demo_inputs(py)
-    reports = quantize_all(py, spec, ckpt)
+    reports = quantize_all(py, spec, ckpt, args.reuse)
     runtimes = open_runtimes(reports, ckpt)
     size = int(next(iter(runtimes.values())).meta["img_size"])
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -127,9 +139,7 @@ def main() -> None:
         rows.append({"artifact": name, "runtime": report.get("runtime") or name.split()[0].lower(),
                      "images_per_s": statistics.median(s), "min": min(s), "max": max(s),
                      "vs_ort_fp32": statistics.median(s) / ref, "mIoU": side.get("mIoU", fp32_miou),
-                     "bytes": side.get("bytes") or (os.path.getsize(reports["onnxruntime"]["fp32"]["file"])
-                                                    if "ORT" in name and "fp32" in reports.get("onnxruntime", {})
-                                                    else None)})
+                     "bytes": side.get("bytes") or _fp32_bytes(name, reports)})
     print(f"CPU: {cpu['name']} ({cpu['cores']} cores), flags: {cpu['flags']}; img_size {size}, batch {args.batch}, "
           f"{args.rounds} alternated rounds, torch {torch.__version__}")
     print(f"{'artifact':<22}{'img/s median':>13}{'min-max':>17}{'vs ORT FP32':>13}{'mIoU':>9}{'MB':>8}")
