@@ -46,6 +46,7 @@ TT = "tests/engine/test_train_tiny.py::"
 TW = "tests/model/test_weights.py::"
 TX = "tests/deploy/test_export.py::"
 TG = "tests/model/test_fan_golden.py::"
+TQ = "tests/deploy/test_torchao.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -170,6 +171,23 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/model/backbones/fan.py", "self.norm_v = nn.LayerNorm(dim, eps=1e-5)",
          "self.norm_v = nn.LayerNorm(dim, eps=1e-6)"),),
         (TG + "test_fan_matches_tao_golden_outputs[fan_tiny_8_p4_hybrid]",)),
+    Mutant("torchao_allowlist_dropped", (
+        ("segformer_tao/model/torchao_int8.py",
+         "    with torch.serialization.safe_globals(allowed_types(path)):\n        return load()",
+         "    allowed_types(path)\n    return load()"),),
+        (TQ + "test_checkpoint_loads_as_the_quantized_model",)),
+    Mutant("torchao_global_registration_kept", (
+        ("segformer_tao/model/torchao_int8.py", "    if len(kept) != len(registered):", "    if False:"),),
+        (TQ + "test_torchao_types_are_allowed_only_by_the_scoped_allowlist",)),
+    Mutant("torchao_checkpoint_unpickled_freely", (
+        ("segformer_tao/engine/checkpoint.py",
+         "map_location=map_location, weights_only=True), path)",
+         "map_location=map_location, weights_only=False), path)"),),
+        (TQ + "test_os_system_beside_torchao_types_is_refused",)),
+    Mutant("quantize_parent_takes_newest_onnx", (
+        ("segformer_tao/jobs.py", "(recorded or ([] if parent_action == \"quantize\" else files[-1:]))",
+         "(recorded or files[-1:])"),),
+        (TQ + "test_parent_job_picks_each_backends_output",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
