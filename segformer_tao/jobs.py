@@ -119,10 +119,17 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler that opens log.txt through :func:`segformer_tao.io.open_append` (no symlinks, FILE_MODE)."""
+
+    def _open(self):
+        return sio.open_append(self.baseFilename, encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(out_dir: str, secrets: list[str] | None = None) -> None:
     """Log to stdout and <out_dir>/log.txt; known secrets are replaced by *** in both."""
     root = logging.getLogger()
-    handler = logging.FileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
+    handler = _LogFileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     redact = _RedactSecrets(list(secrets or []) + _env_secrets())

@@ -124,7 +124,7 @@ def run_child(trial: optuna.Trial, tcfg: DictConfig, trial_dir: str, slot: Slot,
     cmd = [sys.executable, "-m", "segformer_tao.cli", "train", "-e", spec]
     log.info("AutoML trial %d on %s: %s (log: %s)", trial.number, slot.describe(), trial_dir,
              os.path.join(trial_dir, TRIAL_LOG))
-    with open(os.path.join(trial_dir, TRIAL_LOG), "ab") as out:
+    with io.open_append(os.path.join(trial_dir, TRIAL_LOG), binary=True) as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(slot, trial, where),
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - only a prctl, no locks taken
         rc = proc.wait()
