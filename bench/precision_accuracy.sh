@@ -4,7 +4,8 @@
 # precisions train side by side so machine load hits both alike. Prints and writes
 # bench/results/precision_accuracy.json: final/best val_miou per run, the demo's evaluate mIoU (evaluate runs fp32)
 # and the bf16 - fp32 differences in mIoU points. Not part of `make bench` (tens of minutes on 2 loaded cores).
-# Settings: EPOCHS (demo, 20), EPOCHS150 (150 classes, 20), PRECISION_DIR (work folder).
+# Settings: EPOCHS (demo, 20), EPOCHS150 (150 classes, 20), SEED (1234; another seed needs another PRECISION_DIR),
+# PRECISION_DIR (work folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -22,7 +23,8 @@ if not os.path.exists(f"{out}/c150/spec.yaml"):
     make_demo_dataset(f"{out}/c150", num_classes=150, size=64, train=600, val=100, test=4, mask_format="ids")
 PYEOF
 SEGFORMER=("$PY" -m segformer_tao.cli)
-MODEL=(model=mit_b0 model.decode_head.decoder_params.embed_dim=256 dataset.segment.workers=0 automl_policy=off)
+MODEL=(model=mit_b0 model.decode_head.decoder_params.embed_dim=256 dataset.segment.workers=0 automl_policy=off
+       train.seed="${SEED:-1234}")
 
 train_both() {  # name spec [overrides...]: train (and for the demo evaluate) in fp32 and bf16-mixed side by side
   local name=$1 spec=$2
