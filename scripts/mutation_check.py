@@ -188,6 +188,20 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/jobs.py", "(recorded or ([] if parent_action == \"quantize\" else files[-1:]))",
          "(recorded or files[-1:])"),),
         (TQ + "test_parent_job_picks_each_backends_output",)),
+    Mutant("auto_precision_ignores_amx", (
+        ("segformer_tao/hardware.py", 'BF16_FLAGS = ("avx512_bf16", "amx_bf16")', 'BF16_FLAGS = ("avx512_bf16",)'),),
+        ("tests/engine/test_trainer_settings.py",)),
+    Mutant("auto_precision_bf16_on_pre_ampere_gpus", (
+        ("segformer_tao/hardware.py", "return cuda_capability() >= (8, 0)", "return cuda_capability() >= (7, 0)"),),
+        ("tests/engine/test_trainer_settings.py",)),
+    Mutant("bf16_weights_in_checkpoints", (
+        ("segformer_tao/engine/trainer.py", '"bf16-mixed": "bf16-mixed", "16-mixed"',
+         '"bf16-mixed": "bf16-true", "16-mixed"'),),
+        (TT + "test_checkpoints_hold_fp32_and_a_run_resumed_under_another_precision_continues",)),
+    Mutant("progress_bar_into_log_files", (
+        ("segformer_tao/engine/progress.py", "    return LineProgress()\n",
+         "    return TQDMProgressBar(refresh_rate=10)\n"),),
+        ("tests/engine/test_progress.py",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

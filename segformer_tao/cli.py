@@ -169,6 +169,10 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     module_name = f"segformer_tao.actions.{action}"
     if action == "train":
         from segformer_tao.automl.policy import choose_path
+        from segformer_tao.engine.trainer import precision_line
+
+        if jobs.is_primary():
+            log.info(precision_line(cfg))
 
         if choose_path(cfg) == "automl":
             module_name = "segformer_tao.automl.search"

@@ -280,7 +280,12 @@ class TrainConfig:
     sync_batchnorm: bool = spec(False, "Synchronised BatchNorm across GPUs.")
     checkpointer: dict[str, Any] | None = spec(None, "TAO checkpointer settings (accepted; see docs).")
     enable_lr_monitor: bool | None = spec(False, "Log the learning rate.")
-    precision: str = spec("32", "(segformer_tao) Numeric precision.", valid_options=["32", "bf16-mixed", "16-mixed"])
+    precision: str = spec(
+        "auto", "(segformer_tao) Training precision: auto = bf16-mixed where the hardware computes bf16 natively (a "
+        "CUDA GPU of compute capability >= 8.0, a CPU with AVX-512 BF16 or AMX) and 32 (fp32) elsewhere, printed on "
+        "the first line of the train output; or 32, bf16-mixed, 16-mixed (CUDA only). Checkpoints hold fp32 weights "
+        "whatever the precision; evaluate, inference and export run fp32.",
+        valid_options=["auto", "32", "bf16-mixed", "16-mixed"])
     clip_grad_norm: float = spec(0.0, "(segformer_tao) Gradient clipping max norm (0 = off).", valid_min=0,
                                  valid_max="inf")
 
