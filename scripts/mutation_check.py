@@ -76,8 +76,8 @@ MUTANTS: tuple[Mutant, ...] = (
          "self.encryption_key = None"),),
         (TT + "test_encrypted_training_checkpoints",)),
     Mutant("save_checkpoint_plaintext", (
-        ("segformer_tao/engine/checkpoint.py", "    if encryption_key:\n        data = encrypt_bytes(",
-         "    if False:\n        data = encrypt_bytes("),),
+        ("segformer_tao/engine/checkpoint.py", "        if encryption_key is not None:  #",
+         "        if False:  #"),),
         ("tests/engine/test_checkpoint.py::test_encrypted_checkpoint_needs_the_right_key",
          TT + "test_encrypted_training_checkpoints"), require_all=True),
     Mutant("weight_loading_skipped", (  # loads the model's own tensors back: the report still looks right
