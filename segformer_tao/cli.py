@@ -189,6 +189,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     except BaseException as e:
         job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
         raise
+    jobs.note_unencrypted(cfg, result.get("artifacts", {}))
     job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
     if jobs.is_primary():  # DDP's extra processes run this CLI too
         log.info("%s finished: outputs in %s", action, out_dir)

@@ -148,6 +148,33 @@ def file_digest(path: str) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
+# Artifacts that hold weights, by extension (an OpenVINO IR's weights are its .bin).
+WEIGHT_FILES = (".pth", ".pt", ".ckpt", ".safetensors", ".onnx", ".engine", ".trt", ".plan", ".bin")
+
+
+def unencrypted_weights(artifacts: dict[str, Any]) -> list[str]:
+    """The local artifact files that hold weights and are not encrypted."""
+    from segformer_tao.crypto import is_encrypted
+
+    found = []
+    for path in artifacts.values():
+        if isinstance(path, str) and path.lower().endswith(WEIGHT_FILES) and os.path.isfile(path):
+            with open(path, "rb") as f:
+                if not is_encrypted(f.read(32)):
+                    found.append(path)
+    return found
+
+
+def note_unencrypted(cfg: DictConfig, artifacts: dict[str, Any]) -> None:
+    """With encryption_key set, say in one line which written files hold weights but are not encrypted, and why."""
+    plain = unencrypted_weights(artifacts) if cfg.get("encryption_key") and is_primary() else []
+    if plain:
+        log.warning("note: encryption_key is set, but these files hold weights and are NOT encrypted: %s. ONNX "
+                    "Runtime, OpenVINO, TensorRT and DeepStream must read them as they are, so protect them with file "
+                    "permissions (temporary copies under $TMPDIR were deleted when this step ended).",
+                    ", ".join(plain))
+
+
 def _redacted_argv() -> list[str]:
     # encryption_key=..., and every other secret (automl.storage=postgresql://u:pw@h/db)
     return [redact.redact(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]

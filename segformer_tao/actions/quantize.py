@@ -21,6 +21,7 @@ from segformer_tao.deploy import onnx_export, quant_backends
 from segformer_tao.deploy.calibration import calibration_batches
 from segformer_tao.deploy.onnxruntime import OrtRuntime, make_session, read_embedded_meta
 from segformer_tao.deploy.quantization import QuantizeSettings, nodes_to_exclude, qdq_summary, quantize_onnx
+from segformer_tao.engine.checkpoint import save_checkpoint
 from segformer_tao.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None
         model_bytes = io.read_bytes(path)
         meta = read_embedded_meta(make_session(model_bytes, threads=1, source=str(path)))
         return model_bytes, meta, None, stem, str(path)
-    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path")
+    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path",
+                                         strict=bool(cfg.get("encryption_strict")))
     size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
     settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)
     model_bytes, diff = export_checkpoint(model, meta, cfg, settings, simplify=True)
@@ -132,8 +134,8 @@ def run(cfg) -> dict:
             raise UserError("quantize.backend=torchao quantizes a PyTorch model: set quantize.model_path to a .pth.")
         quantized = quant_backends.torchao_int8(model, str(q.mode))
         artifacts["quantized_model"] = f"{out_dir}/{stem}_int8_torchao.pth"
-        with io.atomic_write(artifacts["quantized_model"]) as f:
-            torch.save({"state_dict": quantized.state_dict(), "meta": meta}, f)
+        save_checkpoint(artifacts["quantized_model"], {"state_dict": quantized.state_dict(), "meta": meta},
+                        cfg.encryption_key)  # encrypted like every checkpoint when a key is set
         return {"metrics": {}, "artifacts": artifacts}
     if q.backend == "onnxruntime":
         int8_bytes = quantize_onnx(fp32_bytes, batches, settings)
