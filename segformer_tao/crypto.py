@@ -1,10 +1,11 @@
 """At-rest encryption of files that hold weights: a passphrase-keyed streaming AEAD with a versioned header.
 
 Format 2 (written): ``MAGIC2 | kdf(1) log2_n(1) r(1) p(1) chunk(4, big-endian) | kdf_salt(16) | file_salt(16) |
-nonce_prefix(7)`` then chunks, each ``AES-256-GCM(chunk plaintext)`` with its 16-byte tag. The header (63 bytes) is
-the associated data of every chunk, so its KDF parameters cannot be changed unnoticed.
+nonce_prefix(7) | key_check(16)`` then chunks, each ``AES-256-GCM(chunk plaintext)`` with its 16-byte tag. The header
+(79 bytes) is the associated data of every chunk, so its KDF parameters cannot be changed unnoticed.
 
 * master key = scrypt(passphrase, kdf_salt, N=2**log2_n, r, p); file key = HKDF-SHA256(master, file_salt);
+* key_check = HMAC-SHA256(master, the header before it)[:16]: a wrong key is told apart from a damaged file;
 * chunk ``i`` has nonce ``nonce_prefix | i (4 bytes) | last (1 byte)``: chunks cannot be reordered, dropped or
   moved between files, and a file cut at a chunk boundary is told apart from a wrong key (its last chunk is not
   marked last);
@@ -18,6 +19,8 @@ Format 1 (read only): ``MAGIC1 | salt(16) | nonce(12) | AES-256-GCM(all data)`` 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import os
 import struct
@@ -34,7 +37,7 @@ R, P = 8, 1
 CHUNK = 1 << 20  # plaintext bytes per chunk
 TAG = 16
 _PARAMS = struct.Struct(">BBBBI")
-HEADER_LEN = len(MAGIC2) + _PARAMS.size + 16 + 16 + 7
+HEADER_LEN = len(MAGIC2) + _PARAMS.size + 16 + 16 + 7 + 16
 # Limits on what a header may ask for (a crafted file must not make us allocate gigabytes).
 _LIMITS = {"log2_n": (10, 22), "r": (1, 32), "p": (1, 16), "chunk": (1 << 10, 1 << 26)}
 _MASTER: dict[tuple, bytes] = {}  # (passphrase, kdf_salt, log2_n, r, p) -> scrypt output
@@ -72,6 +75,10 @@ def _file_key(master: bytes, file_salt: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=file_salt, info=b"segformer_tao file key 2").derive(master)
 
 
+def _key_check(master: bytes, head: bytes) -> bytes:
+    return hmac.new(master, head, hashlib.sha256).digest()[:16]
+
+
 def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + struct.pack(">I", index) + (b"\x01" if last else b"\x00")
 
@@ -88,8 +95,10 @@ def encrypt_stream(src: BinaryIO | bytes, dst: BinaryIO, passphrase: str, log2_n
     else:
         kdf_salt = os.urandom(16)
     file_salt, prefix = os.urandom(16), os.urandom(7)
-    header = MAGIC2 + _PARAMS.pack(KDF_SCRYPT, log2_n, R, P, chunk) + kdf_salt + file_salt + prefix
-    aead = AESGCM(_file_key(_master(passphrase, kdf_salt, log2_n, R, P), file_salt))
+    head = MAGIC2 + _PARAMS.pack(KDF_SCRYPT, log2_n, R, P, chunk) + kdf_salt + file_salt + prefix
+    master = _master(passphrase, kdf_salt, log2_n, R, P)
+    header = head + _key_check(master, head)
+    aead = AESGCM(_file_key(master, file_salt))
     reader = io.BytesIO(src) if isinstance(src, bytes | bytearray | memoryview) else src
     dst.write(header)
     block, index = reader.read(chunk), 0
@@ -142,33 +151,27 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, passphrase: str, path: str = "<
         raise UserError(f"'{path}' asks for encryption parameters this version does not accept (kdf {kdf}, "
                         f"{values}): it was not written by segformer_tao, or by a newer version.")
     offset = _PARAMS.size
-    kdf_salt, file_salt, prefix = rest[offset:offset + 16], rest[offset + 16:offset + 32], rest[offset + 32:]
-    aead = AESGCM(_file_key(_master(passphrase, kdf_salt, log2_n, r, p), file_salt))
+    kdf_salt, file_salt, prefix = rest[offset:offset + 16], rest[offset + 16:offset + 32], rest[offset + 32:offset + 39]
+    master = _master(passphrase, kdf_salt, log2_n, r, p)
+    if not hmac.compare_digest(_key_check(master, header[:-16]), header[-16:]):
+        raise _wrong_key(path)
+    aead = AESGCM(_file_key(master, file_salt))
     block, index = src.read(chunk + TAG), 0
     while True:
-        if len(block) < TAG:
-            raise _truncated(path)
         following = src.read(chunk + TAG)
         last = not following
         try:
+            if len(block) < TAG:
+                raise InvalidTag
             dst.write(aead.decrypt(_nonce(prefix, index, last), block, header))
         except InvalidTag:
-            if last and _opens(aead, prefix, index, block, header):
-                raise _truncated(path) from None  # a whole chunk that is not the final one: the rest is missing
-            raise _wrong_key(path) from None
+            if last:  # the key is right (key_check): data that ends without its final chunk was cut short
+                raise _truncated(path) from None
+            raise UserError(f"Encrypted file '{path}' was modified (its part {index} fails authentication): do not "
+                            "use it; copy it again from the results dir that wrote it.") from None
         if last:
             return
         block, index = following, index + 1
-
-
-def _opens(aead, prefix: bytes, index: int, block: bytes, header: bytes) -> bool:
-    from cryptography.exceptions import InvalidTag
-
-    try:
-        aead.decrypt(_nonce(prefix, index, False), block, header)
-    except InvalidTag:
-        return False
-    return True
 
 
 def _decrypt_v1(body: bytes, dst: BinaryIO, passphrase: str, path: str) -> None:
