@@ -18,6 +18,8 @@ from typing import Any
 ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD",
                "MLFLOW_TRACKING_TOKEN")
 MASK = "***"
+MIN_TEXT = 4  # shorter secrets are not searched for in free text: they would match everywhere and hide nothing
+MIN_IN_VALUE = 8  # in config values a secret is replaced inside a longer string only from this length on
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
 _QUERY_SECRET = re.compile(r"([?&;](?:password|passwd|pwd|sslpassword|secret|token|api_key|apikey)=)[^&;#\s'\"]+",
                            re.IGNORECASE)
@@ -63,25 +65,40 @@ def env_secrets() -> list[str]:
     return [os.environ[n] for n in ENV_SECRETS if os.environ.get(n)]
 
 
+def _secrets() -> list[str]:
+    with _LOCK:
+        known = list(_KNOWN)
+    return sorted(set(known + env_secrets()), key=len, reverse=True)  # longest first: no partial leftovers
+
+
 def redact(text: str) -> str:
     """``text`` with every registered secret, credential from the environment and URL password replaced by ***."""
     text = mask_url_passwords(str(text))
-    with _LOCK:
-        known = list(_KNOWN)
-    for secret in sorted(set(known + env_secrets()), key=len, reverse=True):  # longest first: no partial leftovers
-        text = text.replace(secret, MASK)
+    for secret in _secrets():
+        if len(secret) >= MIN_TEXT:
+            text = text.replace(secret, MASK)
     return text
+
+
+def redact_value(value: str) -> str:
+    """A config string without secrets, changed only where it holds one (a file such as a trial's spec is run
+    again, so a short key must not turn ``onnx`` into ``***nx``)."""
+    value = mask_url_passwords(value)
+    for secret in _secrets():
+        if value == secret or (len(secret) >= MIN_IN_VALUE and secret in value):
+            value = value.replace(secret, MASK)
+    return value
 
 
 def strip_secrets(obj: Any) -> Any:
     """Copy of a config container without any ``encryption_key`` entry (at any depth) and with every string
-    :func:`redact`-ed (``automl.storage=postgresql://user:***@host/db``)."""
+    :func:`redact_value`-ed (``automl.storage=postgresql://user:***@host/db``)."""
     if isinstance(obj, dict):
         return {k: strip_secrets(v) for k, v in obj.items() if k != "encryption_key"}
     if isinstance(obj, list | tuple):
         return [strip_secrets(v) for v in obj]
     if isinstance(obj, str):
-        return redact(obj)
+        return redact_value(obj)
     return obj
 
 
