@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from segformer_tao.config import compose_config
-from segformer_tao.config import encryption_key as ek
 from segformer_tao.errors import UserError
 from tests.conftest import run_cli
 
@@ -45,6 +44,8 @@ def test_the_key_written_in_a_spec_opens_what_the_same_key_on_the_command_line_w
 
 
 def test_environment_variable_form(monkeypatch):
+    from segformer_tao.config import encryption_key as ek
+
     monkeypatch.setenv("SEGFORMER_KEY", "0123,yes")
     assert compose_config("train", ["encryption_key=${oc.env:SEGFORMER_KEY}"]).encryption_key == "0123,yes"
     assert not ek.literal_on_command_line(["encryption_key=${oc.env:SEGFORMER_KEY}"])
@@ -67,6 +68,8 @@ def test_unrecoverable_keys_are_refused(tmp_path):
 def test_literal_key_warned_and_scrubbed_from_ddp_children(monkeypatch):
     """Lightning starts each DDP rank with sys.argv: after the scrub it carries no key, the environment does."""
     from lightning_fabric.strategies.launchers.subprocess_script import _basic_subprocess_cmd
+
+    from segformer_tao.config import encryption_key as ek
 
     env: dict[str, str] = {}
     argv = ["segformer", "train", "encryption_key=Sup3r-ps-Secret", "train.num_gpus=2"]

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from segformer_tao.crypto import is_encrypted
+from segformer_tao.engine.checkpoint import is_encrypted
 from tests.bad_inputs.runner import run_cli_forked
 from tests.bad_inputs.test_corpus import LABELS, TINY
 from tests.conftest import assert_user_error
