@@ -117,9 +117,11 @@ def encrypt_bytes(data: bytes, passphrase: str, log2_n: int = LOG2_N) -> bytes:
     return out.getvalue()
 
 
-def _truncated(path: str) -> UserError:
-    return UserError(f"Encrypted file '{path}' is truncated (its data ends early: an interrupted copy or download?). "
-                     "Copy it again from the results dir that wrote it.")
+def _truncated(path: str, or_modified: bool = False) -> UserError:
+    what = "is truncated or was modified (its last part fails authentication" if or_modified else (
+        "is truncated (its data ends early")
+    return UserError(f"Encrypted file '{path}' {what}: an interrupted copy or download?). Copy it again from the "
+                     "results dir that wrote it.")
 
 
 def _wrong_key(path: str) -> UserError:
@@ -165,13 +167,23 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, passphrase: str, path: str = "<
                 raise InvalidTag
             dst.write(aead.decrypt(_nonce(prefix, index, last), block, header))
         except InvalidTag:
-            if last:  # the key is right (key_check): data that ends without its final chunk was cut short
-                raise _truncated(path) from None
+            if last:  # the key is right (key_check): a whole chunk not marked final means the rest is missing
+                raise _truncated(path, or_modified=not _opens(aead, prefix, index, block, header)) from None
             raise UserError(f"Encrypted file '{path}' was modified (its part {index} fails authentication): do not "
                             "use it; copy it again from the results dir that wrote it.") from None
         if last:
             return
         block, index = following, index + 1
+
+
+def _opens(aead, prefix: bytes, index: int, block: bytes, header: bytes) -> bool:
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        aead.decrypt(_nonce(prefix, index, False), block, header)
+    except InvalidTag:
+        return False
+    return True
 
 
 def _decrypt_v1(body: bytes, dst: BinaryIO, passphrase: str, path: str) -> None:
