@@ -137,6 +137,17 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/jobs.py", "        if \"best\" in ckpts:\n",
          "        if \"best\" in ckpts and \"latest\" not in ckpts:\n"),),
         ("tests/test_jobs.py::test_parent_job_picks_the_best_checkpoint_over_the_latest",)),
+    Mutant("encryption_key_parsed_by_hydra", (
+        ("segformer_tao/config/compose.py", "overrides, key = ek.take_key_override(list(overrides))",
+         "overrides, key = list(overrides), ek.UNSET"),),
+        ("tests/test_encryption_key.py::test_command_line_key_is_the_text_typed",)),
+    Mutant("plaintext_checkpoint_loads_silently", (
+        ("segformer_tao/engine/checkpoint.py", "    elif own and encryption_key:\n", "    elif False:\n"),),
+        ("tests/engine/test_crypto.py::test_plaintext_where_encrypted_expected_is_named_or_refused",)),
+    Mutant("truncation_not_detected", (
+        ("segformer_tao/crypto.py", "        last = not following\n        dst.write(",
+         "        last = True\n        dst.write("),),
+        ("tests/engine/test_crypto.py::test_truncated_reordered_and_modified_files_are_refused",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
