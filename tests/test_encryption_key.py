@@ -12,25 +12,36 @@ from segformer_tao.config import compose_config
 from segformer_tao.errors import UserError
 from tests.conftest import run_cli
 
-
-@pytest.mark.parametrize("typed", ["0123", "yes", "a,b", "1e3", "true", "[x]", "k=v", "Sup3r'Secret", " pad "])
-def test_command_line_key_is_the_text_typed(typed):
-    assert compose_config("train", [f"encryption_key={typed}"]).encryption_key == typed
-
-
-@pytest.mark.parametrize("typed, key", [("'a,b'", "a,b"), ('"0123"', "0123"), ("'null'", "null"), ("null", None)])
-def test_quoted_command_line_key_is_its_inside(typed, key):
-    assert compose_config("train", [f"encryption_key={typed}"]).encryption_key == key
+TYPED = ["0123", "yes", "a,b", "1e3", "true", "[x]", "k=v", "Sup3r'Secret", " pad "]
+WRITTEN = [("0123", "0123"), ("yes", "yes"), ("1e3", "1e3"), ("0x1F", "0x1F"), ("'0123'", "0123"), ('"a,b"', "a,b"),
+           ("on", "on"), ("", None), ("~", None), ("null", None), ("'null'", "null")]
 
 
-@pytest.mark.parametrize("written, key", [("0123", "0123"), ("yes", "yes"), ("1e3", "1e3"), ("0x1F", "0x1F"),
-                                          ("'0123'", "0123"), ('"a,b"', "a,b"), ("on", "on"), ("", None),
-                                          ("~", None), ("null", None), ("'null'", "null")])
-def test_spec_file_key_is_the_scalar_as_written(tmp_path, written, key):
+def test_command_line_key_is_the_text_typed():
+    from segformer_tao.config import encryption_key as ek
+
+    for typed in TYPED:
+        assert ek.take_key_override([f"encryption_key={typed}", "train.num_epochs=2"]) == (["train.num_epochs=2"],
+                                                                                           typed)
+    for typed in ("a,b", "0123", "yes"):  # through the whole composition
+        assert compose_config("train", [f"encryption_key={typed}"]).encryption_key == typed
+
+
+def test_quoted_command_line_key_is_its_inside():
+    for typed, key in [("'a,b'", "a,b"), ('"0123"', "0123"), ("'null'", "null"), ("null", None)]:
+        assert compose_config("train", [f"encryption_key={typed}"]).encryption_key == key
+
+
+def test_spec_file_key_is_the_scalar_as_written(tmp_path):
+    from segformer_tao.config import encryption_key as ek
+
+    for written, key in WRITTEN:
+        assert ek.spec_file_value(f"encryption_key: {written}\ntrain: {{num_epochs: 3}}\n", "s.yaml") == key, written
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"encryption_key: {written}\ntrain:\n  num_epochs: 3\n")
-    cfg = compose_config("train", [], str(spec))
-    assert cfg.encryption_key == key and cfg.train.num_epochs == 3
+    for written, key in [("0123", "0123"), ("yes", "yes"), ("", None)]:
+        spec.write_text(f"encryption_key: {written}\ntrain:\n  num_epochs: 3\n")
+        cfg = compose_config("train", [], str(spec))
+        assert cfg.encryption_key == key and cfg.train.num_epochs == 3
 
 
 def test_the_key_written_in_a_spec_opens_what_the_same_key_on_the_command_line_wrote(tmp_path):
