@@ -99,16 +99,30 @@ def encrypt_stream(src: BinaryIO | bytes, dst: BinaryIO, passphrase: str, log2_n
     master = _master(passphrase, kdf_salt, log2_n, R, P)
     header = head + _key_check(master, head)
     aead = AESGCM(_file_key(master, file_salt))
-    reader = io.BytesIO(src) if isinstance(src, bytes | bytearray | memoryview) else src
+    read = _reader(src)
     dst.write(header)
-    block, index = reader.read(chunk), 0
+    block, index = read(chunk), 0
     while True:
-        following = reader.read(chunk)
+        following = read(chunk)
         last = not following
         dst.write(aead.encrypt(_nonce(prefix, index, last), block, header))
         if last:
             return
         block, index = following, index + 1
+
+
+def _reader(src: BinaryIO | bytes):
+    """``read(n)`` over a file or, without copying it, over bytes (a checkpoint can be gigabytes)."""
+    if not isinstance(src, bytes | bytearray | memoryview):
+        return src.read
+    view, pos = memoryview(src), 0
+
+    def read(n: int) -> memoryview:
+        nonlocal pos
+        part, pos = view[pos:pos + n], min(pos + n, len(view))
+        return part
+
+    return read
 
 
 def encrypt_bytes(data: bytes, passphrase: str, log2_n: int = LOG2_N) -> bytes:
