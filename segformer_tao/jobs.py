@@ -116,6 +116,13 @@ class _RedactSecrets(logging.Filter):
         return True
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler that opens log.txt through :func:`segformer_tao.io.open_append` (no symlinks, FILE_MODE)."""
+
+    def _open(self):
+        return sio.open_append(self.baseFilename, encoding=self.encoding, errors=self.errors)
+
+
 def install_redaction(handlers: list[logging.Handler] | None = None) -> None:
     """Add the redacting filter to the root logger's handlers (once each)."""
     for h in handlers if handlers is not None else logging.getLogger().handlers:
@@ -127,7 +134,7 @@ def setup_logging(out_dir: str, secrets: list[str] | None = None) -> None:
     """Log to stdout and <out_dir>/log.txt; known secrets are replaced by *** in both."""
     redact.register(*(secrets or []))
     root = logging.getLogger()
-    handler = logging.FileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
+    handler = _LogFileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     install_redaction()
@@ -313,7 +320,13 @@ def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
         parent_dir, job = best_model, {"action": "automl"}
     parent_action = job.get("action")
     candidates: list[tuple[str, str, str]] = []
-    ckpts = find_checkpoints(parent_dir)
+    recorded_files = [a["path"] for a in job.get("artifacts", {}).values() if isinstance(a, dict) and a.get("path")]
+    # A quantize job's folder also holds its FP32 ONNX: only the files it recorded as artifacts are its output.
+    int8_pth = [p for p in recorded_files if p.endswith(".pth")]
+    ckpts = ({"quantized": int8_pth[-1]} if int8_pth else {}) if parent_action == "quantize" else \
+        find_checkpoints(parent_dir)
+    if "quantized" in ckpts and "checkpoint" in wanted:
+        candidates.append(("checkpoint", ckpts["quantized"], "INT8 checkpoint of the quantize job (torchao)"))
     if "checkpoint" in wanted:
         if "best" in ckpts:
             candidates.append(("checkpoint", ckpts["best"], f"best-by-{MONITORED_METRIC} checkpoint"))
@@ -326,9 +339,15 @@ def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
             files = sorted((f for ext in exts for f in glob.glob(os.path.join(parent_dir, "*" + ext))),
                            key=os.path.getmtime)
             # A quantize job also holds intermediate ONNX files; prefer the one it recorded as its artifact.
-            recorded = [a["path"] for a in job.get("artifacts", {}).values() if a.get("path", "").endswith(exts)]
-            for path in (recorded or files[-1:]):
+            recorded = [p for p in recorded_files if p.endswith(exts)]
+            for path in (recorded or ([] if parent_action == "quantize" else files[-1:])):
                 candidates.append((kind, path, f"{kind} file of the {parent_action or 'parent'} job"))
+    if not candidates and parent_action == "quantize" and "quantized" in ckpts:
+        raise UserError(f"parent_job '{parent_dir}' is a torchao quantize job: its output is a PyTorch INT8 "
+                        f"checkpoint ({ckpts['quantized']}), and `segformer {action}` needs an ONNX. Run `segformer "
+                        f"export parent_job={parent_dir}` first and use that export job, or quantize with "
+                        "quantize.backend=onnxruntime, modelopt.onnx or modelopt.pytorch for a Q/DQ ONNX that "
+                        "TensorRT builds in INT8.")
     if not candidates:
         looked = ", ".join(wanted) or "nothing: train takes no parent"
         raise UserError(f"parent_job '{parent_dir}' holds no artifact `segformer {action}` can use (looked for "

@@ -130,7 +130,7 @@ def run_child(trial: optuna.Trial, tcfg: DictConfig, trial_dir: str, slot: Slot,
         cmd.append(ek.INHERITED_OVERRIDE)
     log.info("AutoML trial %d on %s: %s (log: %s)", trial.number, slot.describe(), trial_dir,
              os.path.join(trial_dir, TRIAL_LOG))
-    with open(os.path.join(trial_dir, TRIAL_LOG), "ab") as out:
+    with io.open_append(os.path.join(trial_dir, TRIAL_LOG), binary=True) as out:
         env = child_env(slot, trial, where, tcfg.get("encryption_key"))
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - only a prctl, no locks taken

@@ -103,7 +103,8 @@ class DecodeHeadConfig:
     )
     in_index: list[int] = spec([0, 1, 2, 3], "Backbone stages fed to the head.", automl_enabled=False)
     feature_strides: list[int] = spec([4, 8, 16, 32], "Feature strides of the stages.", automl_enabled=False)
-    align_corners: bool = spec(False, "align_corners of the decoder's bilinear upsampling.")
+    align_corners: bool = spec(False, "align_corners of the decoder's bilinear upsampling. TAO's head ignores "
+                                "this key (always false); true warns that TAO-trained weights expect false.")
     decoder_params: dict[str, int] = spec(
         {"embed_dim": 768}, "Decoder parameters: embed_dim (256, 512 or 768).", automl_enabled=False
     )
@@ -293,6 +294,10 @@ class EvaluateConfig:
     num_nodes: int = spec(1, "Number of nodes.", valid_min=1, popular=True)
     checkpoint: str | None = spec(None, "PyTorch checkpoint (.pth) to run.")
     trt_engine: str | None = spec(None, "TensorRT engine to run (GPU machines with TensorRT).")
+    trust_engine: bool = spec(
+        False, "(segformer_tao) Load trt_engine even when no gen_trt_engine job recorded its sha256 (an engine is "
+        "executable code: by default it loads only when its hash matches <engine>.json / the job.json of the job "
+        "that built it). Set true only for an engine you trust from elsewhere.")
     onnx_file: str | None = spec(None, "(segformer_tao) ONNX model (or OpenVINO IR .xml) to run on the CPU.")
     onnx_engine: str = spec(
         "auto", "(segformer_tao) What runs onnx_file: onnxruntime, openvino (the [openvino] extra), or auto = the "

@@ -65,7 +65,8 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
     if section.get("trt_engine"):
         from segformer_tao.deploy.tensorrt import TrtRuntime
 
-        return TrtRuntime(str(section.trt_engine), cfg)
+        return TrtRuntime(str(section.trt_engine), cfg, trusted=bool(section.get("trust_engine")),
+                          trust_key=f"{action}.trust_engine")
     if section.get("onnx_file"):
         from segformer_tao.deploy.cpu_select import open_onnx_runtime
 

@@ -26,7 +26,7 @@ import torch
 
 from segformer_tao import crypto, io
 from segformer_tao.crypto import is_encrypted
-from segformer_tao.errors import UserError, load_failure_reason, refused_pickle
+from segformer_tao.errors import UserError, load_failure_reason, refused_global, refused_pickle
 from segformer_tao.redact import strip_secrets
 
 FORMAT = "segformer_tao.checkpoint/1"
@@ -73,7 +73,9 @@ def load_checkpoint(path: str, encryption_key: str | None = None, map_location: 
     elif own and encryption_key:
         _plaintext_where_encrypted(path, strict)
     try:
-        return torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True)
+        return _load_weights_only(blob, path, map_location)
+    except UserError:
+        raise
     except Exception as e:  # any unpickling failure means "not a checkpoint we can read"
         refused = refused_pickle(path, e)
         if refused is not None:
@@ -104,6 +106,19 @@ def _plaintext_where_encrypted(path: str, strict: bool) -> None:
         _WARNED.add(path)
         log.warning("warning: checkpoint '%s' is NOT encrypted although encryption_key is set: it was not written by a "
                     "job with this key and its integrity is not checked (encryption_strict=true refuses it).", path)
+def _load_weights_only(blob: bytes, path: str, map_location: Any) -> dict:
+    """``torch.load(weights_only=True)``; a file that names torchao's types (a quantize.backend=torchao
+    checkpoint) is read again with exactly those types allowed (model/torchao_int8.py), nothing else."""
+    from segformer_tao.model import torchao_int8
+
+    try:
+        return torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except Exception as e:
+        named = refused_global(e)
+        if named is None or not torchao_int8.is_torchao_reference(named):
+            raise
+    return torchao_int8.load_allowing_torchao(
+        lambda: torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True), path)
 
 
 def _other_model_file(path: str) -> tuple[str, str] | None:
@@ -135,7 +150,7 @@ def load_model_from_checkpoint(
     """
     from omegaconf import OmegaConf
 
-    from segformer_tao.model import build_model
+    from segformer_tao.model import build_model, torchao_int8
 
     payload = load_checkpoint(path, encryption_key, map_location="cpu", own=True, strict=strict)
     meta, config = payload.get("meta"), payload.get("config")
@@ -147,6 +162,9 @@ def load_model_from_checkpoint(
         )
     cfg = OmegaConf.create(config)
     model = build_model(cfg, load_weights=False)
+    if isinstance(payload.get("quantization"), dict) and payload["quantization"].get("backend") == "torchao":
+        model = torchao_int8.load_state(model, model_state_dict(payload), path)
+        return model.to(map_location).eval(), {**meta, "quantization": payload["quantization"]}
     missing, unexpected = model.load_state_dict(model_state_dict(payload), strict=False)
     if missing or unexpected:
         raise UserError(

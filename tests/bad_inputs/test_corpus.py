@@ -73,6 +73,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("results_dir_unwritable", ["train", *D, "results_dir={a_file}/out"], ["a_file", "results_dir"]),
     ("gpu_ids_conflict", ["train", *D, "train.num_gpus=1", "train.gpu_ids=[0,1,2]"],
      ["train.gpu_ids", "train.num_gpus"]),
+    ("log_txt_is_a_symlink", ["evaluate", *D, *CK, "results_dir={tmp}/results_log_txt_is_a_symlink"],
+     ["results_log_txt_is_a_symlink/evaluate/log.txt", "is a symbolic link", "victim.txt", "another results_dir"]),
     # ---- AutoML (tests/automl/test_postgres.py covers a wrong password, a missing driver, another search space)
     ("automl_storage_unreachable", ["train", *D, "automl_policy=on",
                                     "automl.storage=postgresql://automl:pw-5531@127.0.0.1:1/study"],
@@ -137,6 +139,8 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
     ("export_nvdsinfer_batch_too_large", ["export", *D, "export.checkpoint={ckpt}", "export.serialize_nvdsinfer=true",
                                           "export.batch_size=2000"], ["export.batch_size=2000", "batch-size 1..1024"]),
     ("truncated_pretrained", ["train", *D, *TINY, "train.pretrained_model_path={truncated_ckpt}"], ["truncated.pth"]),
+    ("hf_shard_outside_model_folder", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={hf_escape}"],
+     ["hf_escape/model.safetensors.index.json", "'../outside.safetensors'", "not a file inside the model folder"]),
     ("checkpoint_is_onnx", ["evaluate", *D, "evaluate.checkpoint={onnx}"], ["is an ONNX model", ".onnx_file"]),
     ("checkpoint_missing", ["evaluate", *D, "evaluate.checkpoint={tmp}/nope.pth"], ["nope.pth", "does not exist"]),
     ("pretrained_backbone_missing", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={tmp}/nope.pth"],
@@ -178,7 +182,14 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["export.opset_version", "17"]),
     ("gen_trt_engine_no_tensorrt", ["gen_trt_engine", "gen_trt_engine.onnx_file={onnx}",
                                     "results_dir={tmp}/results_trt"], ["TensorRT"]),
-    ("evaluate_trt_no_tensorrt", ["evaluate", *D, "evaluate.trt_engine={fake_engine}"], ["TensorRT"]),
+    ("evaluate_trt_no_tensorrt", ["evaluate", *D, "evaluate.trt_engine={fake_engine}", "evaluate.trust_engine=true"],
+     ["TensorRT"]),
+    ("trt_engine_no_build_record", ["evaluate", *D, "evaluate.trt_engine={fake_engine}"],
+     ["model.engine", "no build record", "{fake_engine_sha}", "segformer gen_trt_engine",
+      "evaluate.trust_engine=true"]),
+    ("trt_engine_changed_since_build", ["inference", *D, "inference.trt_engine={tampered_engine}"],
+     ["tampered.engine", "{tampered_engine_sha}", "tampered.engine.json' records {tampered_engine_recorded}",
+      "inference.trust_engine=true"]),
     ("quantize_torchao_missing", ["quantize", *D, "quantize.model_path={ckpt}", CAL, "quantize.backend=torchao"],
      ["quantize.backend=torchao", "torchao"]),
     ("openvino_ir_without_bin", ["evaluate", *D, "evaluate.onnx_file={ir_without_bin}"],
@@ -223,8 +234,14 @@ def _nothing_half_written(results_dir: str) -> None:
                 load_checkpoint(os.path.join(root, name))
 
 
+def _link_target_untouched(results_dir: str) -> None:
+    """The file a planted log.txt link points at was not written to."""
+    with open(os.path.join(results_dir, "evaluate", "log.txt")) as f:  # through the link: the victim
+        assert f.read() == "not a log\n"
+
+
 # Extra checks on what a failed case left in its results dir.
-AFTER = {"disk_full_checkpoint": _nothing_half_written}
+AFTER = {"disk_full_checkpoint": _nothing_half_written, "log_txt_is_a_symlink": _link_target_untouched}
 
 
 def _cuda() -> bool:
