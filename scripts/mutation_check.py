@@ -78,8 +78,8 @@ MUTANTS: tuple[Mutant, ...] = (
          "self.encryption_key = None"),),
         (TT + "test_encrypted_training_checkpoints",)),
     Mutant("save_checkpoint_plaintext", (
-        ("segformer_tao/engine/checkpoint.py", "    if encryption_key:\n        data = encrypt_bytes(",
-         "    if False:\n        data = encrypt_bytes("),),
+        ("segformer_tao/engine/checkpoint.py", "        if encryption_key is not None:  #",
+         "        if False:  #"),),
         ("tests/engine/test_checkpoint.py::test_encrypted_checkpoint_needs_the_right_key",
          TT + "test_encrypted_training_checkpoints"), require_all=True),
     Mutant("weight_loading_skipped", (  # loads the model's own tensors back: the report still looks right
@@ -139,6 +139,17 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/jobs.py", "        if \"best\" in ckpts:\n",
          "        if \"best\" in ckpts and \"latest\" not in ckpts:\n"),),
         ("tests/test_jobs.py::test_parent_job_picks_the_best_checkpoint_over_the_latest",)),
+    Mutant("encryption_key_parsed_by_hydra", (
+        ("segformer_tao/config/compose.py", "overrides, key = ek.take_key_override(list(overrides))",
+         "overrides, key = list(overrides), ek.UNSET"),),
+        ("tests/test_encryption_key.py::test_command_line_key_is_the_text_typed",)),
+    Mutant("plaintext_checkpoint_loads_silently", (
+        ("segformer_tao/engine/checkpoint.py", "    elif own and encryption_key:\n", "    elif False:\n"),),
+        ("tests/engine/test_crypto.py::test_plaintext_where_encrypted_expected_is_named_or_refused",)),
+    Mutant("truncation_not_detected", (
+        ("segformer_tao/crypto.py", "        last = not following\n        dst.write(",
+         "        last = True\n        dst.write("),),
+        ("tests/engine/test_crypto.py::test_truncated_reordered_and_modified_files_are_refused",)),
     Mutant("engine_loaded_without_its_build_record", (
         ("segformer_tao/deploy/tensorrt.py", "    if trusted:\n", "    if True:\n"),),
         ("tests/deploy/test_engine_trust.py::test_an_engine_without_a_build_record_is_refused_unless_trusted",

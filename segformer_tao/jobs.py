@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segformer_tao import __version__, joblock
+from segformer_tao import __version__, joblock, redact
 from segformer_tao import io as sio
 from segformer_tao.errors import UserError
 
@@ -106,16 +106,13 @@ def prepare_results_dir(action: str, cfg: DictConfig) -> str:
 
 
 class _RedactSecrets(logging.Filter):
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
+    """Every log line through :func:`redact.redact` (registered secrets, cloud credentials, URL passwords)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            msg = record.getMessage()
-            for s in self.secrets:
-                msg = msg.replace(s, "***")
-            record.msg, record.args = msg, ()
+        msg = record.getMessage()
+        clean = redact.redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
         return True
 
 
@@ -126,28 +123,27 @@ class _LogFileHandler(logging.FileHandler):
         return sio.open_append(self.baseFilename, encoding=self.encoding, errors=self.errors)
 
 
+def install_redaction(handlers: list[logging.Handler] | None = None) -> None:
+    """Add the redacting filter to the root logger's handlers (once each)."""
+    for h in handlers if handlers is not None else logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactSecrets) for f in h.filters):
+            h.addFilter(_RedactSecrets())
+
+
 def setup_logging(out_dir: str, secrets: list[str] | None = None) -> None:
     """Log to stdout and <out_dir>/log.txt; known secrets are replaced by *** in both."""
+    redact.register(*(secrets or []))
     root = logging.getLogger()
     handler = _LogFileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    redact = _RedactSecrets(list(secrets or []) + _env_secrets())
-    for h in root.handlers:
-        h.addFilter(redact)
+    install_redaction()
 
 
 def redact_in_logs(secrets: list[str]) -> None:
-    """Replace these secrets by *** in every log line from now on (e.g. a storage URL's password)."""
-    secrets = [s for s in secrets if s]
-    if secrets:
-        for h in logging.getLogger().handlers:
-            h.addFilter(_RedactSecrets(secrets))
-
-
-def _env_secrets() -> list[str]:
-    names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY")
-    return [os.environ[n] for n in names if os.environ.get(n)]
+    """Replace these secrets by *** in every log line and message from now on (e.g. a storage URL's password)."""
+    redact.register(*secrets)
+    install_redaction()
 
 
 def file_digest(path: str) -> dict[str, Any]:
@@ -159,11 +155,36 @@ def file_digest(path: str) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
-def _redacted_argv() -> list[str]:
-    # encryption_key=..., and the password of any URL with credentials (automl.storage=postgresql://u:pw@h/db)
-    from segformer_tao.config.compose import mask_url_passwords
+# Artifacts that hold weights, by extension (an OpenVINO IR's weights are its .bin).
+WEIGHT_FILES = (".pth", ".pt", ".ckpt", ".safetensors", ".onnx", ".engine", ".trt", ".plan", ".bin")
 
-    return [mask_url_passwords(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
+
+def unencrypted_weights(artifacts: dict[str, Any]) -> list[str]:
+    """The local artifact files that hold weights and are not encrypted."""
+    from segformer_tao.crypto import is_encrypted
+
+    found = []
+    for path in artifacts.values():
+        if isinstance(path, str) and path.lower().endswith(WEIGHT_FILES) and os.path.isfile(path):
+            with open(path, "rb") as f:
+                if not is_encrypted(f.read(32)):
+                    found.append(path)
+    return found
+
+
+def note_unencrypted(cfg: DictConfig, artifacts: dict[str, Any]) -> None:
+    """With encryption_key set, say in one line which written files hold weights but are not encrypted, and why."""
+    plain = unencrypted_weights(artifacts) if cfg.get("encryption_key") and is_primary() else []
+    if plain:
+        log.warning("note: encryption_key is set, but these files hold weights and are NOT encrypted: %s. ONNX "
+                    "Runtime, OpenVINO, TensorRT and DeepStream must read them as they are, so protect them with file "
+                    "permissions (temporary copies under $TMPDIR were deleted when this step ended).",
+                    ", ".join(plain))
+
+
+def _redacted_argv() -> list[str]:
+    # encryption_key=..., and every other secret (automl.storage=postgresql://u:pw@h/db)
+    return [redact.redact(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
 
 
 @dataclass
@@ -225,7 +246,7 @@ class Job:
             if getattr(self, "_beat", None) is not None:
                 self._beat.join(timeout=10)
         now = joblock.now_str()
-        self.record.update(status=status, end=now, heartbeat=now, error=error,
+        self.record.update(status=status, end=now, heartbeat=now, error=redact.redact(error) if error else error,
                            duration_s=round(time.time() - getattr(self, "_t0", time.time()), 2))
         if metrics:
             self.record["metrics"] = metrics

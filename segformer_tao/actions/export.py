@@ -50,14 +50,15 @@ def check_writable(path: str, key: str) -> None:
                         "location (or leave the key unset to write into the action's results_dir).")
 
 
-def load_trained_model(checkpoint: str, encryption_key: str | None, key: str) -> tuple[torch.nn.Module, dict]:
+def load_trained_model(checkpoint: str, encryption_key: str | None, key: str, strict: bool = False
+                       ) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on CPU, checkpoint meta) from one of our checkpoints; clear errors otherwise."""
     from segformer_tao.engine.checkpoint import load_model_from_checkpoint
 
     if not checkpoint or not io.exists(checkpoint):
         raise UserError(f"{key}='{checkpoint}' does not exist. Point it at a checkpoint written by `segformer train` "
                         "(e.g. results/train/segformer_model_latest.pth) or use parent_job=<train results dir>.")
-    model, meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location="cpu")
+    model, meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location="cpu", strict=strict)
     return model.float().eval(), dict(meta or {})
 
 
@@ -149,7 +150,8 @@ def run(cfg) -> dict:
         check_batch_size(max(1, int(exp.batch_size)))
     onnx_path = exp.onnx_file or default_onnx_path(exp.results_dir, exp.checkpoint)
     check_writable(onnx_path, "export.onnx_file")
-    model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
+    model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint",
+                                     strict=bool(cfg.get("encryption_strict")))
     settings = _settings(cfg, meta.get("img_size"))
     warn_spec_mismatch(cfg, meta, "export")
     check_vit_geometry(getattr(model, "backbone_name", ""), settings)

@@ -64,7 +64,8 @@ def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None
         model_bytes = io.read_bytes(path)
         meta = read_embedded_meta(make_session(model_bytes, threads=1, source=str(path)))
         return model_bytes, meta, None, stem, str(path)
-    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path")
+    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path",
+                                         strict=bool(cfg.get("encryption_strict")))
     size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
     settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)
     model_bytes, diff = export_checkpoint(model, meta, cfg, settings, simplify=True)
@@ -248,8 +249,9 @@ def _run_torchao(cfg, out_dir: str, skip_names: list[str]) -> dict:
         raise UserError("quantize.backend=torchao quantizes a PyTorch model: set quantize.model_path to a .pth "
                         "checkpoint from `segformer train` (or parent_job=<train results dir>), not an ONNX.")
     torchao_int8.require_torchao("quantize.backend=torchao")
-    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path")
-    source = load_checkpoint(path, cfg.encryption_key)
+    strict = bool(cfg.get("encryption_strict"))
+    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path", strict=strict)
+    source = load_checkpoint(path, cfg.encryption_key, own=True, strict=strict)
     fp32_state = {f"model.{k}": v for k, v in copy.deepcopy(model).state_dict().items()}
     record = torchao_int8.quantize(model, str(q.mode), skip_names)
     stem = os.path.splitext(os.path.basename(path))[0]

@@ -34,7 +34,8 @@ REQUIRED_KEYS = {
     "gen_trt_engine": [["gen_trt_engine.onnx_file"]],
 }
 # Top-level sections in each action's schema and template.
-COMMON_SECTIONS = ["model_name", "encryption_key", "results_dir", "parent_job", "wandb", "model", "dataset"]
+COMMON_SECTIONS = ["model_name", "encryption_key", "encryption_strict", "results_dir", "parent_job", "wandb", "model",
+                   "dataset"]
 ACTION_SECTIONS = {
     "train": COMMON_SECTIONS + ["mlflow", "train", "automl_policy", "automl"],
     "evaluate": COMMON_SECTIONS + ["evaluate"],
@@ -456,7 +457,13 @@ class AutoMLConfig:
 @dataclass
 class ExperimentConfig:
     model_name: str | None = spec("segformer", "Model name.")
-    encryption_key: str | None = spec(None, "Key to encrypt checkpoints at rest (never written to any file).")
+    encryption_key: str | None = spec(
+        None, "Key to encrypt checkpoints at rest (never written to any file), taken exactly as typed. Recommended: "
+        "encryption_key='${oc.env:SEGFORMER_KEY}' with the key in that environment variable (a key on the command "
+        "line is visible in ps). ONNX files and TensorRT engines stay unencrypted (their runtimes read them as is).")
+    encryption_strict: bool = spec(False, "(segformer_tao) With encryption_key set: refuse, instead of a warning, a "
+                                   "plaintext file where one of our encrypted checkpoints is expected (resume, "
+                                   "evaluate, inference, export, quantize). Pretrained weights load as plaintext.")
     results_dir: str | None = spec("", "Root for all outputs; each action writes into <results_dir>/<action> "
                                     "(unset: ./results).")
     wandb: WandBConfig = group(WandBConfig, "Weights & Biases.")

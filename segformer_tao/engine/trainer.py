@@ -163,7 +163,8 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
         callbacks.append(LogLearningRate(tracked))
     trainer = pl.Trainer(
         accelerator=topo.accelerator, devices=topo.devices, num_nodes=topo.num_nodes,
-        strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"), preloaded)),
+        strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"), preloaded,
+                                                                 bool(cfg.get("encryption_strict")))),
         precision=PRECISION[precision], max_epochs=int(tr.num_epochs),
         check_val_every_n_epoch=int(tr.validation_interval), num_sanity_val_steps=0,
         gradient_clip_val=float(tr.clip_grad_norm) or None, gradient_clip_algorithm="norm",
@@ -241,7 +242,7 @@ def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.
     """
     from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
 
-    payload = load_checkpoint(resume, cfg.get("encryption_key"))
+    payload = load_checkpoint(resume, cfg.get("encryption_key"), own=True, strict=bool(cfg.get("encryption_strict")))
     meta = payload.get("meta") or {}
     ours = model.state_dict()
     theirs = model_state_dict(payload)
@@ -277,7 +278,8 @@ def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dic
     if io.exists(best):  # its meta holds the best val_miou
         from segformer_tao.engine.checkpoint import load_checkpoint
 
-        best_miou = (load_checkpoint(best, cfg.get("encryption_key")).get("meta") or {}).get("val_miou")
+        best_miou = (load_checkpoint(best, cfg.get("encryption_key"), own=True,
+                                    strict=bool(cfg.get("encryption_strict"))).get("meta") or {}).get("val_miou")
     metrics = {"val_miou": meta.get("val_miou"), "best_val_miou": best_miou, "epochs": state["epochs_done"],
                "global_step": state["global_step"], "already_finished": True}
     from segformer_tao.jobs import is_primary  # no processes were launched: rank 0 unless a launcher made this one

@@ -89,6 +89,8 @@ def _model_files(tmp: str, data: str) -> dict[str, str]:
     save_checkpoint(enc_ckpt, load_checkpoint(ckpt), encryption_key="k1")
     with open(ckpt, "rb") as f:
         blob = f.read()
+    with open(enc_ckpt, "rb") as f:
+        sealed = f.read()
     ir = os.path.join(tmp, "ir", "model.xml")  # the ONNX as an OpenVINO IR (the [openvino] extra, in dev)
     from segformer_tao.deploy.openvino import read_model, save_ir
 
@@ -96,6 +98,8 @@ def _model_files(tmp: str, data: str) -> dict[str, str]:
     return {"ckpt": ckpt, "onnx": onnx_file, "enc_ckpt": enc_ckpt, "ir": ir,
             "ir_without_bin": _write(os.path.join(tmp, "ir_alone", "model.xml"), open(ir).read()),
             "truncated_ckpt": _write(os.path.join(tmp, "truncated.pth"), blob[: len(blob) // 2]),
+            "truncated_enc_ckpt": _write(os.path.join(tmp, "enc_truncated.pth"), sealed[: len(sealed) // 2]),
+            "key_list_yaml": _write(os.path.join(tmp, "key_list.yaml"), "encryption_key: [Sup3r, Secret]\n"),
             "not_onnx": _write(os.path.join(tmp, "not_a_model.onnx"), b"this is not a protobuf at all"),
             "fake_engine": _write(os.path.join(tmp, "model.engine"), b"\x00" * 64)}
 
@@ -128,6 +132,7 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
                                                  "AWS_MAX_ATTEMPTS": "lots"}
     paths["env_s3_timeout_not_a_number"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint,
                                             "SEGFORMER_S3_TIMEOUT_S": "1min"}
+    paths["env_encryption_key_env_var_empty"] = {"SEGFORMER_KEY": ""}
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
     paths.update(_held_results_dirs(tmp))
     paths.update(_trust_boundary_files(tmp))

@@ -79,6 +79,20 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("automl_storage_unreachable", ["train", *D, "automl_policy=on",
                                     "automl.storage=postgresql://automl:pw-5531@127.0.0.1:1/study"],
      ["automl.storage='postgresql://automl:***@127.0.0.1:1/study' cannot be opened", "reachable"]),
+    ("automl_storage_password_with_slash", ["train", *D, "automl_policy=on",
+                                            "automl.storage=postgresql://automl:p/w-5531@127.0.0.1:1/study"],
+     ["automl.storage='postgresql://automl:***@127.0.0.1:1/study' cannot be opened"]),
+    # ---- encryption_key: the exact text typed, never echoed
+    ("encryption_key_empty", ["train", *D, "encryption_key="], ["encryption_key= is empty", "SEGFORMER_KEY"]),
+    ("encryption_key_env_var_empty", ["train", *D, "encryption_key=${oc.env:SEGFORMER_KEY}"],
+     ["encryption_key is empty", "SEGFORMER_KEY"]),
+    ("encryption_key_interpolation_inside", ["train", *D, "encryption_key=Sup3r${x}"],
+     ["encryption_key on the command line contains '${'", "${oc.env:SEGFORMER_KEY}"]),
+    ("encryption_key_in_spec_not_a_string", ["train", "-e", "{key_list_yaml}", *D],
+     ["key_list.yaml", "encryption_key", "not a single value"]),
+    ("malformed_override_beside_key", ["train", *D, "encryption_key=Sup3r'Secret", "train.gpu_ids=[0,"],
+     ["Invalid override syntax in 'train.gpu_ids=[0,'"]),
+    ("malformed_key_override", ["train", *D, "encryption_key:Sup3r'Secret"], ["Invalid override syntax", "***"]),
     ("automl_too_few_gpus_or_nodes", ["train", *D, "automl_policy=on", "train.num_nodes=2"],
      ["train.num_nodes=2", "automl.storage"]),
 ]
@@ -140,6 +154,11 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["train.resume_training_checkpoint_path", "nope.pth"]),
     ("wrong_encryption_key", ["evaluate", *D, "evaluate.checkpoint={enc_ckpt}", "encryption_key=k2"],
      ["encrypted.pth", "encryption_key is wrong"]),
+    ("plaintext_checkpoint_encryption_strict", ["evaluate", *D, *CK, "encryption_key=k1", "encryption_strict=true"],
+     ["segformer_model_best.pth", "is not encrypted", "encryption_strict=true"]),
+    ("encrypted_checkpoint_truncated", ["evaluate", *D, "evaluate.checkpoint={truncated_enc_ckpt}",
+                                        "encryption_key=k1"],
+     ["enc_truncated.pth", "is truncated"]),
     ("missing_encryption_key", ["evaluate", *D, "evaluate.checkpoint={enc_ckpt}"],
      ["encrypted.pth", "no encryption_key was given"]),
     ("export_missing_encryption_key", ["export", *D, "export.checkpoint={enc_ckpt}"],
@@ -189,6 +208,8 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["quantize.backend=modelopt.onnx", "nvidia-modelopt"]),
 ]
 CASES = CASES + HEAVY_CASES
+# Secrets typed in the cases above: no output of any case may show them.
+SECRETS = ["Sup3r", "w-5531"]
 HEAVY = {c[0] for c in HEAVY_CASES}
 
 
@@ -262,5 +283,7 @@ def test_bad_input(case_id, argv, needles, bad_paths):
     else:
         result = run_cli(*args, env=env)
     assert_user_error(result, *_format(needles, bad_paths))
+    for secret in SECRETS:
+        assert secret not in result.output, f"{case_id} shows the secret {secret!r}: {result.output[-2000:]}"
     if case_id in AFTER:
         AFTER[case_id](f"{bad_paths['tmp']}/results_{case_id}")
