@@ -13,9 +13,11 @@ $(PY):
 
 # nvidia-tao-core is test-only (its StatusParser checks our status.json): without its dependencies (its API
 # server's; they clash with ours) and outside site-packages, in $(VENV)/tao-core where tests/tao_core finds it.
+# [torchao,modelopt]: torchao 0.18 and nvidia-modelopt 0.47 with its ONNX tools, ~107 MB, a few seconds; they change
+# none of torch, torchvision, numpy, onnx, onnxruntime (see setup.cfg).
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e ".[dev,s3,automl,onnx]"
+	$(PIP) install -q -e ".[dev,s3,automl,onnx,torchao,modelopt]"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/tao-core nvidia-tao-core==7.3.0
 	touch $(STAMP)
 

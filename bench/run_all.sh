@@ -34,6 +34,8 @@ echo "== data: training input pipeline vs model training throughput"
 "$PY" bench/data.py --img-size "$SIZE" --images 16 --batches 4 "${QUICK[@]}"
 echo "== quantize: INT8 vs FP32 mIoU on the demo set"
 bash bench/quantize_demo.sh
+echo "== quantize backends: every backend's INT8 artifact side by side (images/s, mIoU, size) vs ORT FP32"
+"$PY" bench/quant_backends.py --rounds 3
 echo "== leaks: memory, fds and threads over a long tiny training and inference"
 "$PY" bench/leaks.py --epochs 40 --images 300
 echo "== TensorRT: engines fp32/fp16/int8 vs PyTorch on the GPU (skipped without tensorrt and CUDA)"

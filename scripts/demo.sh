@@ -3,8 +3,8 @@
 # Usage: scripts/demo.sh [extra `segformer train` overrides]     Outputs: ${DEMO_DIR:-demo_data}/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -x .venv/bin/python ]]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
-DEMO_DIR=${DEMO_DIR:-demo_data}
+if [[ -x .venv/bin/python ]]; then PY="${PY:-.venv/bin/python}"; else PY="${PY:-python3}"; fi
+DEMO_DIR="${DEMO_DIR:-demo_data}"
 DATA="$DEMO_DIR/dataset"
 RESULTS="$DEMO_DIR/results"
 SEGFORMER=("$PY" -m segformer_tao.cli)
@@ -22,7 +22,7 @@ PYEOF
 COMMON=(-e "$DATA/spec.yaml" results_dir="$RESULTS" model=mit_b0
         model.decode_head.decoder_params.embed_dim=256 dataset.segment.workers=0)
 echo "== 2/4 train"
-"${SEGFORMER[@]}" train "${COMMON[@]}" automl_policy=off dataset.segment.batch_size=8 train.num_epochs=${EPOCHS:-20} \
+"${SEGFORMER[@]}" train "${COMMON[@]}" automl_policy=off dataset.segment.batch_size=8 train.num_epochs="${EPOCHS:-20}" \
   train.optim.lr=0.0015 train.optim.warmup_iters=6 train.checkpoint_interval=8 "$@"
 echo "== 3/4 evaluate"
 "${SEGFORMER[@]}" evaluate "${COMMON[@]}" parent_job="$RESULTS/train" evaluate.vis_after_n_batches=1

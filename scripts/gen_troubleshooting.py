@@ -38,8 +38,9 @@ SECTIONS = [
      ["actions/train.py", "engine/trainer.py", "engine/callbacks.py", "engine/module.py", "engine/datamodule.py",
       "engine/distributed.py", "engine/metrics.py", "engine/visualize.py"]),
     ("Checkpoints and encryption (train, evaluate, inference, export, quantize)",
-     "Reading a .pth: missing, truncated, encrypted with another key, or holding pickled code.",
-     ["engine/checkpoint.py"]),
+     "Reading a .pth: missing, truncated, encrypted with another key, not encrypted where it must be, or holding "
+     "pickled code.",
+     ["engine/checkpoint.py", "crypto.py"]),
     ("Model and pretrained weights (train, `segformer model`)",
      "model.backbone.type, model.backbone.pretrained_backbone_path and train.pretrained_model_path.",
      ["model/"]),

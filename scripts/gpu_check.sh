@@ -10,18 +10,18 @@
 #                                                                  to check the script itself; no TensorRT rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ -x .venv/bin/python ]]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
+if [[ -x .venv/bin/python ]]; then PY="${PY:-.venv/bin/python}"; else PY="${PY:-python3}"; fi
 W=$(mkdir -p "${1:-gpu_check}" && cd "${1:-gpu_check}" && pwd)
-DRY=${GPU_CHECK_DRY_RUN:-0}
-EPOCHS=${EPOCHS:-30}
+DRY="${GPU_CHECK_DRY_RUN:-0}"
+EPOCHS="${EPOCHS:-30}"
 SEG=("$PY" -m segformer_tao.cli)
 DATA="$W/dataset"
 R="$W/results"
-if [[ $DRY != 1 ]]; then
+if [[ "$DRY" != 1 ]]; then
   "$PY" -c "import tensorrt, torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print('TensorRT', tensorrt.__version__, 'on', torch.cuda.get_device_name())" \
     || { echo "gpu_check: needs a CUDA GPU and TensorRT (pip install -e '.[trt]'); GPU_CHECK_DRY_RUN=1 checks the script on CPU." >&2; exit 2; }
 else
-  EPOCHS=${EPOCHS_DRY:-2}
+  EPOCHS="${EPOCHS_DRY:-2}"
 fi
 
 echo "== dataset -> $DATA"
@@ -49,7 +49,7 @@ QDQ="$R/quantize/model_int8.onnx"
 ENGINES=("fp32|fp32|$W/model.onnx|" "fp16|fp16|$W/model.onnx|"
          "fp16_fixed4|fp16|$W/model.onnx|gen_trt_engine.batch_size=4"
          "int8_qdq|int8|$QDQ|")
-if [[ $DRY != 1 ]] && "$PY" -c "import sys, tensorrt; sys.exit(not hasattr(tensorrt, 'IInt8EntropyCalibrator2'))"; then
+if [[ "$DRY" != 1 ]] && "$PY" -c "import sys, tensorrt; sys.exit(not hasattr(tensorrt, 'IInt8EntropyCalibrator2'))"; then
   ENGINES+=("int8_calibrator|int8|$W/model.onnx|gen_trt_engine.tensorrt.calibration.cal_image_dir=[$DATA/images/train] gen_trt_engine.tensorrt.calibration.cal_batch_size=4 gen_trt_engine.tensorrt.calibration.cal_batches=8")
 fi
 
@@ -63,7 +63,7 @@ run_eval torch checkpoint="$CKPT"
 for spec in "${ENGINES[@]}"; do
   IFS='|' read -r name dtype onnx extra <<<"$spec"
   echo "== $name"
-  if [[ $DRY == 1 ]]; then  # the script's plumbing only: ONNX Runtime runs the ONNX the engine would be built from
+  if [[ "$DRY" == 1 ]]; then  # the script's plumbing only: ONNX Runtime runs the ONNX the engine would be built from
     run_eval "$name" onnx_file="$onnx"
     continue
   fi
@@ -78,7 +78,7 @@ for spec in "${ENGINES[@]}"; do
 done
 
 PYTEST=skipped; BENCH=skipped
-if [[ $DRY != 1 ]]; then
+if [[ "$DRY" != 1 ]]; then
   echo "== pytest -m tensorrt"
   if "$PY" -m pytest -q -m tensorrt tests/deploy -p no:cacheprovider; then PYTEST=passed; else PYTEST=FAILED; fi
   echo "== bench/trt.py"

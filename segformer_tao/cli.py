@@ -169,6 +169,10 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     module_name = f"segformer_tao.actions.{action}"
     if action == "train":
         from segformer_tao.automl.policy import choose_path
+        from segformer_tao.engine.trainer import precision_line
+
+        if jobs.is_primary():
+            log.info(precision_line(cfg))
 
         if choose_path(cfg) == "automl":
             module_name = "segformer_tao.automl.search"
@@ -189,6 +193,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     except BaseException as e:
         job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
         raise
+    jobs.note_unencrypted(cfg, result.get("artifacts", {}))
     job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
     if jobs.is_primary():  # DDP's extra processes run this CLI too
         log.info("%s finished: outputs in %s", action, out_dir)
@@ -250,22 +255,53 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).addFilter(lambda record: "Tip:" not in record.getMessage())
 
 
+def _guard_secrets(argv: list[str], own_process: bool) -> None:
+    """Before anything can print: remember the secrets on the command line (every message and log line hides them),
+    warn about a literal key, and keep it off the command lines of the processes this run starts (Lightning re-runs
+    sys.argv for each DDP rank) by handing it over in the environment."""
+    from segformer_tao import redact
+    from segformer_tao.config import encryption_key as ek
+    from segformer_tao.jobs import install_redaction, is_primary
+
+    for arg in argv:
+        raw = ek.typed_text(arg)  # also from a malformed override (encryption_key:x), which Hydra would echo
+        if raw:
+            redact.register(raw, raw.strip("'\""))
+        redact.register(*redact.url_passwords(arg))
+    install_redaction()
+    if ek.literal_on_command_line(argv):
+        if is_primary():
+            print(ek.literal_key_warning(), file=sys.stderr)
+        if own_process:
+            ek.scrub_argv(sys.argv)
+
+
+def _print_traceback() -> None:
+    from segformer_tao.redact import redact
+
+    print(redact(traceback.format_exc()), end="", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("SEGFORMER_DEBUG") == "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     _quiet_third_party()
     start = time.time()
     try:
+        _guard_secrets(argv, own_process)
         tool_args = [a for a in argv if a != "--debug"]
         if tool_args and tool_args[0] in TOOL_MODULES:  # tools parse their own flags (e.g. dataset check -e)
             return importlib.import_module(TOOL_MODULES[tool_args[0]]).main(tool_args[1:])
         command, overrides, flags = parse_args(argv)
         return dispatch(command, overrides, flags)
     except UserError as e:
+        from segformer_tao.redact import redact
+
         if debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+            _print_traceback()
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"interrupted after {time.time() - start:.0f} s", file=sys.stderr)
@@ -275,16 +311,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except Exception as e:  # noqa: BLE001 - last line of defence: a short message, traceback under --debug
         from segformer_tao.errors import explain_exception
+        from segformer_tao.redact import redact
 
         user = explain_exception(e)
         if user is not None:
             if debug:
-                traceback.print_exc()
-            print(f"error: {user}", file=sys.stderr)
+                _print_traceback()
+            print(f"error: {redact(str(user))}", file=sys.stderr)
             return user.exit_code
-        traceback.print_exc()
-        print(f"internal error: {type(e).__name__}: {e}. This is a bug in segformer_tao; please report it with "
-              "the output of --debug.", file=sys.stderr)
+        _print_traceback()
+        print(redact(f"internal error: {type(e).__name__}: {e}. This is a bug in segformer_tao; please report it "
+                     "with the output of --debug."), file=sys.stderr)
         return 1
 
 

@@ -48,15 +48,28 @@ def explain_exception(e: BaseException) -> UserError | None:
     return None
 
 
+def refused_global(e: BaseException) -> str | None:
+    """The global (``module.name``) that ``torch.load(weights_only=True)`` refused, or None for other failures
+    (garbage bytes fail weights_only loading too, without naming any code)."""
+    found = re.search(r"GLOBAL (\S+)", str(e)) if "Weights only load failed" in str(e) else None
+    return found.group(1) if found else None
+
+
 def refused_pickle(path: str, e: BaseException) -> UserError | None:
     """The UserError for a file that ``torch.load(weights_only=True)`` refused because its pickle names code
     (e.g. ``posix.system``) rather than tensors and plain containers; None for any other failure."""
-    found = re.search(r"GLOBAL (\S+)", str(e)) if "Weights only load failed" in str(e) else None
-    if found is None:  # garbage bytes fail weights_only loading too, without naming any code
+    named = refused_global(e)
+    if named is None:
         return None
+    if named.split(".")[0] == "torchao":  # only our torchao INT8 checkpoints, and only their own types, pass
+        return UserError(
+            f"Refused to load '{path}': it references {named}. torchao types are read only from the INT8 checkpoints "
+            "of `segformer quantize quantize.backend=torchao` (by evaluate, inference, export), and only the ones "
+            "those hold; pretrained weights must be float, and a checkpoint from another torchao version or tool "
+            "must be quantized again from its float checkpoint.")
     return UserError(
         f"Refused to load '{path}': it holds pickled Python objects besides tensors and plain containers (it "
-        f"references {found.group(1)}), and "
+        f"references {named}), and "
         "unpickling them could run code. segformer_tao only loads weights with torch.load(weights_only=True). "
         "Use a checkpoint written by `segformer train` or a .safetensors file; if you trust the file's source, "
         "re-save just its state_dict with the tool that wrote it."

@@ -1,22 +1,34 @@
 """One path helper for local files and s3:// (fsspec), atomic writes and at-rest encryption.
 
 Every file the tool writes goes through :func:`atomic_write` (temp file + fsync + rename), so a killed run
-never leaves a truncated file under its final name.
+never leaves a truncated file under its final name; the JSON-lines logs are appended with :func:`open_append`.
+
+File modes (one policy, docs/security.md "File permissions"): every file is created with mode ``FILE_MODE``
+(0666) minus the process umask, as ``open()`` and every Unix tool do; run under ``umask 077`` to keep a results
+dir private.
+No file holds a secret (the encryption key and passwords are never written); checkpoints hold weights, which
+``encryption_key`` protects at rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 
 from segformer_tao.errors import UserError
+
+FILE_MODE = 0o666  # masked by the umask, like open(); see the module docstring
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def is_remote(path: str) -> bool:
@@ -49,6 +61,36 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+def sha256(path: str) -> str:
+    """Hex sha256 of a file's bytes as stored (local or remote), read in 1 MiB chunks."""
+    fs, p = filesystem(path)
+    h = hashlib.sha256()
+    with fs.open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def symlink_error(path: str, e: OSError) -> UserError | None:
+    """O_NOFOLLOW refused a symbolic link at ``path`` (ELOOP on Linux, EMLINK on the BSDs): a UserError."""
+    if e.errno not in (errno.ELOOP, errno.EMLINK) or not os.path.islink(path):
+        return None
+    return UserError(f"'{path}' is a symbolic link (to '{os.readlink(path)}'); segformer does not write through "
+                     "links in a results dir, since a link planted there would make a job write into another file. "
+                     "Remove the link, or choose another results_dir.")
+
+
+def _create_exclusive(directory: str, base: str) -> tuple[int, str]:
+    """A new temp file beside the target, created with FILE_MODE (the umask applies; mkstemp would force 0600)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", os.path.join(directory, f".{base}.*.tmp"))
+
+
 def _fsync_dir(directory: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -77,7 +119,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[io.IOBase]:
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        fd, tmp = _create_exclusive(directory, os.path.basename(path))
     except PermissionError as e:
         raise UserError(
             f"Cannot write '{path}': permission denied for directory '{directory}'. "
@@ -112,10 +154,25 @@ def write_json(path: str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def open_append(path: str, binary: bool = False, encoding: str | None = "utf-8", errors: str | None = None):
+    """Open a local file for appending (created with FILE_MODE minus the umask), never through a symbolic link
+    at ``path`` (O_NOFOLLOW): a link there is a :class:`UserError` naming it. For status.json, log.txt, trial logs."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC, FILE_MODE)
+    except OSError as e:
+        refused = symlink_error(path, e)
+        if refused is not None:
+            raise refused from None
+        raise
+    if binary:
+        return os.fdopen(fd, "ab")
+    return os.fdopen(fd, "a", encoding=encoding, errors=errors)
+
+
 def append_line(path: str, line: str) -> None:
     """Append one line (JSON-lines logs): a single write of a complete line, then fsync."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    with open_append(path) as f:
         f.write(line.rstrip("\n") + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from segformer_tao import io as sio
 from segformer_tao.errors import UserError
 
 LOCK_FILE = ".segformer.lock"
@@ -142,7 +143,13 @@ def _flock(path: str, action: str, directory: str) -> tuple[int, bool]:
     """Open ``path`` and flock it; retried when the file was replaced between open and lock. Returns (fd, locked):
     locked is False on a filesystem without flock (the holder record alone then decides, see _check_previous)."""
     for _ in range(10):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link planted at the lock's name: the lock file is rewritten in place
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, sio.FILE_MODE)
+        except OSError as e:
+            refused = sio.symlink_error(path, e)
+            if refused is not None:
+                raise refused from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

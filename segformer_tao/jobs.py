@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segformer_tao import __version__, joblock
+from segformer_tao import __version__, joblock, redact
 from segformer_tao import io as sio
 from segformer_tao.errors import UserError
 
@@ -106,41 +106,44 @@ def prepare_results_dir(action: str, cfg: DictConfig) -> str:
 
 
 class _RedactSecrets(logging.Filter):
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
+    """Every log line through :func:`redact.redact` (registered secrets, cloud credentials, URL passwords)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            msg = record.getMessage()
-            for s in self.secrets:
-                msg = msg.replace(s, "***")
-            record.msg, record.args = msg, ()
+        msg = record.getMessage()
+        clean = redact.redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
         return True
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler that opens log.txt through :func:`segformer_tao.io.open_append` (no symlinks, FILE_MODE)."""
+
+    def _open(self):
+        return sio.open_append(self.baseFilename, encoding=self.encoding, errors=self.errors)
+
+
+def install_redaction(handlers: list[logging.Handler] | None = None) -> None:
+    """Add the redacting filter to the root logger's handlers (once each)."""
+    for h in handlers if handlers is not None else logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactSecrets) for f in h.filters):
+            h.addFilter(_RedactSecrets())
 
 
 def setup_logging(out_dir: str, secrets: list[str] | None = None) -> None:
     """Log to stdout and <out_dir>/log.txt; known secrets are replaced by *** in both."""
+    redact.register(*(secrets or []))
     root = logging.getLogger()
-    handler = logging.FileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
+    handler = _LogFileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    redact = _RedactSecrets(list(secrets or []) + _env_secrets())
-    for h in root.handlers:
-        h.addFilter(redact)
+    install_redaction()
 
 
 def redact_in_logs(secrets: list[str]) -> None:
-    """Replace these secrets by *** in every log line from now on (e.g. a storage URL's password)."""
-    secrets = [s for s in secrets if s]
-    if secrets:
-        for h in logging.getLogger().handlers:
-            h.addFilter(_RedactSecrets(secrets))
-
-
-def _env_secrets() -> list[str]:
-    names = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY")
-    return [os.environ[n] for n in names if os.environ.get(n)]
+    """Replace these secrets by *** in every log line and message from now on (e.g. a storage URL's password)."""
+    redact.register(*secrets)
+    install_redaction()
 
 
 def file_digest(path: str) -> dict[str, Any]:
@@ -152,11 +155,36 @@ def file_digest(path: str) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
 
-def _redacted_argv() -> list[str]:
-    # encryption_key=..., and the password of any URL with credentials (automl.storage=postgresql://u:pw@h/db)
-    from segformer_tao.config.compose import mask_url_passwords
+# Artifacts that hold weights, by extension (an OpenVINO IR's weights are its .bin).
+WEIGHT_FILES = (".pth", ".pt", ".ckpt", ".safetensors", ".onnx", ".engine", ".trt", ".plan", ".bin")
 
-    return [mask_url_passwords(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
+
+def unencrypted_weights(artifacts: dict[str, Any]) -> list[str]:
+    """The local artifact files that hold weights and are not encrypted."""
+    from segformer_tao.crypto import is_encrypted
+
+    found = []
+    for path in artifacts.values():
+        if isinstance(path, str) and path.lower().endswith(WEIGHT_FILES) and os.path.isfile(path):
+            with open(path, "rb") as f:
+                if not is_encrypted(f.read(32)):
+                    found.append(path)
+    return found
+
+
+def note_unencrypted(cfg: DictConfig, artifacts: dict[str, Any]) -> None:
+    """With encryption_key set, say in one line which written files hold weights but are not encrypted, and why."""
+    plain = unencrypted_weights(artifacts) if cfg.get("encryption_key") and is_primary() else []
+    if plain:
+        log.warning("note: encryption_key is set, but these files hold weights and are NOT encrypted: %s. ONNX "
+                    "Runtime, OpenVINO, TensorRT and DeepStream must read them as they are, so protect them with file "
+                    "permissions (temporary copies under $TMPDIR were deleted when this step ended).",
+                    ", ".join(plain))
+
+
+def _redacted_argv() -> list[str]:
+    # encryption_key=..., and every other secret (automl.storage=postgresql://u:pw@h/db)
+    return [redact.redact(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
 
 
 @dataclass
@@ -218,7 +246,7 @@ class Job:
             if getattr(self, "_beat", None) is not None:
                 self._beat.join(timeout=10)
         now = joblock.now_str()
-        self.record.update(status=status, end=now, heartbeat=now, error=error,
+        self.record.update(status=status, end=now, heartbeat=now, error=redact.redact(error) if error else error,
                            duration_s=round(time.time() - getattr(self, "_t0", time.time()), 2))
         if metrics:
             self.record["metrics"] = metrics
@@ -292,7 +320,13 @@ def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
         parent_dir, job = best_model, {"action": "automl"}
     parent_action = job.get("action")
     candidates: list[tuple[str, str, str]] = []
-    ckpts = find_checkpoints(parent_dir)
+    recorded_files = [a["path"] for a in job.get("artifacts", {}).values() if isinstance(a, dict) and a.get("path")]
+    # A quantize job's folder also holds its FP32 ONNX: only the files it recorded as artifacts are its output.
+    int8_pth = [p for p in recorded_files if p.endswith(".pth")]
+    ckpts = ({"quantized": int8_pth[-1]} if int8_pth else {}) if parent_action == "quantize" else \
+        find_checkpoints(parent_dir)
+    if "quantized" in ckpts and "checkpoint" in wanted:
+        candidates.append(("checkpoint", ckpts["quantized"], "INT8 checkpoint of the quantize job (torchao)"))
     if "checkpoint" in wanted:
         if "best" in ckpts:
             candidates.append(("checkpoint", ckpts["best"], f"best-by-{MONITORED_METRIC} checkpoint"))
@@ -305,9 +339,15 @@ def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
             files = sorted((f for ext in exts for f in glob.glob(os.path.join(parent_dir, "*" + ext))),
                            key=os.path.getmtime)
             # A quantize job also holds intermediate ONNX files; prefer the one it recorded as its artifact.
-            recorded = [a["path"] for a in job.get("artifacts", {}).values() if a.get("path", "").endswith(exts)]
-            for path in (recorded or files[-1:]):
+            recorded = [p for p in recorded_files if p.endswith(exts)]
+            for path in (recorded or ([] if parent_action == "quantize" else files[-1:])):
                 candidates.append((kind, path, f"{kind} file of the {parent_action or 'parent'} job"))
+    if not candidates and parent_action == "quantize" and "quantized" in ckpts:
+        raise UserError(f"parent_job '{parent_dir}' is a torchao quantize job: its output is a PyTorch INT8 "
+                        f"checkpoint ({ckpts['quantized']}), and `segformer {action}` needs an ONNX. Run `segformer "
+                        f"export parent_job={parent_dir}` first and use that export job, or quantize with "
+                        "quantize.backend=onnxruntime, modelopt.onnx or modelopt.pytorch for a Q/DQ ONNX that "
+                        "TensorRT builds in INT8.")
     if not candidates:
         looked = ", ".join(wanted) or "nothing: train takes no parent"
         raise UserError(f"parent_job '{parent_dir}' holds no artifact `segformer {action}` can use (looked for "

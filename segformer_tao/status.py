@@ -23,6 +23,7 @@ from typing import Any
 
 from segformer_tao import io
 from segformer_tao.errors import UserError, explain_exception
+from segformer_tao.redact import redact
 
 log = logging.getLogger("segformer_tao")
 STATUS_FILE = "status.json"
@@ -72,7 +73,7 @@ def status_line(status: str, message: str, *, verbosity: str = "INFO", kpi: Mapp
 
 def write_status(results_dir: str, status: str, message: str, **kwargs: Any) -> dict[str, Any]:
     """Append one line (see :func:`status_line`) to ``<results_dir>/status.json``; returns the record."""
-    record = status_line(status, message, **kwargs)
+    record = status_line(status, redact(message), **kwargs)
     io.append_line(os.path.join(results_dir, STATUS_FILE), json.dumps(record))
     return record
 

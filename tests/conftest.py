@@ -52,7 +52,8 @@ def assert_user_error(result: CliResult, *needles: str) -> None:
     """Exit code 2, no traceback, and a message naming every needle (key, file, value, fix)."""
     assert result.returncode == 2, f"expected exit 2, got {result.returncode}\n{result.output}"
     assert "Traceback" not in result.output, result.output
-    message = result.stderr.strip()
+    # our own one-line warnings (e.g. a key on the command line) may come first
+    message = "\n".join(ln for ln in result.stderr.strip().splitlines() if not ln.startswith("warning: ")).strip()
     assert message.startswith("error: "), result.output
     for needle in needles:
         assert needle in message, f"{needle!r} not in message: {message}"

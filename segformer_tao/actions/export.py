@@ -50,14 +50,15 @@ def check_writable(path: str, key: str) -> None:
                         "location (or leave the key unset to write into the action's results_dir).")
 
 
-def load_trained_model(checkpoint: str, encryption_key: str | None, key: str) -> tuple[torch.nn.Module, dict]:
+def load_trained_model(checkpoint: str, encryption_key: str | None, key: str, strict: bool = False
+                       ) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode on CPU, checkpoint meta) from one of our checkpoints; clear errors otherwise."""
     from segformer_tao.engine.checkpoint import load_model_from_checkpoint
 
     if not checkpoint or not io.exists(checkpoint):
         raise UserError(f"{key}='{checkpoint}' does not exist. Point it at a checkpoint written by `segformer train` "
                         "(e.g. results/train/segformer_model_latest.pth) or use parent_job=<train results dir>.")
-    model, meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location="cpu")
+    model, meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location="cpu", strict=strict)
     return model.float().eval(), dict(meta or {})
 
 
@@ -149,11 +150,15 @@ def run(cfg) -> dict:
         check_batch_size(max(1, int(exp.batch_size)))
     onnx_path = exp.onnx_file or default_onnx_path(exp.results_dir, exp.checkpoint)
     check_writable(onnx_path, "export.onnx_file")
-    model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint")
+    model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint",
+                                     strict=bool(cfg.get("encryption_strict")))
     settings = _settings(cfg, meta.get("img_size"))
     warn_spec_mismatch(cfg, meta, "export")
     check_vit_geometry(getattr(model, "backbone_name", ""), settings)
-    model_bytes, diff = export_checkpoint(model, meta, cfg, settings, bool(exp.simplify))
+    if (meta.get("quantization") or {}).get("backend") == "torchao":
+        model_bytes, diff = _export_torchao(model, meta, cfg, settings, str(exp.checkpoint))
+    else:
+        model_bytes, diff = export_checkpoint(model, meta, cfg, settings, bool(exp.simplify))
     shapes = [f"{tuple(x.shape)}" for x in onnx_export.parity_inputs(settings)]
     log.info("ONNX Runtime vs PyTorch: max abs logit difference %.3g (limit %g) over inputs %s", diff,
              onnx_export.PARITY_ATOL, ", ".join(shapes))
@@ -177,6 +182,23 @@ def run(cfg) -> dict:
         metrics["openvino_max_abs_diff"] = _write_ir(model, onnx_path, embedded_meta(meta, settings, cfg), settings,
                                                      artifacts)
     return {"metrics": metrics, "artifacts": artifacts}
+
+
+def _export_torchao(model: torch.nn.Module, meta: dict, cfg, settings: onnx_export.ExportSettings,
+                    checkpoint: str) -> tuple[bytes, float]:
+    """ONNX of a torchao INT8 checkpoint where torchao's tensors trace: weight-only INT8 traces to Gemm/MatMul on
+    the int8-rounded weights stored as float (ONNX has no weight-only int8 op); int8 dynamic activations do not."""
+    mode = meta["quantization"].get("mode")
+    try:
+        model_bytes, diff = export_checkpoint(model, meta, cfg, settings, simplify=False)
+    except Exception as e:  # noqa: BLE001 - whatever torchao's tensor subclass fails with while tracing
+        raise UserError(f"export.checkpoint='{checkpoint}' is a torchao INT8 checkpoint (quantize.mode={mode}) whose "
+                        f"int8 activation quantization does not trace to ONNX ({type(e).__name__}); for an INT8 ONNX "
+                        "export the float checkpoint and run `segformer quantize` with quantize.backend=onnxruntime, "
+                        "modelopt.onnx or modelopt.pytorch.") from e
+    log.warning("export.checkpoint is a torchao weight-only INT8 checkpoint: the ONNX computes what it computes, "
+                "with its int8-rounded weights stored as float (FP32 size; TensorRT builds it as a float model)")
+    return model_bytes, diff
 
 
 def _write_ir(model: torch.nn.Module, onnx_path: str, meta: dict, settings: onnx_export.ExportSettings,

@@ -20,12 +20,23 @@ from segformer_tao.actions.export import check_writable, export_checkpoint, load
 from segformer_tao.deploy import onnx_export, quant_backends
 from segformer_tao.deploy.calibration import calibration_batches
 from segformer_tao.deploy.onnxruntime import OrtRuntime, make_session, read_embedded_meta
-from segformer_tao.deploy.quantization import QuantizeSettings, nodes_to_exclude, qdq_summary, quantize_onnx
+from segformer_tao.deploy.quantization import (
+    QuantizeSettings,
+    float_compute_nodes,
+    nodes_to_exclude,
+    qdq_summary,
+    quantize_onnx,
+)
 from segformer_tao.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FLOAT_DTYPES = ("native", "fp32", "float32", "float", "none")
+# Every backend's quantize_report.json has these fields (bench/quant_backends.py and the tests read them):
+# format, backend, mode, algorithm, runtime, split, calibration_images, quantized_layers, kept_float,
+# fp32/int8 {mIoU, overall_accuracy, images, images_per_s, split, file, bytes}, miou_drop_points, speedup,
+# size_ratio; plus the backend's own details (qdq for ONNX Q/DQ, fake_quantize_ops for nncf, torchao for torchao).
+REPORT_FORMAT = "segformer_tao.quantize_report/2"
 
 
 def _skip_names(q) -> list[str]:
@@ -53,7 +64,8 @@ def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None
         model_bytes = io.read_bytes(path)
         meta = read_embedded_meta(make_session(model_bytes, threads=1, source=str(path)))
         return model_bytes, meta, None, stem, str(path)
-    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path")
+    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path",
+                                         strict=bool(cfg.get("encryption_strict")))
     size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
     settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)
     model_bytes, diff = export_checkpoint(model, meta, cfg, settings, simplify=True)
@@ -79,21 +91,35 @@ class _Timed:
         return out
 
 
-def _report(cfg, fp32_path: str, int8_path: str, open_runtime=OrtRuntime) -> dict:
-    """mIoU and images/s of FP32 vs INT8 (both on ``open_runtime(path, cfg)``, evaluate's code path) on the eval
-    split."""
+def disk_bytes(path: str) -> int:
+    """Size on disk of a model file (an OpenVINO IR .xml counts with its .bin)."""
+    paths = [path] + ([os.path.splitext(path)[0] + ".bin"] if path.endswith(".xml") else [])
+    return sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+
+
+def _report(cfg, fp32_path: str, int8_path: str, open_runtime=OrtRuntime, fp32_bytes: int | None = None) -> dict:
+    """The fields every backend's quantize_report.json shares: mIoU and images/s of FP32 vs INT8, both run by
+    ``open_runtime(path, cfg)`` (evaluate's code path, the same runtime for both) on the eval split, and their
+    size on disk (``fp32_bytes`` when the FP32 reference is not a file of its own)."""
     from segformer_tao.actions.evaluate import evaluate_runtime
 
-    results = {}
+    results, label = {}, None
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
         timed = _Timed(open_runtime(path, cfg))
+        label = getattr(timed.runtime, "label", timed.name)
+        size = int(timed.meta.get("img_size") or cfg.dataset.segment.img_size)
+        timed.runtime.predict(torch.zeros(1, 3, size, size))  # warm-up (first-call setup) outside the timing
         scores = evaluate_runtime(cfg, timed, None, int(cfg.evaluate.batch_size))
         results[name] = {"mIoU": scores["mIoU"], "overall_accuracy": scores["overall_accuracy"],
                          "images": scores["images"], "images_per_s": scores["images"] / max(timed.seconds, 1e-9),
-                         "split": str(cfg.dataset.segment.test_split)}
+                         "split": str(cfg.dataset.segment.test_split), "file": path,
+                         "bytes": disk_bytes(path) if name == "int8" or fp32_bytes is None else fp32_bytes}
     f, i = results["fp32"], results["int8"]
+    results["runtime"] = label
+    results["split"] = str(cfg.dataset.segment.test_split)
     results["miou_drop_points"] = 100.0 * ((f["mIoU"] or 0.0) - (i["mIoU"] or 0.0))
     results["speedup"] = (i["images_per_s"] / f["images_per_s"]) if f["images_per_s"] and i["images_per_s"] else None
+    results["size_ratio"] = i["bytes"] / f["bytes"] if f["bytes"] else None
     return results
 
 
@@ -113,6 +139,8 @@ def run(cfg) -> dict:
                         "activation ranges with NNCF's own min/max estimators (plus SmoothQuant and bias "
                         "correction); use quantize.algorithm=minmax.")
     check_writable(f"{out_dir}/quantize_report.json", "quantize.results_dir")
+    if q.backend == "torchao":
+        return _run_torchao(cfg, out_dir, _skip_names(q))
     fp32_bytes, meta, model, stem, fp32_path = _float_model(cfg, out_dir)
     size = int(meta.get("img_size") or seg.img_size)
     mean, std = meta.get("mean") or list(seg.augmentation.mean), meta.get("std") or list(seg.augmentation.std)
@@ -127,14 +155,6 @@ def run(cfg) -> dict:
     artifacts: dict[str, str] = {}
     if q.backend == "nncf":
         return _run_nncf(cfg, fp32_path, stem, batches, settings, out_dir)
-    if q.backend == "torchao":
-        if model is None:
-            raise UserError("quantize.backend=torchao quantizes a PyTorch model: set quantize.model_path to a .pth.")
-        quantized = quant_backends.torchao_int8(model, str(q.mode))
-        artifacts["quantized_model"] = f"{out_dir}/{stem}_int8_torchao.pth"
-        with io.atomic_write(artifacts["quantized_model"]) as f:
-            torch.save({"state_dict": quantized.state_dict(), "meta": meta}, f)
-        return {"metrics": {}, "artifacts": artifacts}
     if q.backend == "onnxruntime":
         int8_bytes = quantize_onnx(fp32_bytes, batches, settings)
     elif q.backend == "modelopt.onnx":
@@ -151,10 +171,11 @@ def run(cfg) -> dict:
     onnx_export.check_model(int8_bytes)
     artifacts["onnx_file"] = f"{out_dir}/{stem}_int8.onnx"
     onnx_export.save(artifacts["onnx_file"], int8_bytes)
-    report = {"backend": q.backend, "algorithm": settings.algorithm, "target": settings.target,
-              "calibration_images": sum(int(b.shape[0]) for b in batches),
-              "kept_float": nodes_to_exclude(onnx.load_from_string(fp32_bytes), settings),
-              "qdq": qdq_summary(int8_bytes), **_report(cfg, fp32_path, artifacts["onnx_file"])}
+    qdq = qdq_summary(int8_bytes)
+    report = {"format": REPORT_FORMAT, "backend": q.backend, "mode": str(q.mode), "algorithm": settings.algorithm,
+              "target": settings.target, "calibration_images": sum(int(b.shape[0]) for b in batches),
+              "quantized_layers": qdq["quantized_nodes"], "kept_float": float_compute_nodes(int8_bytes),
+              "qdq": qdq, **_report(cfg, fp32_path, artifacts["onnx_file"])}
     return _finish(report, artifacts, out_dir)
 
 
@@ -186,11 +207,76 @@ def _run_nncf(cfg, fp32_path: str, stem: str, batches: list, settings: QuantizeS
     def open_f32(path: str, cfg) -> OpenVinoRuntime:
         return OpenVinoRuntime(path, cfg, precision="f32", key="quantize.model_path")
 
-    report = {"backend": "nncf", "runtime": "openvino f32",
+    fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in int8.get_ops())
+    report = {"format": REPORT_FORMAT, "backend": "nncf", "mode": "static_ptq", "algorithm": settings.algorithm,
               "calibration_images": sum(int(b.shape[0]) for b in batches),
+              "quantized_layers": sum(_ov_quantized(op) for op in int8.get_ordered_ops()),
               "kept_float": kept + ["LayerNorm, Softmax, GELU and residual Adds (NNCF transformer preset)"],
-              "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in int8.get_ops()),
+              "fake_quantize_ops": fake_quantize,
               "note": "INT8 OpenVINO IR only: NNCF's Q/DQ ONNX of this model is not readable by OpenVINO, and "
                       "quantize.backend=onnxruntime writes the Q/DQ ONNX for TensorRT and ONNX Runtime.",
               **_report(cfg, fp32_path, xml, open_f32)}
     return _finish(report, artifacts, out_dir)
+
+
+def _ov_quantized(op) -> bool:
+    """A Convolution/MatMul of an NNCF model with a FakeQuantize on one of its inputs (directly or via Convert)."""
+    if op.get_type_name() not in ("Convolution", "MatMul"):
+        return False
+    for value in op.input_values():
+        node = value.get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose") and node.get_input_size():
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "FakeQuantize":
+            return True
+    return False
+
+
+def _run_torchao(cfg, out_dir: str, skip_names: list[str]) -> dict:
+    """quantize.backend=torchao: torchao INT8 of the .pth's Linear layers (weight-only for weight_only_ptq, int8
+    dynamic activations + int8 weights for static_ptq), saved as our checkpoint (<stem>_int8_torchao.pth,
+    encrypted with encryption_key like every checkpoint) and reported against the FP32 checkpoint, both run by
+    evaluate's PyTorch runtime. torchao needs no calibration images."""
+    import copy
+
+    from segformer_tao.deploy.runtime import TorchRuntime
+    from segformer_tao.engine.checkpoint import load_checkpoint, save_checkpoint
+    from segformer_tao.model import torchao_int8
+
+    q = cfg.quantize
+    path = str(q.model_path or "")
+    if path.endswith(".onnx"):
+        raise UserError("quantize.backend=torchao quantizes a PyTorch model: set quantize.model_path to a .pth "
+                        "checkpoint from `segformer train` (or parent_job=<train results dir>), not an ONNX.")
+    torchao_int8.require_torchao("quantize.backend=torchao")
+    strict = bool(cfg.get("encryption_strict"))
+    model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path", strict=strict)
+    source = load_checkpoint(path, cfg.encryption_key, own=True, strict=strict)
+    fp32_state = {f"model.{k}": v for k, v in copy.deepcopy(model).state_dict().items()}
+    record = torchao_int8.quantize(model, str(q.mode), skip_names)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    int8_path = f"{out_dir}/{stem}_int8_torchao.pth"
+    payload = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "meta": meta,
+               "config": source.get("config") or {}, "quantization": record}
+    save_checkpoint(int8_path, payload, cfg.encryption_key)
+    fp32_bytes = _serialized_bytes({**payload, "state_dict": fp32_state, "quantization": None})
+
+    def open_torch(p: str, cfg) -> TorchRuntime:
+        return TorchRuntime(p, cfg.encryption_key)
+
+    report = {"format": REPORT_FORMAT, "backend": "torchao", "mode": str(q.mode), "algorithm": None,
+              "calibration_images": 0, "quantized_layers": len(record["quantized_layers"]),
+              "kept_float": record["kept_float"],
+              "torchao": {k: record[k] for k in ("torchao_version", "torchao_config", "quantized_layers")},
+              "note": "torchao needs no calibration (weights per row; static_ptq quantizes activations per token at "
+                      "run time); fp32.bytes is the same checkpoint layout with float weights (no optimizer state)",
+              **_report(cfg, path, int8_path, open_torch, fp32_bytes=fp32_bytes)}
+    return _finish(report, {"quantized_model": int8_path}, out_dir)
+
+
+def _serialized_bytes(payload: dict) -> int:
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save(payload, buf)
+    return len(buf.getvalue())

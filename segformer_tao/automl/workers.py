@@ -24,6 +24,7 @@ import optuna
 from omegaconf import DictConfig
 
 from segformer_tao.automl.pruning import PRUNED_ATTR
+from segformer_tao.config import encryption_key as ek
 from segformer_tao.errors import UserError
 
 log = logging.getLogger("segformer_tao")
@@ -93,9 +94,12 @@ def _die_with_parent() -> None:
         _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def child_env(slot: Slot, trial: optuna.Trial, where: dict) -> dict[str, str]:
-    """The environment of a trial's child: its devices or threads and how to reach the trial in the study."""
+def child_env(slot: Slot, trial: optuna.Trial, where: dict, encryption_key: str | None = None) -> dict[str, str]:
+    """The environment of a trial's child: its devices or threads, how to reach the trial in the study, and the
+    encryption key (never on its command line or in its spec file)."""
     env = dict(os.environ)
+    if encryption_key:
+        env[ek.INHERITED_ENV] = encryption_key
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_PORT"):  # a fresh job, not our DDP rank
         env.pop(var, None)
     if slot.gpus:
@@ -122,10 +126,13 @@ def run_child(trial: optuna.Trial, tcfg: DictConfig, trial_dir: str, slot: Slot,
     spec = os.path.join(trial_dir, TRIAL_SPEC)
     io.write_text(spec, to_yaml_without_secrets(tcfg))
     cmd = [sys.executable, "-m", "segformer_tao.cli", "train", "-e", spec]
+    if tcfg.get("encryption_key"):  # the spec holds no key: the child reads it from its environment
+        cmd.append(ek.INHERITED_OVERRIDE)
     log.info("AutoML trial %d on %s: %s (log: %s)", trial.number, slot.describe(), trial_dir,
              os.path.join(trial_dir, TRIAL_LOG))
-    with open(os.path.join(trial_dir, TRIAL_LOG), "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(slot, trial, where),
+    with io.open_append(os.path.join(trial_dir, TRIAL_LOG), binary=True) as out:
+        env = child_env(slot, trial, where, tcfg.get("encryption_key"))
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent)  # noqa: PLW1509 - only a prctl, no locks taken
         rc = proc.wait()
     job = read_job(trial_dir) or {}

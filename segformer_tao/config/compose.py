@@ -10,7 +10,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -24,6 +23,8 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from segformer_tao import redact
+from segformer_tao.config import encryption_key as ek
 from segformer_tao.config.resolve import resolve_batch_sizes
 from segformer_tao.config.schema import ExperimentConfig
 from segformer_tao.errors import UserError
@@ -96,7 +97,8 @@ def load_spec_file(path: str) -> DictConfig:
         raise UserError(f"Spec file '{path}' (given with -e) does not exist. Check the path.")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"Spec file '{path}' is not valid YAML: {str(e).splitlines()[0]} "
                         f"({getattr(e, 'problem_mark', '')}). Fix the YAML syntax.") from e
@@ -108,6 +110,9 @@ def load_spec_file(path: str) -> DictConfig:
         raise UserError(f"Spec file '{path}' must hold a mapping of keys (e.g. 'train: {{num_epochs: 10}}'), "
                         f"not a {type(data).__name__}.")
     data.pop("defaults", None)
+    key = ek.spec_file_value(text, path)  # the key as written, not as YAML reads it (0123 -> 83, yes -> True)
+    if key is not ek.UNSET:
+        data[ek.KEY] = key
     return OmegaConf.create(data)
 
 
@@ -213,6 +218,9 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as e:
         raise UserError(f"Cannot resolve interpolation at '{getattr(e, 'full_key', '')}': "
                         f"{str(e).splitlines()[0]}. Interpolations look like ${{results_dir}}/train.") from e
+    ek.check_resolved(resolved.get(ek.KEY))
+    redact.register(resolved.get(ek.KEY))
+    redact.register_config(resolved)
     for key, f in iter_fields():
         node: Any = resolved
         for part in key.split("."):
@@ -233,7 +241,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     Returns:
         an OmegaConf DictConfig in struct mode (unknown keys raise).
     """
-    overrides = list(overrides)
+    overrides, key = ek.take_key_override(list(overrides))  # the exact text typed, never Hydra-parsed
     groups = conf_groups()
     group_ovs = [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") in groups]
     key_ovs = [o for o in overrides if o not in group_ovs]
@@ -259,6 +267,8 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
             raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
         _reapply_groups(cfg, group_ovs, spec, spec_file)
     apply_overrides(cfg, key_ovs)
+    if key is not ek.UNSET:
+        cfg[ek.KEY] = key
     validate(cfg)
     _unset_missing(cfg)
     resolve_batch_sizes(cfg)
@@ -323,24 +333,13 @@ def _unset_missing(cfg: DictConfig) -> None:
         OmegaConf.update(cfg, key, None)
 
 
-# the password runs to the host's '@' (greedy: an unencoded '@' or ':' in a password is masked too)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^\s/?#]+@")
-
-
-def mask_url_passwords(text: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` anywhere in ``text`` (e.g. automl.storage)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+mask_url_passwords = redact.mask_url_passwords
 
 
 def to_yaml_without_secrets(cfg: DictConfig) -> str:
-    """The composed config as YAML with encryption_key removed and the password of automl.storage masked (for
-    experiment.yaml and `segformer config`)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("encryption_key", None)
-    automl = container.get("automl") or {}
-    if automl.get("storage"):
-        automl["storage"] = mask_url_passwords(str(automl["storage"]))
-    return OmegaConf.to_yaml(OmegaConf.create(container))
+    """The composed config as YAML with encryption_key removed and every secret in its strings masked (URL passwords
+    such as automl.storage's, credentials): for experiment.yaml, `segformer config` and AutoML trial specs."""
+    return OmegaConf.to_yaml(OmegaConf.create(redact.strip_secrets(OmegaConf.to_container(cfg, resolve=True))))
 
 
 __all__ = ["compose_config", "validate", "iter_fields", "all_keys", "suggest", "apply_overrides", "conf_groups",

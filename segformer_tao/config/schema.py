@@ -34,7 +34,8 @@ REQUIRED_KEYS = {
     "gen_trt_engine": [["gen_trt_engine.onnx_file"]],
 }
 # Top-level sections in each action's schema and template.
-COMMON_SECTIONS = ["model_name", "encryption_key", "results_dir", "parent_job", "wandb", "model", "dataset"]
+COMMON_SECTIONS = ["model_name", "encryption_key", "encryption_strict", "results_dir", "parent_job", "wandb", "model",
+                   "dataset"]
 ACTION_SECTIONS = {
     "train": COMMON_SECTIONS + ["mlflow", "train", "automl_policy", "automl"],
     "evaluate": COMMON_SECTIONS + ["evaluate"],
@@ -102,7 +103,8 @@ class DecodeHeadConfig:
     )
     in_index: list[int] = spec([0, 1, 2, 3], "Backbone stages fed to the head.", automl_enabled=False)
     feature_strides: list[int] = spec([4, 8, 16, 32], "Feature strides of the stages.", automl_enabled=False)
-    align_corners: bool = spec(False, "align_corners of the decoder's bilinear upsampling.")
+    align_corners: bool = spec(False, "align_corners of the decoder's bilinear upsampling. TAO's head ignores "
+                                "this key (always false); true warns that TAO-trained weights expect false.")
     decoder_params: dict[str, int] = spec(
         {"embed_dim": 768}, "Decoder parameters: embed_dim (256, 512 or 768).", automl_enabled=False
     )
@@ -279,7 +281,12 @@ class TrainConfig:
     sync_batchnorm: bool = spec(False, "Synchronised BatchNorm across GPUs.")
     checkpointer: dict[str, Any] | None = spec(None, "TAO checkpointer settings (accepted; see docs).")
     enable_lr_monitor: bool | None = spec(False, "Log the learning rate.")
-    precision: str = spec("32", "(segformer_tao) Numeric precision.", valid_options=["32", "bf16-mixed", "16-mixed"])
+    precision: str = spec(
+        "auto", "(segformer_tao) Training precision: auto = bf16-mixed where the hardware computes bf16 natively (a "
+        "CUDA GPU of compute capability >= 8.0, a CPU with AVX-512 BF16 or AMX) and 32 (fp32) elsewhere, printed on "
+        "the first line of the train output; or 32, bf16-mixed, 16-mixed (CUDA only). Checkpoints hold fp32 weights "
+        "whatever the precision; evaluate, inference and export run fp32.",
+        valid_options=["auto", "32", "bf16-mixed", "16-mixed"])
     clip_grad_norm: float = spec(0.0, "(segformer_tao) Gradient clipping max norm (0 = off).", valid_min=0,
                                  valid_max="inf")
 
@@ -292,6 +299,10 @@ class EvaluateConfig:
     num_nodes: int = spec(1, "Number of nodes.", valid_min=1, popular=True)
     checkpoint: str | None = spec(None, "PyTorch checkpoint (.pth) to run.")
     trt_engine: str | None = spec(None, "TensorRT engine to run (GPU machines with TensorRT).")
+    trust_engine: bool = spec(
+        False, "(segformer_tao) Load trt_engine even when no gen_trt_engine job recorded its sha256 (an engine is "
+        "executable code: by default it loads only when its hash matches <engine>.json / the job.json of the job "
+        "that built it). Set true only for an engine you trust from elsewhere.")
     onnx_file: str | None = spec(None, "(segformer_tao) ONNX model (or OpenVINO IR .xml) to run on the CPU.")
     onnx_engine: str = spec(
         "auto", "(segformer_tao) What runs onnx_file: onnxruntime, openvino (the [openvino] extra), or auto = the "
@@ -446,7 +457,13 @@ class AutoMLConfig:
 @dataclass
 class ExperimentConfig:
     model_name: str | None = spec("segformer", "Model name.")
-    encryption_key: str | None = spec(None, "Key to encrypt checkpoints at rest (never written to any file).")
+    encryption_key: str | None = spec(
+        None, "Key to encrypt checkpoints at rest (never written to any file), taken exactly as typed. Recommended: "
+        "encryption_key='${oc.env:SEGFORMER_KEY}' with the key in that environment variable (a key on the command "
+        "line is visible in ps). ONNX files and TensorRT engines stay unencrypted (their runtimes read them as is).")
+    encryption_strict: bool = spec(False, "(segformer_tao) With encryption_key set: refuse, instead of a warning, a "
+                                   "plaintext file where one of our encrypted checkpoints is expected (resume, "
+                                   "evaluate, inference, export, quantize). Pretrained weights load as plaintext.")
     results_dir: str | None = spec("", "Root for all outputs; each action writes into <results_dir>/<action> "
                                     "(unset: ./results).")
     wandb: WandBConfig = group(WandBConfig, "Weights & Biases.")

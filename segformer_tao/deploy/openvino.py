@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from segformer_tao import io
+from segformer_tao import hardware, io
 from segformer_tao.deploy.onnxruntime import (
     META_KEY,
     available_cores,
@@ -28,13 +28,12 @@ from segformer_tao.deploy.onnxruntime import (
 )
 from segformer_tao.deploy.runtime import Runtime
 from segformer_tao.errors import NotAvailableError, UserError
+from segformer_tao.hardware import CPU_FLAGS, cpu_flags  # noqa: F401 - their home before hardware.py (bench/deploy.py)
 
 log = logging.getLogger(__name__)
 
 EXTRA = "pip install 'segformer_tao[openvino]'"
 PRECISIONS = ("f32", "bf16")
-# /proc/cpuinfo flags that decide which CPU goals apply (printed by bench/deploy.py and in notes).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def require_openvino(key: str):
@@ -47,21 +46,9 @@ def require_openvino(key: str):
     return openvino
 
 
-def cpu_flags() -> dict[str, bool]:
-    """Which of CPU_FLAGS this machine's CPU reports (Linux /proc/cpuinfo; all False elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        line = ""
-    present = set(line.split(":", 1)[-1].split())
-    return {flag: flag in present for flag in CPU_FLAGS}
-
-
 def native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX) and OpenVINO's CPU plugin uses it."""
-    flags = cpu_flags()
-    if not (flags["avx512_bf16"] or flags["amx_bf16"]):
+    if not hardware.cpu_bf16_flags():
         return False
     import openvino as ov
 
@@ -74,7 +61,7 @@ def resolve_precision(requested: str, key: str) -> str:
     if requested not in PRECISIONS:
         raise UserError(f"{key}={requested} is not a precision OpenVINO runs here; use one of {list(PRECISIONS)}.")
     if requested == "bf16" and not native_bf16():
-        flags = ", ".join(f for f, on in cpu_flags().items() if on) or "none of " + "/".join(CPU_FLAGS)
+        flags = ", ".join(f for f, on in hardware.cpu_flags().items() if on) or "none of " + "/".join(CPU_FLAGS)
         print(f"Note: {key}=bf16 needs a CPU with native BF16 (AVX-512 BF16 or AMX); this CPU has {flags}. "
               "Running f32 instead (emulated bf16 would be slower and less accurate).")
         return "f32"

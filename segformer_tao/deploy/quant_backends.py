@@ -1,4 +1,5 @@
-"""Optional quantization backends: modelopt.onnx, modelopt.pytorch, torchao (TAO 7's names) and nncf (OpenVINO).
+"""Optional quantization backends: modelopt.onnx, modelopt.pytorch (TAO 7's names) and nncf (OpenVINO); torchao
+is in :mod:`segformer_tao.model.torchao_int8` (its checkpoints are loaded by the model loader).
 
 Each needs its package; without it a NotAvailableError (exit 2) names what to install. The default backend,
 onnxruntime, lives in :mod:`segformer_tao.deploy.quantization` and needs nothing extra.
@@ -19,16 +20,19 @@ from segformer_tao import io
 from segformer_tao.errors import NotAvailableError, UserError
 
 INSTALL = {
-    "modelopt.onnx": "pip install 'nvidia-modelopt[onnx]'",
-    "modelopt.pytorch": "pip install 'nvidia-modelopt[torch]'",
-    "torchao": "pip install torchao",
+    "modelopt.onnx": "pip install 'segformer_tao[modelopt]'",
+    "modelopt.pytorch": "pip install 'segformer_tao[modelopt]'",
+    "torchao": "pip install 'segformer_tao[torchao]'",
     "nncf": "pip install 'segformer_tao[openvino]'",
 }
+PACKAGE = {"modelopt.onnx": "nvidia-modelopt", "modelopt.pytorch": "nvidia-modelopt", "torchao": "torchao",
+           "nncf": "NNCF and OpenVINO"}
 
 
 def _missing(backend: str, e: ImportError) -> NotAvailableError:
-    return NotAvailableError(f"quantize.backend={backend} needs a package that is not installed ({e.name}): "
-                             f"`{INSTALL[backend]}`, or use quantize.backend=onnxruntime (built in, runs on CPU).")
+    return NotAvailableError(f"quantize.backend={backend} needs {PACKAGE[backend]}, which is not installed "
+                             f"(no module {e.name}): `{INSTALL[backend]}`, or use quantize.backend=onnxruntime "
+                             "(built in, runs on CPU).")
 
 
 def modelopt_onnx(model_bytes: bytes, batches: Sequence[torch.Tensor], *, algorithm: str, exclude: list[str],
@@ -74,17 +78,6 @@ def modelopt_pytorch(model: torch.nn.Module, batches: Sequence[torch.Tensor], *,
     for name in skip_names:
         mtq.disable_quantizer(model, f"*{name}*")
     return model.cpu().eval()
-
-
-def torchao_int8(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """torchao INT8 on the PyTorch model: weight-only (weight_only_ptq) or dynamic activations (static_ptq)."""
-    try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
-    except ImportError as e:
-        raise _missing("torchao", e) from e
-    config = Int8WeightOnlyConfig() if mode == "weight_only_ptq" else Int8DynamicActivationInt8WeightConfig()
-    quantize_(model, config)
-    return model.eval()
 
 
 def _ov_compute(op) -> bool:

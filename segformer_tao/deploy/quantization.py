@@ -204,3 +204,12 @@ def qdq_summary(model_bytes: bytes) -> dict:
     return {"quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
             "quantized_nodes": len(quantized), "float_compute_nodes":
                 sum(op in QUANTIZED_OP_TYPES for op in ops) - len(quantized)}
+
+
+def float_compute_nodes(model_bytes: bytes) -> list[str]:
+    """Names of the Conv/MatMul/Gemm nodes of a Q/DQ ONNX that run in float (no DequantizeLinear input): the
+    layers quantization left float, read from the quantized model itself."""
+    model = onnx.load_from_string(model_bytes)
+    producers = _producers(model.graph)
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES
+            and not any(getattr(producers.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)]

@@ -43,11 +43,13 @@ class TorchRuntime(Runtime):
 
     name = "torch"
 
-    def __init__(self, checkpoint: str, encryption_key: str | None = None, device: str | None = None):
+    def __init__(self, checkpoint: str, encryption_key: str | None = None, device: str | None = None,
+                 strict: bool = False):
         from segformer_tao.engine.checkpoint import load_model_from_checkpoint
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location=self.device)
+        self.model, self.meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location=self.device,
+                                                            strict=strict)
         self.path = checkpoint
 
     @torch.inference_mode()
@@ -63,13 +65,14 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
     if section.get("trt_engine"):
         from segformer_tao.deploy.tensorrt import TrtRuntime
 
-        return TrtRuntime(str(section.trt_engine), cfg)
+        return TrtRuntime(str(section.trt_engine), cfg, trusted=bool(section.get("trust_engine")),
+                          trust_key=f"{action}.trust_engine")
     if section.get("onnx_file"):
         from segformer_tao.deploy.cpu_select import open_onnx_runtime
 
         return open_onnx_runtime(str(section.onnx_file), cfg, action)
     if section.get("checkpoint"):
-        return TorchRuntime(str(section.checkpoint), key)
+        return TorchRuntime(str(section.checkpoint), key, strict=bool(cfg.get("encryption_strict")))
     raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
                     f"or {action}.trt_engine, or parent_job=<results dir of a train/export job>.")
 

@@ -2,17 +2,27 @@
 
 Also the pieces the builder (``segformer_tao.deploy.tensorrt_build``) shares: ``require_tensorrt`` and
 ``engine_io`` (the I/O facts written to engine.json).
+
+An engine is executable code (TensorRT runs what it holds, plugins included, when it deserializes it), so
+:func:`check_engine_trusted` runs before TensorRT is imported: the engine's sha256 must equal the one its build
+recorded (``<engine>.json`` and the job.json of the gen_trt_engine job), unless the user says the file is trusted
+(``evaluate.trust_engine`` / ``inference.trust_engine``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 
 import torch
 
 from segformer_tao import io
 from segformer_tao.deploy.runtime import Runtime
 from segformer_tao.errors import NotAvailableError, UserError
+
+log = logging.getLogger("segformer_tao")
 
 
 def require_tensorrt():
@@ -27,6 +37,64 @@ def require_tensorrt():
         raise NotAvailableError("TensorRT needs a CUDA GPU and none is visible (torch.cuda.is_available() is "
                                 "False). Run on a GPU machine, or use ONNX Runtime (evaluate.onnx_file) on CPU.")
     return trt
+
+
+def engine_records(engine_file: str, job_dirs: list[str] | tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(where, sha256) of every build record of ``engine_file``: its ``<engine>.json`` and each job.json (in the
+    engine's folder and in ``job_dirs``, e.g. parent_job) whose artifacts name this file."""
+    records = []
+    sidecar = f"{engine_file}.json"
+    if io.exists(sidecar):
+        try:
+            recorded = json.loads(io.read_text(sidecar)).get("sha256")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            recorded = None
+        if isinstance(recorded, str):
+            records.append((sidecar, recorded))
+    if io.is_remote(engine_file):
+        return records
+    target = os.path.realpath(engine_file)
+    for folder in dict.fromkeys([os.path.dirname(target), *(os.path.abspath(str(d)) for d in job_dirs if d)]):
+        job_file = os.path.join(folder, "job.json")
+        try:
+            with open(job_file, encoding="utf-8") as f:
+                artifacts = json.load(f).get("artifacts") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for art in artifacts.values() if isinstance(artifacts, dict) else ():
+            if (isinstance(art, dict) and isinstance(art.get("sha256"), str) and art.get("path")
+                    and os.path.realpath(str(art["path"])) == target):
+                records.append((job_file, art["sha256"]))
+    return records
+
+
+def _engine_fix(trust_key: str) -> str:
+    return (f"Rebuild it with `segformer gen_trt_engine` (gen_trt_engine.onnx_file=<the ONNX>), or, if you trust "
+            f"this file and where it came from, set {trust_key}=true.")
+
+
+def check_engine_trusted(engine_file: str, data: bytes, *, trust_key: str = "evaluate.trust_engine",
+                         trusted: bool = False, job_dirs: list[str] | tuple[str, ...] = ()) -> str:
+    """Refuse to load an engine that `segformer gen_trt_engine` did not build: the sha256 of ``data`` (the file's
+    bytes, exactly as they will be deserialized) must equal every build record of :func:`engine_records`.
+    ``trusted`` (the ``trust_key`` option) skips the check with a warning. Needs no TensorRT; returns the sha256."""
+    actual = hashlib.sha256(data).hexdigest()
+    if trusted:
+        log.warning("warning: %s=true: loading TensorRT engine '%s' (sha256 %s) without checking it against a "
+                    "build record", trust_key, engine_file, actual)
+        return actual
+    records = engine_records(engine_file, job_dirs)
+    if not records:
+        raise UserError(f"TensorRT engine '{engine_file}' has no build record: no sha256 in '{engine_file}.json' "
+                        f"nor in a job.json naming it (its sha256 is {actual}). An engine is executable code, so "
+                        "segformer only loads engines whose hash their gen_trt_engine job recorded. "
+                        + _engine_fix(trust_key))
+    for where, expected in records:
+        if expected != actual:
+            raise UserError(f"TensorRT engine '{engine_file}' is not the file its build recorded: its sha256 is "
+                            f"{actual}, but '{where}' records {expected}. It was replaced or changed after "
+                            "gen_trt_engine wrote it. " + _engine_fix(trust_key))
+    return actual
 
 
 def _deserialize(trt, engine_bytes: bytes, logger):
@@ -80,17 +148,22 @@ class TrtRuntime(Runtime):
 
     name = "tensorrt"
 
-    def __init__(self, engine_file: str, cfg=None, *, num_classes: int | None = None, device: int = 0):
+    def __init__(self, engine_file: str, cfg=None, *, num_classes: int | None = None, device: int = 0,
+                 trusted: bool = False, trust_key: str = "evaluate.trust_engine"):
+        if not io.exists(engine_file):
+            raise UserError(f"TensorRT engine '{engine_file}' does not exist. Check evaluate.trt_engine / "
+                            "inference.trt_engine, or build one with `segformer gen_trt_engine`.")
+        engine_bytes = io.read_bytes(engine_file)  # checked, then deserialized: the very same bytes
+        parent = cfg.get("parent_job") if cfg is not None else None
+        check_engine_trusted(engine_file, engine_bytes, trust_key=trust_key, trusted=trusted,
+                             job_dirs=[str(parent)] if parent else [])
         trt = require_tensorrt()
         if cfg is not None:
             num_classes = int(cfg.dataset.segment.num_classes)
         self.trt = trt
-        if not io.exists(engine_file):
-            raise UserError(f"TensorRT engine '{engine_file}' does not exist. Check evaluate.trt_engine / "
-                            "inference.trt_engine, or build one with `segformer gen_trt_engine`.")
         self.device = torch.device("cuda", device)
         torch.cuda.set_device(self.device)
-        self.engine = _deserialize(trt, io.read_bytes(engine_file), trt.Logger(trt.Logger.WARNING))
+        self.engine = _deserialize(trt, engine_bytes, trt.Logger(trt.Logger.WARNING))
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream(self.device)
         tensors = {t["name"]: t for t in engine_io(trt, self.engine)}
@@ -156,8 +229,9 @@ def pad_to_profile(images: torch.Tensor, min_batch: int, max_batch: int) -> list
 
 
 def write_engine(engine_path: str, engine_bytes: bytes, info: dict) -> str:
-    """Write the engine and ``<engine>.json`` beside it atomically; returns the JSON path."""
+    """Write the engine and ``<engine>.json`` beside it atomically, the JSON with the sha256 of the engine file as
+    written (the build record :func:`check_engine_trusted` compares with); returns the JSON path."""
     io.write_bytes(engine_path, engine_bytes)
     json_path = f"{engine_path}.json"
-    io.write_text(json_path, json.dumps(info, indent=2, default=str) + "\n")
+    io.write_text(json_path, json.dumps({**info, "sha256": io.sha256(engine_path)}, indent=2, default=str) + "\n")
     return json_path

@@ -31,11 +31,13 @@ def epoch_checkpoint_name(epoch: int, step: int) -> str:
 class EncryptedCheckpointIO(CheckpointIO):
     """Lightning checkpoint I/O through :mod:`segformer_tao.engine.checkpoint` (atomic, optional AES-GCM)."""
 
-    def __init__(self, encryption_key: str | None = None, preloaded: tuple[str, dict] | None = None):
+    def __init__(self, encryption_key: str | None = None, preloaded: tuple[str, dict] | None = None,
+                 strict: bool = False):
         """``preloaded``: (path, payload) of a checkpoint already read (and decrypted) on CPU, e.g. by the resume
         check; its first load returns that payload instead of reading the file again."""
         self.encryption_key = encryption_key or None
         self._preloaded = preloaded
+        self.strict = strict  # encryption_strict: a plaintext checkpoint to resume from is refused
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any = None) -> None:
         save_checkpoint(str(path), checkpoint, self.encryption_key)
@@ -44,7 +46,8 @@ class EncryptedCheckpointIO(CheckpointIO):
         if self._preloaded is not None and self._preloaded[0] == str(path) and map_location in (None, "cpu"):
             payload, self._preloaded = self._preloaded[1], None  # once: later loads read the file as usual
             return payload
-        return load_checkpoint(str(path), self.encryption_key, map_location=map_location or "cpu")
+        return load_checkpoint(str(path), self.encryption_key, map_location=map_location or "cpu", own=True,
+                               strict=self.strict)
 
     def remove_checkpoint(self, path: str) -> None:
         fs, p = io.filesystem(str(path))

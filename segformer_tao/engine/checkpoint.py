@@ -9,77 +9,29 @@ Layout (a plain dict of tensors and Python containers, so ``torch.load(weights_o
 * resume state written by Lightning (``optimizer_states``, ``lr_schedulers``, ``loops``, ``epoch``,
   ``global_step``, ``callbacks``) plus ``rng_states`` (torch, CUDA, numpy, python).
 
-With an ``encryption_key`` the serialized bytes are sealed with AES-256-GCM (authenticated: a wrong key or a
-modified file fails to open) under a key derived with scrypt from the passphrase and a random salt:
-``MAGIC | salt(16) | nonce(12) | ciphertext+tag``.
+With an ``encryption_key`` the serialized bytes are sealed by :mod:`segformer_tao.crypto` (chunked AES-256-GCM
+under an scrypt-derived key, the KDF parameters in an authenticated, versioned header): a wrong key, a modified or a
+truncated file fails to open with a UserError. With a key set, a plaintext file where one of our checkpoints is
+expected (``own=True``: resume, evaluate/inference/export/quantize) is named in a warning, or refused with
+``encryption_strict=true``; pretrained weights from elsewhere load as plaintext.
 """
 
 from __future__ import annotations
 
 import io as _io
-import os
+import logging
 from typing import Any
 
 import torch
 
-from segformer_tao import io
-from segformer_tao.errors import UserError, load_failure_reason, refused_pickle
+from segformer_tao import crypto, io
+from segformer_tao.crypto import is_encrypted
+from segformer_tao.errors import UserError, load_failure_reason, refused_global, refused_pickle
+from segformer_tao.redact import strip_secrets
 
 FORMAT = "segformer_tao.checkpoint/1"
-MAGIC = b"SEGTAO-AESGCM-1\n"
-_SALT_LEN, _NONCE_LEN = 16, 12
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-
-
-def _derive_key(passphrase: str, salt: bytes) -> bytes:
-    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
-    return Scrypt(salt=salt, length=32, **_SCRYPT).derive(str(passphrase).encode("utf-8"))
-
-
-def encrypt_bytes(data: bytes, passphrase: str) -> bytes:
-    """Seal ``data`` with AES-256-GCM under a scrypt-derived key (fresh salt and nonce per call)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    salt, nonce = os.urandom(_SALT_LEN), os.urandom(_NONCE_LEN)
-    sealed = AESGCM(_derive_key(passphrase, salt)).encrypt(nonce, data, MAGIC)
-    return MAGIC + salt + nonce + sealed
-
-
-def decrypt_bytes(blob: bytes, passphrase: str, path: str = "<bytes>") -> bytes:
-    """Open bytes made by :func:`encrypt_bytes`; a wrong key or a tampered file is a :class:`UserError`."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    head = len(MAGIC)
-    salt = blob[head : head + _SALT_LEN]
-    nonce = blob[head + _SALT_LEN : head + _SALT_LEN + _NONCE_LEN]
-    sealed = blob[head + _SALT_LEN + _NONCE_LEN :]
-    try:
-        return AESGCM(_derive_key(passphrase, salt)).decrypt(nonce, sealed, MAGIC)
-    except InvalidTag as e:
-        raise UserError(
-            f"Cannot decrypt checkpoint '{path}': the encryption_key is wrong (or the file was modified). "
-            "Pass the same encryption_key=... that was set when the model was trained."
-        ) from e
-
-
-def is_encrypted(blob: bytes) -> bool:
-    return blob[: len(MAGIC)] == MAGIC
-
-
-def strip_secrets(obj: Any) -> Any:
-    """Copy of a config container without any ``encryption_key`` entry (at any depth) and with the password of any
-    URL masked (``automl.storage=postgresql://user:***@host/db``)."""
-    if isinstance(obj, dict):
-        return {k: strip_secrets(v) for k, v in obj.items() if k != "encryption_key"}
-    if isinstance(obj, list | tuple):
-        return [strip_secrets(v) for v in obj]
-    if isinstance(obj, str):
-        from segformer_tao.config.compose import mask_url_passwords
-
-        return mask_url_passwords(obj)
-    return obj
+log = logging.getLogger("segformer_tao")
+_WARNED: set[str] = set()
 
 
 def save_checkpoint(path: str, payload: dict, encryption_key: str | None = None) -> None:
@@ -92,28 +44,38 @@ def save_checkpoint(path: str, payload: dict, encryption_key: str | None = None)
         payload = {**payload, "config": strip_secrets(payload["config"])}
     buf = _io.BytesIO()
     torch.save(payload, buf)
-    data = buf.getvalue()
-    if encryption_key:
-        data = encrypt_bytes(data, encryption_key)
-    io.write_bytes(path, data)
+    with io.atomic_write(path, "wb") as f:
+        if encryption_key is not None:  # "" is refused by crypto, never taken as "no encryption"
+            crypto.encrypt_stream(buf.getbuffer(), f, encryption_key)
+        else:
+            f.write(buf.getbuffer())
 
 
-def load_checkpoint(path: str, encryption_key: str | None = None, map_location: Any = "cpu") -> dict:
+def load_checkpoint(path: str, encryption_key: str | None = None, map_location: Any = "cpu", *, own: bool = False,
+                    strict: bool = False) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
+    ``own``: the file is one of our own checkpoints (resume, evaluate, export, ...), so with a key set a plaintext
+    file is unexpected: a warning names it, or with ``strict`` (``encryption_strict=true``) it is refused.
     Raises :class:`UserError` when the file is missing, encrypted without a key, encrypted with another
-    key, or not a loadable checkpoint.
+    key, truncated, or not a loadable checkpoint.
     """
     blob = io.read_bytes(path)
     if is_encrypted(blob):
         if not encryption_key:
             raise UserError(
-                f"Checkpoint '{path}' is encrypted but no encryption_key was given. "
-                "Pass encryption_key=<the key used for training> on the command line or in the spec."
+                f"Checkpoint '{path}' is encrypted but no encryption_key was given. Pass the key used for training "
+                "(recommended: encryption_key='${oc.env:SEGFORMER_KEY}' with the key in that environment variable)."
             )
-        blob = decrypt_bytes(blob, encryption_key, path)
+        out = _io.BytesIO()
+        crypto.decrypt_stream(_io.BytesIO(blob), out, encryption_key, path)
+        blob = out.getvalue()
+    elif own and encryption_key:
+        _plaintext_where_encrypted(path, strict)
     try:
-        return torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True)
+        return _load_weights_only(blob, path, map_location)
+    except UserError:
+        raise
     except Exception as e:  # any unpickling failure means "not a checkpoint we can read"
         refused = refused_pickle(path, e)
         if refused is not None:
@@ -131,6 +93,32 @@ def load_checkpoint(path: str, encryption_key: str | None = None, map_location: 
             "train.pretrained_model_path."
         )
         raise UserError(f"Cannot read checkpoint '{path}': {reason}.{hint}") from e
+
+
+def _plaintext_where_encrypted(path: str, strict: bool) -> None:
+    """A key is set and one of our checkpoints is expected, but ``path`` is plaintext: anyone could have put it there
+    (no tamper check applies)."""
+    if strict:
+        raise UserError(f"Checkpoint '{path}' is not encrypted, but encryption_key is set and encryption_strict=true "
+                        "requires our checkpoints to be encrypted with it. Use the checkpoint your encrypted job "
+                        "wrote, or set encryption_strict=false to load this unencrypted file (with a warning).")
+    if path not in _WARNED:
+        _WARNED.add(path)
+        log.warning("warning: checkpoint '%s' is NOT encrypted although encryption_key is set: it was not written by a "
+                    "job with this key and its integrity is not checked (encryption_strict=true refuses it).", path)
+def _load_weights_only(blob: bytes, path: str, map_location: Any) -> dict:
+    """``torch.load(weights_only=True)``; a file that names torchao's types (a quantize.backend=torchao
+    checkpoint) is read again with exactly those types allowed (model/torchao_int8.py), nothing else."""
+    from segformer_tao.model import torchao_int8
+
+    try:
+        return torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except Exception as e:
+        named = refused_global(e)
+        if named is None or not torchao_int8.is_torchao_reference(named):
+            raise
+    return torchao_int8.load_allowing_torchao(
+        lambda: torch.load(_io.BytesIO(blob), map_location=map_location, weights_only=True), path)
 
 
 def _other_model_file(path: str) -> tuple[str, str] | None:
@@ -153,7 +141,7 @@ def model_state_dict(payload: dict) -> dict[str, torch.Tensor]:
 
 
 def load_model_from_checkpoint(
-    path: str, encryption_key: str | None = None, map_location: Any = "cpu"
+    path: str, encryption_key: str | None = None, map_location: Any = "cpu", strict: bool = False
 ) -> tuple[torch.nn.Module, dict]:
     """Rebuild the trained network from one of our checkpoints.
 
@@ -162,9 +150,9 @@ def load_model_from_checkpoint(
     """
     from omegaconf import OmegaConf
 
-    from segformer_tao.model import build_model
+    from segformer_tao.model import build_model, torchao_int8
 
-    payload = load_checkpoint(path, encryption_key, map_location="cpu")
+    payload = load_checkpoint(path, encryption_key, map_location="cpu", own=True, strict=strict)
     meta, config = payload.get("meta"), payload.get("config")
     if not isinstance(meta, dict) or not isinstance(config, dict):
         raise UserError(
@@ -174,6 +162,9 @@ def load_model_from_checkpoint(
         )
     cfg = OmegaConf.create(config)
     model = build_model(cfg, load_weights=False)
+    if isinstance(payload.get("quantization"), dict) and payload["quantization"].get("backend") == "torchao":
+        model = torchao_int8.load_state(model, model_state_dict(payload), path)
+        return model.to(map_location).eval(), {**meta, "quantization": payload["quantization"]}
     missing, unexpected = model.load_state_dict(model_state_dict(payload), strict=False)
     if missing or unexpected:
         raise UserError(

@@ -14,7 +14,6 @@ import json
 import logging
 import netrc
 import os
-import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,31 +22,23 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
 from segformer_tao import io as sio
+from segformer_tao import redact
 
 log = logging.getLogger("segformer_tao")
 # WANDB_MODE values that never talk to a server (offline writes the run under results_dir/wandb for `wandb sync`).
 WANDB_LOCAL_MODES = ("offline", "dryrun")
 DEFAULT_MLFLOW_DB = "mlflow.db"
 RUNS_FILE = "tracking_runs.json"  # tracker run ids of the training in a results dir, for resume
-_URL_CREDENTIALS = re.compile(r"(?<=//)[^/@\s]+@")
 
 
 def redact_urls(value: Any) -> Any:
-    """``scheme://user:password@host`` -> ``scheme://***@host`` anywhere in a (nested) config container."""
-    if isinstance(value, str):
-        return _URL_CREDENTIALS.sub("***@", value)
-    if isinstance(value, dict):
-        return {k: redact_urls(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_urls(v) for v in value]
-    return value
+    """Secrets out of a (nested) config container or string: ``scheme://user:***@host``, see :mod:`redact`."""
+    return redact.strip_secrets(value)
 
 
 def config_without_secrets(cfg: DictConfig) -> dict:
     """The composed config as a plain dict: no encryption key, no credentials inside URLs."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("encryption_key", None)
-    return redact_urls(container)
+    return redact.strip_secrets(OmegaConf.to_container(cfg, resolve=True))
 
 
 _NOTED: set[str] = set()
@@ -166,7 +157,7 @@ def _start(make, what: str, off: str) -> Logger | None:
         _ = logger.experiment
         return logger
     except Exception as e:  # noqa: BLE001 - any tracker failure (network, auth, storage) must not stop training
-        _note(f"cannot log to {what}: {type(e).__name__}: {redact_urls(str(e)).splitlines()[0] if str(e) else ''}. "
+        _note(f"cannot log to {what}: {type(e).__name__}: {redact.redact(str(e)).splitlines()[0] if str(e) else ''}. "
               f"Training goes on without it ({off} silences this note).")
         return None
 

@@ -12,15 +12,16 @@ from io import StringIO
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import LearningRateMonitor, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-from segformer_tao import io
+from segformer_tao import hardware, io
 from segformer_tao.engine.callbacks import BEST, LATEST, EncryptedCheckpointIO, SegformerCheckpoint, StatusLogger
 from segformer_tao.engine.datamodule import SegDataModule
 from segformer_tao.engine.distributed import build_strategy, export_topology, resolve_topology, restore_env
 from segformer_tao.engine.module import SegFormerModule
+from segformer_tao.engine.progress import progress_bar
 from segformer_tao.engine.tracking import LogLearningRate, finish_tracking, tracking_loggers
 from segformer_tao.errors import UserError
 
@@ -101,11 +102,32 @@ def _loggers(cfg: DictConfig, results_dir: str, resume_step: int | None = None) 
     return loggers
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
+def resolve_precision(cfg: DictConfig, accelerator: str) -> tuple[str, str]:
+    """(the train.precision to train with, why). ``auto`` picks bf16-mixed where the hardware computes bf16
+    natively (a CUDA GPU of compute capability >= 8.0; a CPU with AVX-512 BF16 or AMX-BF16) and 32 elsewhere
+    (emulated bf16 is slower than fp32: 8x for mit_b0 on an AVX2 CPU). Any other value is used as given.
+    ``accelerator``: "gpu" or "cpu", as :func:`resolve_topology` decides (gpu whenever CUDA is available)."""
+    requested = str(cfg.train.precision)
+    if requested != "auto":
+        return requested, f"train.precision={requested}"
+    if accelerator == "gpu":
+        major, minor = hardware.cuda_capability()
+        gpu = f"{torch.cuda.get_device_name(0)}, compute capability {major}.{minor}"
+        if hardware.cuda_bf16():
+            return "bf16-mixed", f"train.precision=auto; the GPU computes bf16: {gpu}"
+        return "32", f"train.precision=auto; the GPU has no native bf16: {gpu} < 8.0"
+    flags = hardware.cpu_bf16_flags()
+    if hardware.cpu_native_bf16():
+        return "bf16-mixed", f"train.precision=auto; this CPU computes bf16 natively: {', '.join(flags)}"
+    why = "torch has no oneDNN" if flags else "no avx512_bf16 or amx_bf16 flag"
+    return "32", f"train.precision=auto; this CPU has no native bf16 ({why}), where bf16 is emulated and slower"
+
+
+def precision_line(cfg: DictConfig) -> str:
+    """The first line `segformer train` prints: the precision it trains in and why."""
+    precision, why = resolve_precision(cfg, "gpu" if torch.cuda.is_available() else "cpu")
+    label = "fp32" if precision == "32" else precision
+    return f"==> train precision: {label} ({why})"
 
 
 def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list[pl.Callback] | None = None,
@@ -118,10 +140,11 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
     (path, payload) when already read, so that Lightning does not read it again.
     """
     tr = cfg.train
-    if tr.precision == "16-mixed" and topo.accelerator == "cpu":
+    precision, _ = resolve_precision(cfg, topo.accelerator)
+    if precision == "16-mixed" and topo.accelerator == "cpu":
         raise UserError("train.precision=16-mixed needs a CUDA GPU; this machine has none. Use "
                         "train.precision=32 (or bf16-mixed on a CPU with native bf16, e.g. AVX512-BF16 or AMX).")
-    if tr.precision == "bf16-mixed" and topo.accelerator == "cpu" and not _cpu_has_native_bf16():
+    if precision == "bf16-mixed" and topo.accelerator == "cpu" and not hardware.cpu_native_bf16():
         log.warning("train.precision=bf16-mixed on a CPU without native bf16 (no AVX512-BF16/AMX) is emulated and "
                     "was measured 8x slower than train.precision=32 for mit_b0; use 32 here.")
     sync_bn = bool(tr.sync_batchnorm) and topo.world_size > 1
@@ -130,7 +153,7 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
                     "each process keeps its own BatchNorm statistics.")
         sync_bn = False
     ckpt_cb = SegformerCheckpoint(results_dir, tr.checkpoint_interval, tr.checkpoint_interval_unit)
-    callbacks = [ckpt_cb, StatusLogger(results_dir), TQDMProgressBar(refresh_rate=10)]
+    callbacks = [ckpt_cb, StatusLogger(results_dir), progress_bar()]
     if tr.enable_lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += list(extra_callbacks or [])
@@ -140,8 +163,9 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
         callbacks.append(LogLearningRate(tracked))
     trainer = pl.Trainer(
         accelerator=topo.accelerator, devices=topo.devices, num_nodes=topo.num_nodes,
-        strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"), preloaded)),
-        precision=PRECISION[str(tr.precision)], max_epochs=int(tr.num_epochs),
+        strategy=build_strategy(cfg, topo, EncryptedCheckpointIO(cfg.get("encryption_key"), preloaded,
+                                                                 bool(cfg.get("encryption_strict")))),
+        precision=PRECISION[precision], max_epochs=int(tr.num_epochs),
         check_val_every_n_epoch=int(tr.validation_interval), num_sanity_val_steps=0,
         gradient_clip_val=float(tr.clip_grad_norm) or None, gradient_clip_algorithm="norm",
         sync_batchnorm=sync_bn, use_distributed_sampler=False,
@@ -218,7 +242,7 @@ def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.
     """
     from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
 
-    payload = load_checkpoint(resume, cfg.get("encryption_key"))
+    payload = load_checkpoint(resume, cfg.get("encryption_key"), own=True, strict=bool(cfg.get("encryption_strict")))
     meta = payload.get("meta") or {}
     ours = model.state_dict()
     theirs = model_state_dict(payload)
@@ -254,7 +278,8 @@ def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dic
     if io.exists(best):  # its meta holds the best val_miou
         from segformer_tao.engine.checkpoint import load_checkpoint
 
-        best_miou = (load_checkpoint(best, cfg.get("encryption_key")).get("meta") or {}).get("val_miou")
+        best_miou = (load_checkpoint(best, cfg.get("encryption_key"), own=True,
+                                    strict=bool(cfg.get("encryption_strict"))).get("meta") or {}).get("val_miou")
     metrics = {"val_miou": meta.get("val_miou"), "best_val_miou": best_miou, "epochs": state["epochs_done"],
                "global_step": state["global_step"], "already_finished": True}
     from segformer_tao.jobs import is_primary  # no processes were launched: rank 0 unless a launcher made this one

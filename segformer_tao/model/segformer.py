@@ -133,8 +133,14 @@ def build_model(cfg: DictConfig, *, load_weights: bool = True) -> SegFormer:
             "(default [0, 1, 2, 3]).")
     _check_head_spec(cfg, backbone, name, in_index)
     embed_dim = int(_get(cfg, "model.decode_head.decoder_params.embed_dim", 768))
+    align_corners = bool(_get(cfg, "model.decode_head.align_corners", False))
+    if align_corners:
+        # TAO's head hard-codes align_corners=False (the key reaches only its unused resize_concat path).
+        warnings.warn("model.decode_head.align_corners=true: our decoder resizes with align_corners=True as the key "
+                      "says, but TAO's head ignores the key and always uses False, so weights trained by TAO give "
+                      "slightly different logits here; set it to false for TAO checkpoints.", stacklevel=2)
     head = SegFormerHead([backbone.out_channels[i] for i in in_index], embed_dim, num_classes,
-                         align_corners=bool(_get(cfg, "model.decode_head.align_corners", False)))
+                         align_corners=align_corners)
     freeze = bool(_get(cfg, "model.backbone.freeze_backbone", False))
     model = SegFormer(backbone, head, in_index, backbone_name=name, freeze_backbone=freeze)
     if load_weights:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 import re
 import typing
 import warnings
@@ -89,6 +90,34 @@ def _load_bytes(data: bytes, name: str) -> dict:
             "(.pth/.pt/.ckpt/.bin, loadable with weights_only=True) or a .safetensors file.") from e
 
 
+def _confinement_root(folder: str) -> str:
+    """The folder shards must stay in: the model folder, or for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<rev>``, whose files link to ``../../blobs/``) the ``models--*`` folder."""
+    real = os.path.realpath(folder)
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots" and os.path.basename(os.path.dirname(parent)).startswith("models--"):
+        return os.path.dirname(parent)
+    return real
+
+
+def shard_path(folder: str, index: str, shard: str) -> str:
+    """The path of ``shard`` (a file name from the Hugging Face index ``index`` in ``folder``), confined to
+    ``folder``: a relative name without ``..``, and locally, symbolic links resolved, still inside the folder (or
+    its Hugging Face cache entry). s3:// and other remote folders are checked on the name alone. UserError else."""
+    parts = shard.replace("\\", "/").split("/")
+    outside = (not shard or shard.startswith(("/", "\\")) or "://" in shard or re.match(r"^[A-Za-z]:", shard)
+               or any(p in ("..", "") for p in parts))
+    joined = f"{str(folder).rstrip('/')}/{'/'.join(p for p in parts if p != '.')}"
+    if not outside and not sio.is_remote(folder):
+        root = _confinement_root(folder)
+        outside = os.path.commonpath([os.path.realpath(joined), root]) != root
+    if outside:
+        raise UserError(f"'{folder}/{index}' names the shard '{shard}', which is not a file inside the model folder "
+                        f"'{folder}' (an absolute path, a '..' or a symbolic link leading out of it). Shards must lie "
+                        "in the folder of their index: re-download the model, or fix the index's weight_map.")
+    return joined
+
+
 def _read_hf_dir(path: str) -> dict:
     fs, root = sio.filesystem(path)
     for fname in _HF_FILES:
@@ -96,10 +125,13 @@ def _read_hf_dir(path: str) -> dict:
             continue
         if not fname.endswith(".index.json"):
             return _load_bytes(sio.read_bytes(f"{path}/{fname}"), fname)
-        shards = sorted(set(json.loads(sio.read_text(f"{path}/{fname}"))["weight_map"].values()))
+        weight_map = json.loads(sio.read_text(f"{path}/{fname}")).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UserError(f"'{path}/{fname}' has no weight_map (tensor name -> shard file). Re-download the "
+                            "model, or point the weights path at a single checkpoint file.")
         merged: dict = {}
-        for shard in shards:
-            merged.update(_load_bytes(sio.read_bytes(f"{path}/{shard}"), shard))
+        for shard in sorted({str(v) for v in weight_map.values()}):
+            merged.update(_load_bytes(sio.read_bytes(shard_path(path, fname, shard)), shard))
         return merged
     raise UserError(f"Directory '{path}' has none of {', '.join(_HF_FILES)}. Point the weights path at a "
                     "Hugging Face model directory or at a checkpoint file.")
@@ -287,12 +319,7 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
                         "SegFormer/MiT/FAN/ViT checkpoint.")
     _check_backbone(model, sd, target, path, vit_only)
     _reinit_classifier(model, sd, target, report)
-    bad = [k for k in sd if k in target and sd[k].shape != target[k].shape]
-    if bad:
-        raise UserError(
-            f"Weights in '{path}' do not fit the decode head ({bad[0]}: {tuple(sd[bad[0]].shape)} vs "
-            f"{tuple(target[bad[0]].shape)}). Set model.decode_head.decoder_params.embed_dim to the value "
-            "the checkpoint was trained with.")
+    _check_head_shapes(model, sd, target, path)
     result = model.load_state_dict(sd, strict=False)
     scope = "" if part == "full" else "backbone."
     report.missing = sorted(k for k in result.missing_keys
@@ -305,6 +332,33 @@ def load_pretrained(model: nn.Module, path: str, *, part: str = "backbone") -> L
     if report.missing or report.unexpected:
         warnings.warn(str(report), stacklevel=2)
     return report
+
+
+def _check_head_shapes(model: nn.Module, sd: dict, target: dict, path: str) -> None:
+    """Raise UserError naming the first head tensor whose shape differs: which module, which width, which key."""
+    bad = [k for k in sd if k in target and sd[k].shape != target[k].shape]
+    if not bad:
+        return
+    key, have, want = bad[0], tuple(sd[bad[0]].shape), tuple(target[bad[0]].shape)
+    m = re.fullmatch(r"decode_head\.linear_c(\d)\.proj\.weight", key)
+    if m and have[0] == want[0]:  # same decoder width: the backbone output feeding this projection differs
+        stage = int(m[1])
+        name = getattr(model, "backbone_name", "") or type(model.backbone).__name__
+        in_index = list(getattr(model, "in_index", range(4)))
+        downsample = getattr(model.backbone, "feat_downsample", None)
+        setting = "" if downsample is None else f" with model.backbone.feat_downsample={downsample}"
+        raise UserError(
+            f"Weights in '{path}' do not fit the decode head: decode_head.linear_c{stage}.proj takes {have[1]} "
+            f"input channels in the checkpoint but {want[1]} in this model (backbone output {in_index[stage - 1]} "
+            f"of model.backbone.type={name}{setting}, model.decode_head.in_index={in_index}). Use the backbone "
+            "settings and in_index the checkpoint was trained with.")
+    if m or re.fullmatch(r"decode_head\.(linear_fuse\.(conv|bn)\.\w+|linear_pred\.weight)", key):
+        raise UserError(
+            f"Weights in '{path}' do not fit the decode head: {key} is {have} in the checkpoint but {want} in this "
+            f"model (decoder width {model.decode_head.embed_dim}). Set model.decode_head.decoder_params.embed_dim "
+            "to the value the checkpoint was trained with.")
+    raise UserError(f"Weights in '{path}' do not fit the model: {key} is {have} in the checkpoint but {want} in "
+                    "this model.")
 
 
 def _is_adapter(model: nn.Module, key: str) -> bool:

@@ -89,6 +89,8 @@ def _model_files(tmp: str, data: str) -> dict[str, str]:
     save_checkpoint(enc_ckpt, load_checkpoint(ckpt), encryption_key="k1")
     with open(ckpt, "rb") as f:
         blob = f.read()
+    with open(enc_ckpt, "rb") as f:
+        sealed = f.read()
     ir = os.path.join(tmp, "ir", "model.xml")  # the ONNX as an OpenVINO IR (the [openvino] extra, in dev)
     from segformer_tao.deploy.openvino import read_model, save_ir
 
@@ -96,6 +98,8 @@ def _model_files(tmp: str, data: str) -> dict[str, str]:
     return {"ckpt": ckpt, "onnx": onnx_file, "enc_ckpt": enc_ckpt, "ir": ir,
             "ir_without_bin": _write(os.path.join(tmp, "ir_alone", "model.xml"), open(ir).read()),
             "truncated_ckpt": _write(os.path.join(tmp, "truncated.pth"), blob[: len(blob) // 2]),
+            "truncated_enc_ckpt": _write(os.path.join(tmp, "enc_truncated.pth"), sealed[: len(sealed) // 2]),
+            "key_list_yaml": _write(os.path.join(tmp, "key_list.yaml"), "encryption_key: [Sup3r, Secret]\n"),
             "not_onnx": _write(os.path.join(tmp, "not_a_model.onnx"), b"this is not a protobuf at all"),
             "fake_engine": _write(os.path.join(tmp, "model.engine"), b"\x00" * 64)}
 
@@ -128,9 +132,37 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
                                                  "AWS_MAX_ATTEMPTS": "lots"}
     paths["env_s3_timeout_not_a_number"] = {**FAKE_AWS, "AWS_ENDPOINT_URL": moto_endpoint,
                                             "SEGFORMER_S3_TIMEOUT_S": "1min"}
+    paths["env_encryption_key_env_var_empty"] = {"SEGFORMER_KEY": ""}
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
     paths.update(_held_results_dirs(tmp))
+    paths.update(_trust_boundary_files(tmp))
     return paths
+
+
+def _trust_boundary_files(tmp: str) -> dict:
+    """An engine whose bytes changed after its build recorded them, a Hugging Face folder whose index names a
+    shard outside it, and a results dir with log.txt planted as a link to another file."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save_file
+    from torch import ones
+
+    engine = _write(os.path.join(tmp, "tampered", "tampered.engine"), b"\x01" * 64)
+    recorded = hashlib.sha256(b"\x02" * 64).hexdigest()
+    _write(f"{engine}.json", json.dumps({"tensorrt_version": "10.0", "sha256": recorded}))
+    hf = os.path.join(tmp, "hf_escape")
+    os.makedirs(hf)
+    save_file({"secret": ones(1)}, os.path.join(tmp, "outside.safetensors"))
+    _write(os.path.join(hf, "model.safetensors.index.json"),
+           json.dumps({"weight_map": {"secret": "../outside.safetensors"}}))
+    victim = _write(os.path.join(tmp, "victim.txt"), "not a log\n")
+    planted = os.path.join(tmp, "results_log_txt_is_a_symlink", "evaluate")
+    os.makedirs(planted)
+    os.symlink(victim, os.path.join(planted, "log.txt"))
+    return {"tampered_engine": engine, "tampered_engine_recorded": recorded,
+            "tampered_engine_sha": hashlib.sha256(b"\x01" * 64).hexdigest(), "hf_escape": hf, "victim": victim,
+            "fake_engine_sha": hashlib.sha256(b"\x00" * 64).hexdigest()}
 
 
 def _held_results_dirs(tmp: str) -> dict:

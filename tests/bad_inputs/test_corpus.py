@@ -73,10 +73,26 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("results_dir_unwritable", ["train", *D, "results_dir={a_file}/out"], ["a_file", "results_dir"]),
     ("gpu_ids_conflict", ["train", *D, "train.num_gpus=1", "train.gpu_ids=[0,1,2]"],
      ["train.gpu_ids", "train.num_gpus"]),
+    ("log_txt_is_a_symlink", ["evaluate", *D, *CK, "results_dir={tmp}/results_log_txt_is_a_symlink"],
+     ["results_log_txt_is_a_symlink/evaluate/log.txt", "is a symbolic link", "victim.txt", "another results_dir"]),
     # ---- AutoML (tests/automl/test_postgres.py covers a wrong password, a missing driver, another search space)
     ("automl_storage_unreachable", ["train", *D, "automl_policy=on",
                                     "automl.storage=postgresql://automl:pw-5531@127.0.0.1:1/study"],
      ["automl.storage='postgresql://automl:***@127.0.0.1:1/study' cannot be opened", "reachable"]),
+    ("automl_storage_password_with_slash", ["train", *D, "automl_policy=on",
+                                            "automl.storage=postgresql://automl:p/w-5531@127.0.0.1:1/study"],
+     ["automl.storage='postgresql://automl:***@127.0.0.1:1/study' cannot be opened"]),
+    # ---- encryption_key: the exact text typed, never echoed
+    ("encryption_key_empty", ["train", *D, "encryption_key="], ["encryption_key= is empty", "SEGFORMER_KEY"]),
+    ("encryption_key_env_var_empty", ["train", *D, "encryption_key=${oc.env:SEGFORMER_KEY}"],
+     ["encryption_key is empty", "SEGFORMER_KEY"]),
+    ("encryption_key_interpolation_inside", ["train", *D, "encryption_key=Sup3r${x}"],
+     ["encryption_key on the command line contains '${'", "${oc.env:SEGFORMER_KEY}"]),
+    ("encryption_key_in_spec_not_a_string", ["train", "-e", "{key_list_yaml}", *D],
+     ["key_list.yaml", "encryption_key", "not a single value"]),
+    ("malformed_override_beside_key", ["train", *D, "encryption_key=Sup3r'Secret", "train.gpu_ids=[0,"],
+     ["Invalid override syntax in 'train.gpu_ids=[0,'"]),
+    ("malformed_key_override", ["train", *D, "encryption_key:Sup3r'Secret"], ["Invalid override syntax", "***"]),
     ("automl_too_few_gpus_or_nodes", ["train", *D, "automl_policy=on", "train.num_nodes=2"],
      ["train.num_nodes=2", "automl.storage"]),
 ]
@@ -123,6 +139,8 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
     ("export_nvdsinfer_batch_too_large", ["export", *D, "export.checkpoint={ckpt}", "export.serialize_nvdsinfer=true",
                                           "export.batch_size=2000"], ["export.batch_size=2000", "batch-size 1..1024"]),
     ("truncated_pretrained", ["train", *D, *TINY, "train.pretrained_model_path={truncated_ckpt}"], ["truncated.pth"]),
+    ("hf_shard_outside_model_folder", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={hf_escape}"],
+     ["hf_escape/model.safetensors.index.json", "'../outside.safetensors'", "not a file inside the model folder"]),
     ("checkpoint_is_onnx", ["evaluate", *D, "evaluate.checkpoint={onnx}"], ["is an ONNX model", ".onnx_file"]),
     ("checkpoint_missing", ["evaluate", *D, "evaluate.checkpoint={tmp}/nope.pth"], ["nope.pth", "does not exist"]),
     ("pretrained_backbone_missing", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={tmp}/nope.pth"],
@@ -136,6 +154,11 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["train.resume_training_checkpoint_path", "nope.pth"]),
     ("wrong_encryption_key", ["evaluate", *D, "evaluate.checkpoint={enc_ckpt}", "encryption_key=k2"],
      ["encrypted.pth", "encryption_key is wrong"]),
+    ("plaintext_checkpoint_encryption_strict", ["evaluate", *D, *CK, "encryption_key=k1", "encryption_strict=true"],
+     ["segformer_model_best.pth", "is not encrypted", "encryption_strict=true"]),
+    ("encrypted_checkpoint_truncated", ["evaluate", *D, "evaluate.checkpoint={truncated_enc_ckpt}",
+                                        "encryption_key=k1"],
+     ["enc_truncated.pth", "is truncated"]),
     ("missing_encryption_key", ["evaluate", *D, "evaluate.checkpoint={enc_ckpt}"],
      ["encrypted.pth", "no encryption_key was given"]),
     ("export_missing_encryption_key", ["export", *D, "export.checkpoint={enc_ckpt}"],
@@ -159,7 +182,14 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["export.opset_version", "17"]),
     ("gen_trt_engine_no_tensorrt", ["gen_trt_engine", "gen_trt_engine.onnx_file={onnx}",
                                     "results_dir={tmp}/results_trt"], ["TensorRT"]),
-    ("evaluate_trt_no_tensorrt", ["evaluate", *D, "evaluate.trt_engine={fake_engine}"], ["TensorRT"]),
+    ("evaluate_trt_no_tensorrt", ["evaluate", *D, "evaluate.trt_engine={fake_engine}", "evaluate.trust_engine=true"],
+     ["TensorRT"]),
+    ("trt_engine_no_build_record", ["evaluate", *D, "evaluate.trt_engine={fake_engine}"],
+     ["model.engine", "no build record", "{fake_engine_sha}", "segformer gen_trt_engine",
+      "evaluate.trust_engine=true"]),
+    ("trt_engine_changed_since_build", ["inference", *D, "inference.trt_engine={tampered_engine}"],
+     ["tampered.engine", "{tampered_engine_sha}", "tampered.engine.json' records {tampered_engine_recorded}",
+      "inference.trust_engine=true"]),
     ("quantize_torchao_missing", ["quantize", *D, "quantize.model_path={ckpt}", CAL, "quantize.backend=torchao"],
      ["quantize.backend=torchao", "torchao"]),
     ("openvino_ir_without_bin", ["evaluate", *D, "evaluate.onnx_file={ir_without_bin}"],
@@ -178,6 +208,8 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["quantize.backend=modelopt.onnx", "nvidia-modelopt"]),
 ]
 CASES = CASES + HEAVY_CASES
+# Secrets typed in the cases above: no output of any case may show them.
+SECRETS = ["Sup3r", "w-5531"]
 HEAVY = {c[0] for c in HEAVY_CASES}
 
 
@@ -202,8 +234,14 @@ def _nothing_half_written(results_dir: str) -> None:
                 load_checkpoint(os.path.join(root, name))
 
 
+def _link_target_untouched(results_dir: str) -> None:
+    """The file a planted log.txt link points at was not written to."""
+    with open(os.path.join(results_dir, "evaluate", "log.txt")) as f:  # through the link: the victim
+        assert f.read() == "not a log\n"
+
+
 # Extra checks on what a failed case left in its results dir.
-AFTER = {"disk_full_checkpoint": _nothing_half_written}
+AFTER = {"disk_full_checkpoint": _nothing_half_written, "log_txt_is_a_symlink": _link_target_untouched}
 
 
 def _cuda() -> bool:
@@ -245,5 +283,7 @@ def test_bad_input(case_id, argv, needles, bad_paths):
     else:
         result = run_cli(*args, env=env)
     assert_user_error(result, *_format(needles, bad_paths))
+    for secret in SECRETS:
+        assert secret not in result.output, f"{case_id} shows the secret {secret!r}: {result.output[-2000:]}"
     if case_id in AFTER:
         AFTER[case_id](f"{bad_paths['tmp']}/results_{case_id}")

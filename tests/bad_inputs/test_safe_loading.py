@@ -64,6 +64,25 @@ def evil(bad_paths) -> dict[str, str]:
     return {"path": path, "marker": marker}
 
 
+@pytest.fixture(scope="module")
+def evil_torchao(bad_paths) -> dict[str, str]:
+    """A real torchao INT8 state dict (its types come first in the pickle, so the checkpoint loader retries with
+    its torchao allowlist) followed by the os.system payload."""
+    pytest.importorskip("torchao", reason="torchao is not installed (pip install 'segformer_tao[torchao]')")
+    from segformer_tao.model import torchao_int8
+
+    tmp = os.path.join(bad_paths["tmp"], "evil_torchao")
+    os.makedirs(tmp, exist_ok=True)
+    linear = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    quantization = torchao_int8.require_torchao("test")
+    quantization.quantize_(linear, quantization.Int8WeightOnlyConfig())
+    state = {f"model.backbone.{k}": v for k, v in linear.state_dict().items()}
+    marker = os.path.join(tmp, "PAYLOAD_RAN")
+    path = os.path.join(tmp, "evil_torchao.pth")
+    torch.save({"state_dict": state, "meta": _Payload(marker), "config": {"x": _Payload(marker)}}, path)
+    return {"path": path, "marker": marker}
+
+
 READERS = {
     "evaluate": ["evaluate", "dataset.segment.root_dir={data}", *LABELS, "evaluate.checkpoint={evil}"],
     "inference": ["inference", "dataset.segment.root_dir={data}", *LABELS, "inference.checkpoint={evil}"],
@@ -84,3 +103,17 @@ def test_malicious_checkpoint_is_refused(reader, bad_paths, evil):
     result = run_cli_forked(*args)
     assert_user_error(result, "Refused to load", "evil.pth", "posix.system", "weights_only=True")
     assert not os.path.exists(evil["marker"]), "the pickle payload ran"
+
+
+# Readers of our checkpoints allow torchao's INT8 types; the pretrained-weights readers allow none of them.
+CHECKPOINT_READERS = ("evaluate", "inference", "export", "resume")
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_malicious_checkpoint_with_torchao_types_is_refused(reader, bad_paths, evil_torchao):
+    args = [a.replace("{data}", bad_paths["data"]).replace("{evil}", evil_torchao["path"]) for a in READERS[reader]]
+    args.append(f"results_dir={bad_paths['tmp']}/evil_torchao_{reader}")
+    result = run_cli_forked(*args)
+    refused = "posix.system" if reader in CHECKPOINT_READERS else "torchao.quantization.Int8Tensor"
+    assert_user_error(result, "Refused to load", "evil_torchao.pth", refused)
+    assert not os.path.exists(evil_torchao["marker"]), "the pickle payload ran"

@@ -29,6 +29,28 @@ def _results(root, action):
     return json.load(open(f"{root}/results/{action}/results.json"))
 
 
+REPORT_FIELDS = {"format", "backend", "mode", "algorithm", "runtime", "split", "calibration_images",
+                 "quantized_layers", "kept_float", "fp32", "int8", "miou_drop_points", "speedup", "size_ratio"}
+SIDE_FIELDS = {"mIoU", "overall_accuracy", "images", "images_per_s", "split", "file", "bytes"}
+
+
+def check_report(report: dict, backend: str) -> None:
+    """quantize_report.json's shared fields, consistent with each other and with the files on disk."""
+    assert REPORT_FIELDS <= set(report), REPORT_FIELDS - set(report)
+    assert report["backend"] == backend and report["format"] == "segformer_tao.quantize_report/2"
+    for side in ("fp32", "int8"):
+        assert SIDE_FIELDS <= set(report[side]), SIDE_FIELDS - set(report[side])
+        assert report[side]["images_per_s"] > 0 and report[side]["images"] > 0 and report[side]["bytes"] > 0
+    assert report["int8"]["bytes"] == sum(os.path.getsize(p) for p in _with_bin(report["int8"]["file"]))
+    assert report["size_ratio"] == pytest.approx(report["int8"]["bytes"] / report["fp32"]["bytes"])
+    assert report["miou_drop_points"] == pytest.approx(100 * (report["fp32"]["mIoU"] - report["int8"]["mIoU"]))
+    assert report["quantized_layers"] > 10 and report["kept_float"]
+
+
+def _with_bin(path: str) -> list[str]:
+    return [path, path[:-4] + ".bin"] if path.endswith(".xml") else [path]
+
+
 @pytest.mark.slow
 def test_export_evaluate_onnx_equals_torch_and_quantize(trained):
     root, data, args = trained
@@ -47,7 +69,7 @@ def test_export_evaluate_onnx_equals_torch_and_quantize(trained):
     quant = run_cli("quantize", *args, calib, f"quantize.model_path={ckpt}")
     assert quant.returncode == 0, quant.output
     report = json.load(open(f"{root}/results/quantize/quantize_report.json"))
-    assert report["fp32"]["images_per_s"] > 0 and report["int8"]["images_per_s"] > 0
+    check_report(report, "onnxruntime")
     # INT8 scores close to FP32 on the same split (a wrong scale collapses it); the drop is reported as measured
     assert abs(report["int8"]["mIoU"] - report["fp32"]["mIoU"]) <= 0.05, report
     assert report["miou_drop_points"] == pytest.approx(100 * (report["fp32"]["mIoU"] - report["int8"]["mIoU"]))
@@ -113,9 +135,51 @@ def test_openvino_ir_export_evaluate_and_nncf_int8(trained):
     report = json.load(open(f"{root}/results/vq/quantize/quantize_report.json"))
     assert abs(report["fp32"]["mIoU"] - m_torch) <= 1e-4  # the FP32 side is the checkpoint's model
     assert report["fake_quantize_ops"] > 10 and report["miou_drop_points"] <= 1.0
+    check_report(report, "nncf")
     # parent_job picks the INT8 IR (not the FP32 ONNX beside it), which scores as the report says.
     int8_eval = run_cli("evaluate", *args, f"parent_job={root}/results/vq/quantize", f"results_dir={root}/results/v8")
     assert int8_eval.returncode == 0, int8_eval.output
     int8_results = json.load(open(f"{root}/results/v8/evaluate/results.json"))
     assert int8_results["runtime_label"] == "openvino int8+f32"
     assert abs(int8_results["mIoU"] - report["int8"]["mIoU"]) <= 1e-4
+
+
+# backend, mode, (module, extra) it needs, the runtime evaluate runs its output with
+CHAIN = [("torchao", "weight_only_ptq", ("torchao", "torchao"), "torch"),
+         ("torchao", "static_ptq", ("torchao", "torchao"), "torch"),
+         ("modelopt.onnx", "static_ptq", ("modelopt.onnx", "modelopt"), "onnxruntime"),
+         ("modelopt.pytorch", "static_ptq", ("modelopt.torch", "modelopt"), "onnxruntime")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, mode, needs, runtime", CHAIN, ids=[f"{b}-{m}" for b, m, _, _ in CHAIN])
+def test_quantize_backend_chain(trained, backend, mode, needs, runtime):
+    """quantize -> evaluate via parent_job (the report's INT8 file, within 1 mIoU point of FP32) -> the file that
+    export and gen_trt_engine take from the quantize job."""
+    from segformer_tao.errors import UserError
+    from segformer_tao.jobs import resolve_parent
+
+    pytest.importorskip(needs[0], reason=f"{backend} needs `pip install 'segformer_tao[{needs[1]}]'`")
+    root, data, args = trained
+    out = f"{root}/results/chain_{backend}_{mode}"
+    calib = f"dataset.segment.quant_calibration_dataset.images_dir={data}/images/train"
+    quant = run_cli("quantize", *args, calib, f"parent_job={root}/results/train", f"quantize.backend={backend}",
+                    f"quantize.mode={mode}", "quantize.device=cpu", f"results_dir={out}")
+    assert quant.returncode == 0, quant.output[-3000:]
+    report = json.load(open(f"{out}/quantize/quantize_report.json"))
+    check_report(report, backend)
+    assert abs(report["miou_drop_points"]) <= 1.0, report
+    evaluated = run_cli("evaluate", *args, f"parent_job={out}/quantize", "evaluate.onnx_engine=onnxruntime",
+                        f"results_dir={out}/eval")
+    assert evaluated.returncode == 0, evaluated.output[-3000:]
+    results = json.load(open(f"{out}/eval/evaluate/results.json"))
+    assert results["runtime"] == runtime
+    assert results["mIoU"] == pytest.approx(report["int8"]["mIoU"], abs=1e-6)  # the report measured this file
+    int8 = report["int8"]["file"]
+    if backend == "torchao":
+        assert resolve_parent("export", f"{out}/quantize")[:2] == ("export.checkpoint", int8)
+        with pytest.raises(UserError, match="torchao quantize job"):
+            resolve_parent("gen_trt_engine", f"{out}/quantize")
+    else:
+        assert resolve_parent("gen_trt_engine", f"{out}/quantize")[:2] == ("gen_trt_engine.onnx_file", int8)
+        assert int8.endswith("_int8.onnx") and report["qdq"]["quantized_nodes"] == report["quantized_layers"]

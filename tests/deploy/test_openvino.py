@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from segformer_tao import hardware
 from segformer_tao.actions import evaluate, export
 from segformer_tao.deploy import cpu_select, openvino
 from segformer_tao.deploy.onnxruntime import OrtRuntime
@@ -60,7 +61,7 @@ def test_openvino_f32_matches_onnxruntime_and_torch(exported, tiny_checkpoint):
 
 def test_bf16_without_native_support_notes_and_runs_f32(exported, monkeypatch, capsys):
     onnx_file, _, _ = exported
-    monkeypatch.setattr(openvino, "cpu_flags", lambda: dict.fromkeys(openvino.CPU_FLAGS, False))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: dict.fromkeys(hardware.CPU_FLAGS, False))
     rt = openvino.OpenVinoRuntime(onnx_file, num_classes=NUM_CLASSES, precision="bf16",
                                   precision_key="evaluate.cpu_precision")
     assert rt.precision == "f32" and rt.label == "openvino f32"

@@ -97,3 +97,21 @@ def test_rebatch_fixed_batches():
     out = list(rebatch(batches, batch_size=2, max_batches=10))
     assert [b.shape[0] for b in out] == [2, 2, 2, 2]
     assert len(list(rebatch(batches, batch_size=2, max_batches=3))) == 3
+
+
+@pytest.mark.parametrize("backend, module, extra", [
+    ("modelopt.onnx", "modelopt", "modelopt"), ("modelopt.pytorch", "modelopt", "modelopt"),
+    ("torchao", "torchao", "torchao"), ("nncf", "nncf", "openvino")])
+def test_missing_backend_package_names_the_extra(monkeypatch, backend, module, extra):
+    """Where a backend's package is absent (an import that fails), quantize stops first with the extra to install."""
+    import sys
+
+    from segformer_tao.deploy.quant_backends import require_backend
+    from segformer_tao.errors import NotAvailableError
+
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)
+    expected = rf"quantize.backend={backend} needs .*pip install 'segformer_tao\[{extra}\]'"
+    with pytest.raises(NotAvailableError, match=expected):
+        require_backend(backend)

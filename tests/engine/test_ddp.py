@@ -57,3 +57,41 @@ def test_two_nodes_one_process_each(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     _check(tmp_path, "multi")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_get_the_key_from_their_environment_not_their_command_line(tmp_path):
+    """Lightning starts each extra rank with the parent's sys.argv: a literal encryption_key must not be on it."""
+    import time
+
+    from segformer_tao.data.synthetic import make_demo_dataset
+    from segformer_tao.engine.checkpoint import is_encrypted
+
+    data = make_demo_dataset(str(tmp_path / "data"), size=32, train=4, val=2, test=2)
+    key = "Sup3r-ddp-Secret-7713"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segformer_tao.cli", "train", f"dataset.segment.root_dir={data}", "model=mit_b0",
+         "dataset.segment.num_classes=3", "dataset.segment.label_transform=None", "dataset.segment.img_size=32",
+         "dataset.segment.batch_size=2", "dataset.segment.workers=0", "train.num_epochs=1", "automl_policy=off",
+         "train.num_gpus=2", f"results_dir={tmp_path / 'out'}", f"encryption_key={key}"],
+        env=_env(MASTER_PORT=str(free_port())), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: dict[int, str] = {}
+    while proc.poll() is None:  # every process started by the run, while it runs
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid == proc.pid:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:  # empty once it exited (a zombie)
+                        children[int(pid)] = f.read().decode(errors="replace") or children.get(int(pid), "")
+            except (OSError, IndexError, ValueError):
+                continue
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    ranks = [c for c in children.values() if "segformer_tao.cli" in c]
+    assert ranks, f"no DDP rank seen among {children}"
+    assert all(key not in c and "SEGFORMER_INHERITED_ENCRYPTION_KEY" in c for c in ranks), ranks  # \0-separated
+    assert key not in out + err and "warning: encryption_key is on the command line" in err
+    ckpts = list((tmp_path / "out" / "train").glob("*.pth"))
+    assert ckpts and all(is_encrypted(p.read_bytes()[:32]) for p in ckpts)

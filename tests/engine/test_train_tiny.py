@@ -92,6 +92,29 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path, m
         assert torch.equal(a[k], b[k]), k
 
 
+def _float_dtypes(checkpoint: dict) -> set[torch.dtype]:
+    """dtypes of the floating-point weights and optimizer moments in a training checkpoint."""
+    tensors = list(checkpoint["state_dict"].values())
+    for opt in checkpoint["optimizer_states"]:
+        tensors += [v for state in opt["state"].values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return {t.dtype for t in tensors if t.is_floating_point()}
+
+
+def test_checkpoints_hold_fp32_and_a_run_resumed_under_another_precision_continues(tiny, tmp_path):
+    results = tmp_path / "mixed"
+    latest = results / "segformer_model_latest.pth"
+    _run(tiny, tmp_path, results, "train.num_epochs=1", "train.precision=bf16-mixed")
+    first = load_checkpoint(str(latest))
+    assert _float_dtypes(first) == {torch.float32}  # bf16 autocast computes in bf16 but keeps fp32 weights
+    _run(tiny, tmp_path, results, "train.num_epochs=2", "train.precision=32")
+    _, out = _run(tiny, tmp_path, results, "train.num_epochs=3", "train.precision=bf16-mixed")
+    assert _status_epochs(results) == [1, 2, 3] and out["metrics"]["global_step"] == 9  # each run went on
+    last = load_checkpoint(str(latest))
+    assert _float_dtypes(last) == {torch.float32} and last["global_step"] == 9
+    assert torch.isfinite(torch.tensor(out["metrics"]["train_loss"]))
+    assert any(not torch.equal(first["state_dict"][k], v) for k, v in last["state_dict"].items())
+
+
 def test_encrypted_training_checkpoints(tiny, tmp_path):
     results = tmp_path / "enc"
     _run(tiny, tmp_path, results, "train.num_epochs=1", "encryption_key=topsecret")

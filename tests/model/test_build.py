@@ -59,3 +59,14 @@ def test_backbones_are_timm_models_with_feature_getter():
     maps = features(torch.randn(1, 3, 64, 64))
     assert features.feature_info.channels() == [m.shape[1] for m in maps] == [32, 64, 160, 256]
     assert features.feature_info.reduction() == [4, 8, 16, 32]
+
+
+def test_align_corners_true_is_applied_and_warns_that_tao_ignores_it(recwarn):
+    x = torch.randn(1, 3, 64, 64)
+    plain = build_model(make_cfg("mit_b0")).eval()
+    assert not [w for w in recwarn.list if "align_corners" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"align_corners=true.*TAO's head ignores the key"):
+        aligned = build_model(make_cfg("mit_b0", **{"model.decode_head.align_corners": True})).eval()
+    aligned.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), aligned(x), atol=1e-6)  # the key does what it says

@@ -132,3 +132,35 @@ def test_fan_in_build_model_and_wrong_variant_error(tmp_path):
 
     with pytest.raises(UserError, match="look like 'fan_tiny_8_p4_hybrid'"):
         build_model(cfg)
+
+
+def test_stage4_width_mismatch_names_the_head_module_and_both_widths(tmp_path):
+    """TAO builds its head for embed_dim even with feat_downsample=True (768-wide stage 4): say so, not embed_dim."""
+    name, embed_dim, classes = "fan_tiny_8_p4_hybrid", 32, 4
+    sd = {f"model.backbone.{k}": v for k, v in _tensors(tao_fan_backbone_shapes(name, feat_downsample=True)).items()}
+    for i, c in enumerate([128, 256, 192, 192]):  # TAO's channels_map: stage 4 = embed_dim
+        sd[f"model.decoder.linear_c{i + 1}.proj.weight"] = torch.rand(embed_dim, c)
+        sd[f"model.decoder.linear_c{i + 1}.proj.bias"] = torch.rand(embed_dim)
+    torch.save({"state_dict": sd}, tmp_path / "tao_fan_ds.pth")
+    model = build_model(make_cfg(name, num_classes=classes, embed_dim=embed_dim,
+                                 **{"model.backbone.feat_downsample": True}), load_weights=False)
+    from segformer_tao.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        load_pretrained(model, str(tmp_path / "tao_fan_ds.pth"), part="full")
+    msg = str(err.value)
+    assert "decode_head.linear_c4.proj takes 192 input channels in the checkpoint but 768 in this model" in msg
+    assert "feat_downsample=True" in msg and "embed_dim" not in msg
+
+
+def test_decoder_width_mismatch_names_the_tensor_and_embed_dim(tmp_path):
+    name = "fan_tiny_8_p4_hybrid"
+    sd = {f"model.backbone.{k}": v for k, v in _tensors(tao_fan_backbone_shapes(name)).items()}
+    sd["model.decoder.linear_c1.proj.weight"] = torch.rand(48, 128)
+    torch.save({"state_dict": sd}, tmp_path / "tao_fan_48.pth")
+    model = build_model(make_cfg(name, embed_dim=32), load_weights=False)
+    from segformer_tao.errors import UserError
+
+    with pytest.raises(UserError, match=r"linear_c1\.proj\.weight is \(48, 128\) in the checkpoint but \(32, 128\) "
+                                        r"in this model \(decoder width 32\)\. Set model\.decode_head\.decoder_params"):
+        load_pretrained(model, str(tmp_path / "tao_fan_48.pth"), part="full")

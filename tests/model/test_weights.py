@@ -162,3 +162,61 @@ def test_missing_file_and_garbage_are_user_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="Cannot read weights"):
         load_pretrained(model, str(tmp_path / "junk.pth"))
+
+
+# ------------------------------------------------- Hugging Face shards: only files inside the model folder
+def _sharded(folder, weight_map: dict) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_hf_shards_load_from_the_folder_and_from_a_hub_cache_snapshot(tmp_path):
+    from segformer_tao.model.weights import read_state_dict
+
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    save_file({"a": torch.ones(2)}, model / "model-00001-of-00002.safetensors")
+    save_file({"b": torch.zeros(3)}, model / "sub" / "model-00002-of-00002.safetensors")
+    _sharded(model, {"a": "model-00001-of-00002.safetensors", "b": "./sub/model-00002-of-00002.safetensors"})
+    assert sorted(read_state_dict(str(model))) == ["a", "b"]
+    # The hub cache: snapshots/<rev>/ holds links to ../../blobs/<hash>, outside the snapshot but inside models--*.
+    cache = tmp_path / "hub" / "models--nvidia--mit-b0"
+    (cache / "blobs").mkdir(parents=True)
+    save_file({"a": torch.ones(2)}, cache / "blobs" / "0a1b")
+    snapshot = cache / "snapshots" / "rev1"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model-00001-of-00001.safetensors").symlink_to("../../blobs/0a1b")
+    _sharded(snapshot, {"a": "model-00001-of-00001.safetensors"})
+    assert list(read_state_dict(str(snapshot))) == ["a"]
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "nested_dotdot"])
+def test_hf_shard_outside_the_model_folder_is_refused(tmp_path, how):
+    """A weight_map naming '../x', '/x' or a link leading out of the folder read that file before (its tensors
+    came back); now a UserError naming the index and the shard."""
+    from segformer_tao.model.weights import read_state_dict
+
+    outside = tmp_path / "elsewhere.safetensors"
+    save_file({"not_yours": torch.ones(1)}, outside)
+    model = tmp_path / "model"
+    model.mkdir()
+    name = {"dotdot": "../elsewhere.safetensors", "absolute": str(outside), "symlink": "link.safetensors",
+            "nested_dotdot": "sub/../../elsewhere.safetensors"}[how]
+    if how == "symlink":
+        (model / "link.safetensors").symlink_to(outside)
+    _sharded(model, {"not_yours": name})
+    with pytest.raises(UserError, match="not a file inside the model folder") as err:
+        read_state_dict(str(model))
+    assert f"'{name}'" in str(err.value) and "model.safetensors.index.json" in str(err.value)
+
+
+def test_hf_shard_names_of_a_remote_folder_are_confined_by_name():
+    from segformer_tao.model.weights import shard_path
+
+    idx = "model.safetensors.index.json"
+    assert shard_path("s3://bucket/models/b0/", idx, "model-1.safetensors") == "s3://bucket/models/b0/model-1.safetensors"
+    for bad in ("../b1/model-1.safetensors", "/etc/passwd", "s3://other/model.safetensors", "a/../../x", ""):
+        with pytest.raises(UserError, match="not a file inside the model folder"):
+            shard_path("s3://bucket/models/b0", idx, bad)

@@ -26,7 +26,7 @@ from torch import nn
 from segformer_tao.model.backbones.features import FeatureMaps
 from segformer_tao.model.backbones.mit import map_to_tokens, tokens_to_map
 
-__all__ = ["FANHybrid", "FAN_ARCHS"]
+__all__ = ["FANHybrid", "FAN_ARCHS", "LayerNorm2dUnbiased"]
 
 # TAO's SegFormer variants: ConvNeXt depths, FAN embed dim / depth / heads, block whose output is stage 3.
 FAN_ARCHS: dict[str, dict] = {
@@ -39,18 +39,41 @@ _CONVNEXT_DIMS = (128, 256)
 _DOWNSAMPLE_DIM = 768  # TAO's learnable_downsample output width (feat_downsample=True)
 
 
+class LayerNorm2dUnbiased(LayerNorm2d):
+    """LayerNorm over the channels of NCHW maps with the unbiased variance (sum of squares / (C - 1)).
+
+    TAO's (and NVlabs') ConvNeXt LayerNorm2d calls ``F.layer_norm`` only for contiguous inputs and otherwise
+    ``torch.var_mean`` (unbiased); its stem hands every later norm a channels-last-strided map, so TAO-trained
+    FAN weights expect this function. Computed as the identical biased LayerNorm with ``eps`` and the scale
+    multiplied by (C - 1) / C and its square root, so it is one ``LayerNormalization`` in ONNX (kept FP32 by
+    the TensorRT builders) and the same for every memory layout and device.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, **kwargs):
+        if num_channels < 2:
+            raise ValueError(f"an unbiased variance needs at least 2 channels, got {num_channels}")
+        super().__init__(num_channels, eps=eps, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shrink = (self.normalized_shape[0] - 1) / self.normalized_shape[0]
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight * math.sqrt(shrink), self.bias,
+                         self.eps * shrink)
+        return x.permute(0, 3, 1, 2)
+
+
 class ConvNeXtEmbedBackbone(nn.Module):
     """ConvNeXt stem (4x4/4 conv + LayerNorm2d) and two stages; returns both stage maps."""
 
     def __init__(self, depths: tuple[int, int], in_chans: int = 3):
         super().__init__()
         d0, d1 = _CONVNEXT_DIMS
+        # TAO's stem norm sees the stem conv's contiguous output (F.layer_norm, biased); every later one does not.
         self.stem = nn.Sequential(nn.Conv2d(in_chans, d0, 4, 4), LayerNorm2d(d0, eps=1e-6))
         self.stages = nn.Sequential(
             ConvNeXtStage(d0, d0, stride=1, depth=depths[0], ls_init_value=1e-6, conv_mlp=True,
-                          norm_layer=LayerNorm2d),
+                          norm_layer=LayerNorm2dUnbiased),
             ConvNeXtStage(d0, d1, stride=2, depth=depths[1], ls_init_value=1e-6, conv_mlp=True,
-                          norm_layer=LayerNorm2d),
+                          norm_layer=LayerNorm2dUnbiased),
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -159,12 +182,12 @@ class ChannelProcessing(nn.Module):
     """Channel attention: per-head sigmoid(softmax(q)^T pooled softmax(k)) gates an MLP of the values."""
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden_dim: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, drop: float = 0.0, norm_layer=nn.LayerNorm):
+                 attn_drop: float = 0.0, drop: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.mlp_v = ChannelMlp(dim, mlp_hidden_dim, drop)
-        self.norm_v = norm_layer(dim)
+        self.norm_v = nn.LayerNorm(dim, eps=1e-5)  # TAO's block does not pass its eps-1e-6 norm layer down here
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
 
@@ -190,8 +213,7 @@ class FANBlock(nn.Module):
         self.attn = TokenMixing(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = ChannelProcessing(dim, num_heads, int(dim * mlp_ratio), attn_drop=attn_drop, drop=drop,
-                                     norm_layer=norm_layer)
+        self.mlp = ChannelProcessing(dim, num_heads, int(dim * mlp_ratio), attn_drop=attn_drop, drop=drop)
         self.gamma1 = nn.Parameter(torch.ones(dim))
         self.gamma2 = nn.Parameter(torch.ones(dim))
 
