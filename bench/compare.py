@@ -66,7 +66,7 @@ def fmt_side(s: dict, digits: int = 2) -> str:
 
 def machine() -> dict:
     """CPU model, cores usable by this process, CPU flags (AVX2, AVX-512, VNNI, BF16, AMX), GPU (name or None)."""
-    from segformer_tao.deploy.openvino import cpu_flags  # the product's list of flags that matter
+    from segformer_tao.hardware import cpu_flags  # the product's list of flags that matter
 
     name = platform.processor() or platform.machine()
     try:
