@@ -1,16 +1,16 @@
 """Training data pipeline throughput (decode + augment + collate) at img_size 512 with 2 workers.
 
-    PYTHONPATH=. python bench/data.py [--images 48] [--batches 12] [--workers 2]
+    PYTHONPATH=. python bench/data.py [--images 48] [--batches 12] [--workers 2] [--rounds 3]
 
-Prints a table (per-stage cost in one process, loader images/s, and the model's training images/s when the
-model package is available) and writes bench/results/data.json. Goal: the loader >= 3x the model's training.
+Prints a table (per-stage cost in one process, loader images/s and the model's training images/s, alternating
+for --rounds rounds: median and min-max) and writes bench/results/data.json. Goal: the loader >= 3x the model's
+training, judged by bench/compare.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import compare
 from segformer_tao import io
 from segformer_tao.config import compose_config
 from segformer_tao.data import UnetSegmentationDataset, build_dataloader
@@ -57,12 +58,10 @@ def _loader_ips(cfg, batches: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def _model_ips(cfg, batch: int = 2, steps: int = 2) -> float | None:
-    """Training images/s of the configured model (forward + backward + AdamW), or None when unavailable."""
-    try:
-        from segformer_tao.model import build_model
-    except ImportError:
-        return None
+def _model_ips(cfg, batch: int = 2, steps: int = 2) -> float:
+    """Training images/s of the configured model (forward + backward + AdamW)."""
+    from segformer_tao.model import build_model
+
     model = build_model(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, cfg.dataset.segment.img_size, cfg.dataset.segment.img_size)
@@ -83,8 +82,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--img-size", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=compare.MIN_ROUNDS)
+    ap.add_argument("--quick", action="store_true", help="1 round: a smoke run, never judged")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = ap.parse_args()
+    if args.quick:
+        args.rounds = 1
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = make_demo_dataset(Path(tmp) / "demo", num_classes=4, size=args.img_size, train=args.images, val=1,
@@ -94,22 +97,25 @@ def main() -> None:
             f"dataset.segment.img_size={args.img_size}", f"dataset.segment.workers={args.workers}",
             "dataset.segment.batch_size=8", "model=mit_b0"])
         stages = _stage_ms(UnetSegmentationDataset(cfg, "train", "train"), min(args.images, 16))
-        loader_ips = _loader_ips(cfg, args.batches)
-        try:
-            model_ips = _model_ips(cfg)
-        except Exception as e:  # noqa: BLE001 - the model area may not be merged yet; report, don't fail
-            print(f"model throughput not measured: {type(e).__name__}: {e}")
-            model_ips = None
-    ratio = loader_ips / model_ips if model_ips else None
-    rows = [("read ms/img", stages["read"]), ("decode ms/img", stages["decode"]),
-            ("augment ms/img", stages["augment"]), (f"loader img/s ({args.workers} workers)", loader_ips),
-            ("model train img/s (mit_b0, CPU, 1 thread)", model_ips), ("loader / model", ratio)]
-    print(f"{'metric':44s} value   (img_size {args.img_size}, {platform.processor() or platform.machine()})")
+        loader, model = [], []
+        for _ in range(args.rounds):
+            loader.append(_loader_ips(cfg, args.batches))
+            model.append(_model_ips(cfg))
+    goal = compare.verdict(loader, model, 3.0, quick=args.quick)
+    machine = compare.machine()
+    print(compare.machine_line(machine))
+    rows = [("read ms/img", f"{stages['read']:.2f}"), ("decode ms/img", f"{stages['decode']:.2f}"),
+            ("augment ms/img", f"{stages['augment']:.2f}"),
+            (f"loader img/s ({args.workers} workers)", compare.fmt_side(compare.spread(loader))),
+            ("model train img/s (mit_b0, CPU, 1 thread)", compare.fmt_side(compare.spread(model))),
+            ("loader / model (ratio of medians)", f"{goal['ratio']:.2f}x, goal {goal['goal']}: {goal['status']}")]
+    print(f"{'metric':44s} value   (img_size {args.img_size}, {args.rounds} alternating rounds)")
     for name, value in rows:
-        print(f"{name:44s} {'n/a' if value is None else f'{value:.2f}'}")
+        print(f"{name:44s} {value}")
     io.write_json(args.out, {"img_size": args.img_size, "workers": args.workers, "batch_size": 8,
-                             "stage_ms_per_image": stages, "loader_images_per_s": loader_ips,
-                             "model_train_images_per_s": model_ips, "loader_over_model": ratio,
+                             "rounds": args.rounds, "quick": args.quick, "machine": machine,
+                             "stage_ms_per_image": stages, "loader_images_per_s": compare.spread(loader),
+                             "model_train_images_per_s": compare.spread(model), "goal": goal,
                              "cpu_count": os.cpu_count(), "torch": torch.__version__,
                              "numpy": np.__version__})
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import compare  # noqa: E402
 from segformer_tao import io  # noqa: E402
 from segformer_tao.deploy import onnx_export  # noqa: E402
 from segformer_tao.deploy.onnxruntime import available_cores, make_session  # noqa: E402
@@ -48,19 +48,6 @@ def model_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() / 1e9
-
-
-def cpu_info() -> dict:
-    """The CPU's name and the flags that decide which runtime/precision can be fast here."""
-    from segformer_tao.deploy.openvino import cpu_flags
-
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-    except OSError:
-        pass
-    return {"name": name, "cores": available_cores(), "flags": cpu_flags()}
 
 
 def alternating(fns: dict, x, rounds: int, seconds: float) -> dict[str, list[float]]:
@@ -127,31 +114,32 @@ def runtimes(width: int, classes: int, size: int, threads: int, tmp: str) -> tup
     return fns, model
 
 
-def goals(cpu: dict, settings: dict) -> list[dict]:
-    """Issue 18's three goals, judged per benchmarked setting on this CPU."""
+def goals(cpu: dict, settings: dict, quick: bool = False) -> list[dict]:
+    """Issue 18's three goals, judged per benchmarked setting on this CPU (bench/compare.py's rule)."""
     flags = cpu["flags"]
     vnni = flags["avx512_vnni"] or flags["avx_vnni"] or flags["amx_int8"]
     out = []
+
+    def judge(key, goal, runtime, reference, target, **extra):
+        rounds = settings[key]["rounds"]
+        v = compare.verdict(rounds[runtime], rounds[reference], target, quick=quick)
+        out.append({"setting": key, "goal": goal, "runtime": runtime, "reference": reference,
+                    "target": v["goal"], "ratio": v["ratio"], "status": v["status"], "why": v["why"],
+                    "pass": {"pass": True, "FAIL": False}.get(v["status"]), **extra})
+
     for key, s in settings.items():
         med = s["median"]
-        ort32 = med["ort_fp32"]
         torch_ref = max((k for k in med if k.startswith("torch")), key=med.get)
-        torch32 = med[torch_ref]
         best = max((k for k in med if not k.startswith("torch")), key=med.get)
         default = max(("ort_fp32", "openvino_fp32"), key=lambda k: med.get(k, 0.0))  # onnx_engine=auto, f32
-        out.append({"setting": key, "goal": "best CPU runtime >= 2.0x ORT FP32", "runtime": best,
-                    "reference": "ort_fp32", "target": ">= 2.0x",
-                    "ratio": med[best] / ort32, "pass": med[best] / ort32 >= 2.0,
-                    "accuracy": "see bench/results/quantize_openvino.json (demo set mIoU drop)"})
-        out.append({"setting": key, "goal": "default CPU runtime (onnx_engine=auto) >= PyTorch eager",
-                    "runtime": default, "reference": torch_ref, "target": ">= 1.0x", "ratio": med[default] / torch32,
-                    "pass": med[default] >= torch32})
+        judge(key, "best CPU runtime >= 2.0x ORT FP32", best, "ort_fp32", 2.0,
+              accuracy="see bench/results/quantize_openvino.json (demo set mIoU drop)")
+        judge(key, "default CPU runtime (onnx_engine=auto) >= PyTorch eager", default, torch_ref, 1.0)
         if "openvino_int8" in med:
-            ratio = med["openvino_int8"] / med["openvino_fp32"]
-            out.append({"setting": key, "goal": "INT8 >= 1.5x FP32 on CPUs with VNNI", "runtime": "openvino_int8",
-                        "reference": "openvino_fp32", "target": ">= 1.5x",
-                        "ratio": ratio, "pass": (ratio >= 1.5) if vnni else None,
-                        "applies": bool(vnni)})
+            judge(key, "INT8 >= 1.5x FP32 on CPUs with VNNI", "openvino_int8", "openvino_fp32", 1.5,
+                  applies=bool(vnni))
+            if not vnni:
+                out[-1].update(status="n/a (no VNNI)", why="this CPU has no VNNI", **{"pass": None})
     return out
 
 
@@ -160,14 +148,16 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per runtime per round")
+    parser.add_argument("--quick", action="store_true", help="1 round of 0.5 s: a smoke run, never judged")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 0.5
     import tempfile
 
     threads = available_cores()
     torch.set_num_threads(threads)
-    cpu = cpu_info()
-    print(f"CPU: {cpu['name']}, {threads} cores; flags: "
-          + " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu["flags"].items()))
+    cpu = compare.machine()
+    print(compare.machine_line(cpu))
     peak = matmul_gflops()
     x = torch.randn(1, 3, args.size, args.size)
     settings, result = {}, {}
@@ -191,14 +181,15 @@ def main() -> int:
                       f"{med[name] / med['ort_fp32']:>12.2f}x{med[name] / torch_best:>14.2f}x")
             if "openvino_fp32" in med and "openvino_bf16" not in med:
                 print("openvino_bf16: not run (this CPU has no native BF16: AVX-512 BF16 or AMX)")
-    judged = goals(cpu, settings)
-    print("\nGoals on this CPU (ratios of medians; the machine is shared, so single figures are noisy):")
+    judged = goals(cpu, settings, quick=args.quick)
+    print("\nGoals on this CPU (ratio of medians; pass/FAIL only when the min-max spread clears the goal):")
     for g in judged:
-        verdict = "n/a (no VNNI)" if g["pass"] is None else ("pass" if g["pass"] else "FAIL")
-        print(f"  {g['setting']:<21}{g['goal']:<58}{g['runtime']:<20}{g['ratio']:>6.2f}x  {verdict}")
+        print(f"  {g['setting']:<21}{g['goal']:<58}{g['runtime']:<20}{g['ratio']:>6.2f}x  {g['status']} "
+              f"({g['why']})")
     first = settings[f"width{SETTINGS[0][0]}_classes{SETTINGS[0][1]}"]
     result = {"backbone": "mit_b0", "size": args.size, "batch": 1, "threads": threads, "cpu": cpu,
-              "matmul_fp32_gflops": peak, "rounds": args.rounds, "settings": settings, "goals": judged,
+              "matmul_fp32_gflops": peak, "rounds": args.rounds,
+              "quick": args.quick, "settings": settings, "goals": judged,
               # the default setting's figures at top level, as bench/summary.py reads them
               "model_gflops": first["model_gflops"], "limit_images_per_s": first["limit_images_per_s"],
               "images_per_s": first["median"]}

@@ -1,11 +1,12 @@
 """Ours vs Hugging Face SegFormer, same weights: forward and forward+backward images/s, peak memory.
 
-    PYTHONPATH=. python bench/model.py [--backbone mit_b0] [--size 512] [--batch 2] [--iters 5]
+    PYTHONPATH=. python bench/model.py [--backbone mit_b0] [--size 512] [--batch 2] [--iters 5] [--rounds 3]
 
 Builds a random HF ``SegformerForSemanticSegmentation`` with the published widths/depths, saves it, loads it
 into ours through ``load_pretrained`` (so both run identical weights; max logits difference is reported),
-then times both in eval (no_grad) and train (logits.mean().backward()) mode. Peak memory is CUDA's
-max_memory_allocated on GPU and is not measured on CPU. Writes bench/results/model.json.
+then times both in eval (no_grad) and train (logits.mean().backward()) mode, the sides alternating for
+``--rounds`` rounds (median and min-max per side; the inference goal judged by bench/compare.py). Peak memory is
+CUDA's max_memory_allocated on GPU and is not measured on CPU. Writes bench/results/model.json.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import time
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
+from bench import compare
 from segformer_tao import io as sio
 from segformer_tao.model import SegFormer, create_backbone
 from segformer_tao.model.backbones.mit import MIT_ARCHS
 from segformer_tao.model.head import SegFormerHead
 from segformer_tao.model.weights import load_pretrained
+
+INFERENCE_GOAL = 1.3  # issue 12: PyTorch inference >= 1.3x HF eager
 
 
 def build_pair(backbone: str, embed_dim: int, num_classes: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -92,8 +96,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     p.add_argument("--channels-last", action="store_true", help="run ours in channels_last memory format")
+    p.add_argument("--rounds", type=int, default=compare.MIN_ROUNDS, help="alternating rounds per side")
+    p.add_argument("--quick", action="store_true", help="1 round of 1 iteration: a smoke run, never judged")
     p.add_argument("--out", default="bench/results/model.json")
     args = p.parse_args()
+    if args.quick:
+        args.rounds, args.iters, args.warmup = 1, 1, 1
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     embed_dim = args.embed_dim or (256 if args.backbone == "mit_b0" else 768)
@@ -106,21 +114,35 @@ def main() -> None:
     if args.channels_last:
         ours = ours.to(memory_format=torch.channels_last)
         x_ours = x.contiguous(memory_format=torch.channels_last)
-    results = {"huggingface": bench_one("huggingface", hf, x, args), "ours": bench_one("ours", ours, x_ours, args)}
+    sides = {"huggingface": (hf, x), "ours": (ours, x_ours)}
+    per_round: dict[str, list[dict]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        for name in (sides if r % 2 == 0 else reversed(list(sides))):  # alternate who runs first
+            per_round[name].append(bench_one(name, *sides[name], args))
+    results = {name: {mode: {"images_per_s": compare.spread([g[mode]["images_per_s"] for g in got]),
+                             "peak_mem_mib": got[-1][mode]["peak_mem_mib"]}
+                      for mode in ("forward", "forward_backward")} for name, got in per_round.items()}
+    inference = compare.verdict([g["forward"]["images_per_s"] for g in per_round["ours"]],
+                                [g["forward"]["images_per_s"] for g in per_round["huggingface"]], INFERENCE_GOAL,
+                                quick=args.quick)
     report = {"backbone": args.backbone, "size": args.size, "batch": args.batch, "decoder_embed_dim": embed_dim,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({args.threads} threads)",
+              "machine": compare.machine(), "rounds": args.rounds, "quick": args.quick,
               "bf16": args.bf16, "channels_last": args.channels_last, "max_abs_logits_diff": diff,
-              "results": results}
+              "results": results, "inference_goal": inference}
     print(f"{args.backbone} {args.size}x{args.size} batch {args.batch} on {report['device']}; "
-          f"same weights, max |logits diff| = {diff:.2e}")
-    print(f"{'':<22}{'huggingface':>14}{'ours':>14}{'ours/hf':>10}")
+          f"same weights, max |logits diff| = {diff:.2e}; {args.rounds} alternating rounds")
+    print(compare.machine_line(report["machine"]))
+    print(f"{'median (min-max)':<22}{'huggingface':>22}{'ours':>22}{'ours/hf':>10}")
     for mode in ("forward", "forward_backward"):
         h, o = results["huggingface"][mode], results["ours"][mode]
-        print(f"{mode + ' img/s':<22}{h['images_per_s']:>14.2f}{o['images_per_s']:>14.2f}"
-              f"{o['images_per_s'] / h['images_per_s']:>9.2f}x")
+        print(f"{mode + ' img/s':<22}{compare.fmt_side(h['images_per_s']):>22}"
+              f"{compare.fmt_side(o['images_per_s']):>22}"
+              f"{o['images_per_s']['median'] / h['images_per_s']['median']:>9.2f}x")
         if h["peak_mem_mib"] is not None:
-            print(f"{mode + ' peak MiB':<22}{h['peak_mem_mib']:>14.0f}{o['peak_mem_mib']:>14.0f}"
+            print(f"{mode + ' peak MiB':<22}{h['peak_mem_mib']:>22.0f}{o['peak_mem_mib']:>22.0f}"
                   f"{o['peak_mem_mib'] / h['peak_mem_mib']:>9.2f}x")
+    print(f"inference goal {inference['goal']}: {inference['status']} ({inference['why']})")
     sio.write_json(args.out, report)
 
 

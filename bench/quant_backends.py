@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/quant_backends.json")
     parser.add_argument("--reuse", action="store_true", help="reuse the quantize results of an earlier run")
     args = parser.parse_args()
-    from bench.deploy import cpu_info
+    from bench.compare import machine, machine_line
     from segformer_tao.deploy.cpu_select import images_per_s
 
     os.makedirs(OUT, exist_ok=True)
@@ -129,7 +129,7 @@ def main() -> None:
     size = int(next(iter(runtimes.values())).meta["img_size"])
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     speeds = dict(zip(runtimes, images_per_s(list(runtimes.values()), x, args.rounds, args.seconds)))
-    cpu = cpu_info()
+    cpu = machine()
     ref = statistics.median(speeds.get("ORT FP32 (reference)") or speeds["torch FP32"])
     fp32_miou = next((r["fp32"]["mIoU"] for r in reports.values() if "fp32" in r), None)
     rows = []
@@ -140,7 +140,7 @@ def main() -> None:
                      "images_per_s": statistics.median(s), "min": min(s), "max": max(s),
                      "vs_ort_fp32": statistics.median(s) / ref, "mIoU": side.get("mIoU", fp32_miou),
                      "bytes": side.get("bytes") or _fp32_bytes(name, reports)})
-    print(f"CPU: {cpu['name']} ({cpu['cores']} cores), flags: {cpu['flags']}; img_size {size}, batch {args.batch}, "
+    print(f"{machine_line(cpu)}; img_size {size}, batch {args.batch}, "
           f"{args.rounds} alternated rounds, torch {torch.__version__}")
     print(f"{'artifact':<22}{'img/s median':>13}{'min-max':>17}{'vs ORT FP32':>13}{'mIoU':>9}{'MB':>8}")
     for r in rows:

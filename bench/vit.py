@@ -13,13 +13,13 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 
 import torch
 from omegaconf import OmegaConf
 
+from bench import compare
 from segformer_tao.model import build_model
 from segformer_tao.model.backbones.msda import ms_deform_attn_core
 from segformer_tao.model.cli import model_info
@@ -32,14 +32,6 @@ def _cfg(name: str, size: int):
     return OmegaConf.create({"model": {"backbone": {"type": name},
                                        "decode_head": {"decoder_params": {"embed_dim": 256}}},
                              "dataset": {"segment": {"num_classes": 2, "img_size": size}}})
-
-
-def _cpu_flags() -> str:
-    try:
-        flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0]
-        return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16") if f in flags.split())
-    except (OSError, IndexError):
-        return platform.processor()
 
 
 def _train_step_peak_mb(name: str, size: int, batch: int) -> float:
@@ -88,7 +80,7 @@ def main() -> None:
             opts[n].zero_grad()
             step[n].append(args.batch / (time.perf_counter() - t))
     rows = {}
-    print(f"CPU: {platform.machine()} {_cpu_flags()} threads={torch.get_num_threads()}  size={args.size} "
+    print(f"{compare.machine_line(compare.machine())}; threads={torch.get_num_threads()}  size={args.size} "
           f"batch={args.batch} rounds={args.rounds}")
     print(f"{'backbone':<22}{'params M':>9}{'GFLOPs':>8}{'fwd img/s':>18}{'train img/s':>18}{'peak MiB':>10}")
     for n in BACKBONES:
@@ -126,7 +118,7 @@ def main() -> None:
           + ", ".join(f"{k} {v:.3f}" for k, v in timings.items()) + f"; naive / grid_sample = x{ratio:.0f}")
     os.makedirs("bench/results", exist_ok=True)
     with open("bench/results/vit.json", "w") as f:
-        json.dump({"models": rows, "msda_ms": timings, "cpu": _cpu_flags(), "size": args.size}, f, indent=2)
+        json.dump({"models": rows, "msda_ms": timings, "machine": compare.machine(), "size": args.size}, f, indent=2)
 
 
 if __name__ == "__main__":

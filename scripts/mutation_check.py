@@ -213,6 +213,9 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/engine/progress.py", "    return LineProgress()\n",
          "    return TQDMProgressBar(refresh_rate=10)\n"),),
         ("tests/engine/test_progress.py",)),
+    Mutant("freed_memory_returned_to_the_kernel", (
+        ("segformer_tao/engine/allocator.py", "return bool(mallopt(M_MMAP_THRESHOLD, _THRESHOLD)) and ", "return "),),
+        ("tests/engine/test_allocator.py::test_freed_large_blocks_are_reused",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from segformer_tao.engine.allocator import reuse_freed_memory
 from segformer_tao.engine.checkpoint import FORMAT, strip_secrets
 from segformer_tao.engine.loss import segmentation_loss
 from segformer_tao.engine.metrics import SegmentationMetrics
@@ -145,6 +146,10 @@ class SegFormerModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            reuse_freed_memory()  # each step's large activations reuse the last step's memory (allocator.py)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self.model(batch["image"])
