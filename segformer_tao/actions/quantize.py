@@ -249,6 +249,10 @@ def _run_torchao(cfg, out_dir: str, skip_names: list[str]) -> dict:
         raise UserError("quantize.backend=torchao quantizes a PyTorch model: set quantize.model_path to a .pth "
                         "checkpoint from `segformer train` (or parent_job=<train results dir>), not an ONNX.")
     torchao_int8.require_torchao("quantize.backend=torchao")
+    if str(q.mode) == "static_ptq":  # torchao has no static-activation INT8 for eager CPU/CUDA
+        log.info("quantize.backend=torchao with quantize.mode=static_ptq: int8 weights and int8 activations "
+                 "quantized per token at run time (torchao's dynamic form; it has no static-activation INT8), "
+                 "so no calibration images are used.")
     strict = bool(cfg.get("encryption_strict"))
     model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path", strict=strict)
     source = load_checkpoint(path, cfg.encryption_key, own=True, strict=strict)

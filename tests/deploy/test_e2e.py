@@ -166,6 +166,8 @@ def test_quantize_backend_chain(trained, backend, mode, needs, runtime):
     quant = run_cli("quantize", *args, calib, f"parent_job={root}/results/train", f"quantize.backend={backend}",
                     f"quantize.mode={mode}", "quantize.device=cpu", f"results_dir={out}")
     assert quant.returncode == 0, quant.output[-3000:]
+    # torchao's static_ptq is its dynamic-activation form: said, not silently different
+    assert ("torchao's dynamic form" in quant.output) == (backend == "torchao" and mode == "static_ptq")
     report = json.load(open(f"{out}/quantize/quantize_report.json"))
     check_report(report, backend)
     assert abs(report["miou_drop_points"]) <= 1.0, report
