@@ -95,15 +95,13 @@ def runtimes(width: int, classes: int, size: int, threads: int, tmp: str) -> tup
            "ort_fp32": ort(fp32), "ort_int8_cpu": ort(int8)}
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
         from segformer_tao.deploy import quant_backends
-        from segformer_tao.deploy.openvino import compile_model, native_bf16
+        from segformer_tao.deploy.openvino import compile_model, core, native_bf16
 
         path = os.path.join(tmp, f"fp32_{width}.onnx")
         io.write_bytes(path, fp32)
-        import openvino as ov
-
-        ov_model = ov.Core().read_model(path)
+        ov_model = core().read_model(path)  # the one Core (see segformer_tao.deploy.openvino.core)
         kept = quant_backends.openvino_float_ops(ov_model, classifier=True, attention=True, skip_names=[])
-        ov_int8 = quant_backends.nncf_int8(ov.Core().read_model(path), calib, ignored=kept)
+        ov_int8 = quant_backends.nncf_int8(core().read_model(path), calib, ignored=kept)
         precisions = ["f32", "bf16"] if native_bf16() else ["f32"]
         for name, m in (("fp32", ov_model), ("int8", ov_int8)):
             for p in precisions:

@@ -216,6 +216,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("freed_memory_returned_to_the_kernel", (
         ("segformer_tao/engine/allocator.py", "return bool(mallopt(M_MMAP_THRESHOLD, _THRESHOLD)) and ", "return "),),
         ("tests/engine/test_allocator.py::test_freed_large_blocks_are_reused",)),
+    Mutant("openvino_core_per_call", (
+        ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
+        ("tests/deploy/test_openvino_signal_stack.py",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

@@ -9,9 +9,13 @@ Needs the ``openvino`` extra (``pip install 'segformer_tao[openvino]'``).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import logging
 import os
+import sys
 import tempfile
 from types import SimpleNamespace
 from typing import Any
@@ -46,13 +50,58 @@ def require_openvino(key: str):
     return openvino
 
 
+@functools.lru_cache(maxsize=1)
+def core():
+    """The process's one ``openvino.Core``, kept until exit.
+
+    OpenVINO's CPU plugin (2026.4) installs a signal stack (``sigaltstack``) of its own on the thread that loads
+    it and, when that plugin is torn down, puts back the one it found. With a Core per call, two plugins torn
+    down first-in-first-out leave the thread's signal stack on the first plugin's unmapped memory: the next
+    caught signal on that thread (a SIGCHLD once torch's DataLoader has installed its handler; Python installs
+    every handler with SA_ONSTACK) kills the process with SIGSEGV (si_code SI_KERNEL, no faulthandler output), or,
+    where that address was mapped again, writes its frame over live memory (a corrupted heap). One Core: one plugin
+    that is never torn down. See :func:`keep_signal_stack` for code that makes Cores of its own (NNCF)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+class _Stack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _sigaltstack():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def keep_signal_stack():
+    """Put back this thread's signal stack after the block if OpenVINO code in it (NNCF makes its own Cores)
+    replaced it: an OpenVINO plugin torn down later then finds another stack current and only unmaps its own,
+    instead of "restoring" one that may be unmapped by then (see :func:`core`)."""
+    fn = _sigaltstack()
+    saved = _Stack()
+    if fn is None or fn(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        now = _Stack()
+        if fn(None, ctypes.byref(now)) == 0 and (now.ss_sp, now.ss_size) != (saved.ss_sp, saved.ss_size):
+            fn(ctypes.byref(saved), None)
+
+
 def native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX) and OpenVINO's CPU plugin uses it."""
     if not hardware.cpu_bf16_flags():
         return False
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def resolve_precision(requested: str, key: str) -> str:
@@ -80,7 +129,7 @@ def _local(path: str, tmp: str) -> str:
 
 def read_model(path: str, key: str) -> tuple[Any, dict]:
     """(openvino.Model, embedded meta) from an ONNX file or an IR .xml (whose weights are the .bin beside it)."""
-    ov = require_openvino(key)
+    require_openvino(key)
     if not io.exists(path):
         raise UserError(f"{key}='{path}' does not exist. Point it at an ONNX from `segformer export` or an "
                         "OpenVINO IR (.xml with its .bin) from `segformer export export.format=openvino` or "
@@ -93,7 +142,7 @@ def read_model(path: str, key: str) -> tuple[Any, dict]:
     with tempfile.TemporaryDirectory(prefix="segformer_ov_") as tmp:
         local = _local(str(path), tmp)
         try:
-            model = ov.Core().read_model(local, _local(weights, tmp) if is_ir else None)
+            model = core().read_model(local, _local(weights, tmp) if is_ir else None)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
             raise UserError(f"OpenVINO cannot read {key}='{path}': {str(e).strip().splitlines()[0]}. Check that "
                             "the file is a complete export of this tool (re-run `segformer export`).") from e
@@ -148,9 +197,7 @@ class _IoView:
 def compile_model(model, precision: str, threads: int | None = None):
     """Compile for the CPU: one stream, latency hint, ``threads`` (default all available cores), and an explicit
     precision hint (OpenVINO's default on BF16 CPUs is bf16, which would change f32 results silently)."""
-    import openvino as ov
-
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+    return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                   "PERFORMANCE_HINT": "LATENCY",
                                                   "INFERENCE_NUM_THREADS": threads or available_cores()})
 

@@ -140,9 +140,14 @@ def nncf_int8(model, batches: Sequence[torch.Tensor], *, ignored: list[str], fas
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(max(level, logging.WARNING))  # NNCF logs one INFO line per op it leaves float
+    from segformer_tao.deploy.openvino import core, keep_signal_stack
+
+    core()  # the CPU plugin loaded once, by the Core that stays (see openvino.core)
     try:
-        return nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
-                             fast_bias_correction=fast, ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+        with keep_signal_stack():  # NNCF compiles with Cores of its own
+            return nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER,
+                                 subset_size=len(data), fast_bias_correction=fast,
+                                 ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
     finally:
         logger.setLevel(level)
 
