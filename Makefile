@@ -24,10 +24,12 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 install: $(STAMP)
 
 # Default suite plus the slow end-to-end tests (CI runs this); pytest's "no tests ran" (exit 5) fails.
-# The suite runs as one pytest process per test folder (and the TensorRT contract test alone): run as one process,
-# it died twice on 2026-11-27 with SIGSEGV deep in tests/deploy (glibc's heap found corrupted in _int_malloc,
-# si_code SI_KERNEL, after ~200 tests with ORT, OpenVINO, fsspec and moto all loaded in it); each folder alone
-# passes. Every group runs even when one fails; any failure (or a group that collects nothing, exit 5) fails.
+# The suite runs as one pytest process per test folder (and the TensorRT contract test alone), so that a native
+# crash in one group cannot hide the others' results. Run as one process it died on 2026-11-27 with SIGSEGV
+# (SI_KERNEL): OpenVINO's CPU plugin left the thread's signal stack on unmapped memory when a Core per call was torn
+# down, and the next SIGCHLD killed the process; fixed with one process-wide Core (segformer_tao/deploy/openvino.py,
+# tests/deploy/test_openvino_signal_stack.py), after which the one-process suite passes too.
+# Every group runs even when one fails; any failure (or a group that collects nothing, exit 5) fails.
 TEST_DIRS := automl bad_inputs data deploy engine model tao_core
 CONTRACT := tests/deploy/test_tensorrt_contract.py
 # tests/specs holds spec files only (no tests)
