@@ -198,8 +198,8 @@ def compile_model(model, precision: str, threads: int | None = None):
     """Compile for the CPU: one stream, latency hint, ``threads`` (default all available cores), and an explicit
     precision hint (OpenVINO's default on BF16 CPUs is bf16, which would change f32 results silently)."""
     return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                  "PERFORMANCE_HINT": "LATENCY",
-                                                  "INFERENCE_NUM_THREADS": threads or available_cores()})
+                                               "PERFORMANCE_HINT": "LATENCY",
+                                               "INFERENCE_NUM_THREADS": threads or available_cores()})
 
 
 class OpenVinoRuntime(Runtime):
