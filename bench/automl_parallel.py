@@ -25,15 +25,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
-        return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags)
-    except (OSError, StopIteration):
-        return "unknown"
+sys.path.insert(0, ROOT)
+from bench import compare  # noqa: E402
 
 
 def search(root: str, results: str, trials: int, epochs: int, img: int, parallel: int, threads: int) -> float:
@@ -61,7 +54,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--images", type=int, default=16, help="training images (validation: a quarter)")
     args = ap.parse_args()
-    sys.path.insert(0, ROOT)
     import torch
 
     from segformer_tao.data.synthetic import make_demo_dataset
@@ -88,7 +80,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {p: statistics.median(v) for p, v in times.items()}
     ratio = med[1] / med[parallel]
-    device = f"{gpus} GPU(s) {torch.cuda.get_device_name(0)}" if gpus else f"{cores} CPU cores ({cpu_flags()})"
+    device = f"{gpus} GPU(s) {torch.cuda.get_device_name(0)}" if gpus else compare.machine_line(compare.machine())
     print(f"\nAutoML {args.trials} trials x {args.epochs} epochs, mit_b0 {args.img_size}px, {args.images} images, "
           f"{device}")
     for p, v in times.items():

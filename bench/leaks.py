@@ -22,6 +22,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from bench import compare  # noqa: E402
+
 TINY = ["model=mit_b0", "dataset.segment.num_classes=3", "dataset.segment.img_size=32",
         "dataset.segment.label_transform=None", "dataset.segment.batch_size=2", "dataset.segment.workers=0",
         "automl_policy=off", "train.seed=7", "dataset.segment.check=off", "train.validation_interval=1",
@@ -105,15 +108,6 @@ def run(work: str, epochs: int, images: int) -> dict:
             "inference": {"floors": infer, "growth": growth(infer, warmup=max(8, images // 4))}}
 
 
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
-        return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags)
-    except (OSError, StopIteration):
-        return "?"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
@@ -122,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="segformer_leaks_") as work:
         result = run(work, args.epochs, args.images)
-    print(f"CPU {os.cpu_count()} cores, flags: {_cpu_flags()}")
+    machine = compare.machine()
+    print(compare.machine_line(machine))
     for phase, unit, per in (("train", "epochs", 10), ("inference", "images", 100)):
         g = result[phase]["growth"]
         scale = per / max(1, g["steps"])
@@ -132,7 +127,7 @@ def main() -> None:
               f"threads {g['threads']:+d}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"cpu_count": os.cpu_count(), "cpu_flags": _cpu_flags(), "epochs": args.epochs,
+        json.dump({"machine": machine, "epochs": args.epochs,
                    "images": args.images, **{k: v["growth"] for k, v in result.items()}}, f, indent=2)
     print(f"wrote {args.out}")
 
