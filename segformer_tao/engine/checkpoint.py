@@ -67,9 +67,7 @@ def load_checkpoint(path: str, encryption_key: str | None = None, map_location: 
                 f"Checkpoint '{path}' is encrypted but no encryption_key was given. Pass the key used for training "
                 "(recommended: encryption_key='${oc.env:SEGFORMER_KEY}' with the key in that environment variable)."
             )
-        out = _io.BytesIO()
-        crypto.decrypt_stream(_io.BytesIO(blob), out, encryption_key, path)
-        blob = out.getvalue()
+        blob = crypto.decrypt_bytes(blob, encryption_key, path)
     elif own and encryption_key:
         _plaintext_where_encrypted(path, strict)
     try:
@@ -106,6 +104,8 @@ def _plaintext_where_encrypted(path: str, strict: bool) -> None:
         _WARNED.add(path)
         log.warning("warning: checkpoint '%s' is NOT encrypted although encryption_key is set: it was not written by a "
                     "job with this key and its integrity is not checked (encryption_strict=true refuses it).", path)
+
+
 def _load_weights_only(blob: bytes, path: str, map_location: Any) -> dict:
     """``torch.load(weights_only=True)``; a file that names torchao's types (a quantize.backend=torchao
     checkpoint) is read again with exactly those types allowed (model/torchao_int8.py), nothing else."""
