@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -148,11 +147,7 @@ def redact_in_logs(secrets: list[str]) -> None:
 
 def file_digest(path: str) -> dict[str, Any]:
     """Size and sha256 of a local file (what job.json records per artifact)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": sio.sha256(path)}
 
 
 # Artifacts that hold weights, by extension (an OpenVINO IR's weights are its .bin).
