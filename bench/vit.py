@@ -20,9 +20,9 @@ import torch
 from omegaconf import OmegaConf
 
 from bench import compare
+from segformer_tao.commands.model import model_info
 from segformer_tao.model import build_model
 from segformer_tao.model.backbones.msda import ms_deform_attn_core
-from segformer_tao.model.cli import model_info
 from tests.model.test_msda import _naive
 
 BACKBONES = ("mit_b0", "fan_tiny_8_p4_hybrid", "vit_small_dinov3")

@@ -136,7 +136,7 @@ MUTANTS: tuple[Mutant, ...] = (
          "    path = os.fspath(path)\n    with open(path, mode) as f:\n        yield f\n    return\n"),),
         ("tests/test_io.py::test_a_failed_write_keeps_the_old_file",)),
     Mutant("parent_job_picks_latest", (
-        ("segformer_tao/jobs.py", "        if \"best\" in ckpts:\n",
+        ("segformer_tao/parent.py", "        if \"best\" in ckpts:\n",
          "        if \"best\" in ckpts and \"latest\" not in ckpts:\n"),),
         ("tests/test_jobs.py::test_parent_job_picks_the_best_checkpoint_over_the_latest",)),
     Mutant("encryption_key_parsed_by_hydra", (
@@ -196,7 +196,7 @@ MUTANTS: tuple[Mutant, ...] = (
          "map_location=map_location, weights_only=False), path)"),),
         (TQ + "test_os_system_beside_torchao_types_is_refused",)),
     Mutant("quantize_parent_takes_newest_onnx", (
-        ("segformer_tao/jobs.py", "(recorded or ([] if parent_action == \"quantize\" else files[-1:]))",
+        ("segformer_tao/parent.py", "(recorded or ([] if parent_action == \"quantize\" else files[-1:]))",
          "(recorded or files[-1:])"),),
         (TQ + "test_parent_job_picks_each_backends_output",)),
     Mutant("auto_precision_ignores_amx", (

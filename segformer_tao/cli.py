@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from segformer_tao.config.schema import REQUIRED_KEYS
 from segformer_tao.errors import UserError
+from segformer_tao.ranks import is_primary
 
 ACTION_HELP = {
     "train": "train a model (AutoML search by default: automl_policy=auto|on|off)",
@@ -33,7 +34,8 @@ TOOL_HELP = {
     "model": "model tools: segformer model info model.backbone.type=mit_b0",
     "jobs": "list or show jobs: segformer jobs list [DIR] | segformer jobs show DIR",
 }
-TOOL_MODULES = {"dataset": "segformer_tao.data.cli", "model": "segformer_tao.model.cli", "jobs": "segformer_tao.jobs"}
+TOOL_MODULES = {"dataset": "segformer_tao.commands.dataset", "model": "segformer_tao.commands.model",
+                "jobs": "segformer_tao.commands.jobs"}
 
 log = logging.getLogger("segformer_tao")
 
@@ -138,9 +140,7 @@ CHECKED_SPLITS = {"train": ("train", "val"), "evaluate": ("test",)}
 
 def check_data(action: str, cfg, out_dir: str) -> None:
     """Catch bad data (unpaired files, corrupt images, mask values >= num_classes) before any training."""
-    from segformer_tao import jobs
-
-    if action not in CHECKED_SPLITS or cfg.dataset.segment.check == "off" or not jobs.is_primary():
+    if action not in CHECKED_SPLITS or cfg.dataset.segment.check == "off" or not is_primary():
         return
     from segformer_tao.data.check import check_dataset
 
@@ -149,12 +149,12 @@ def check_data(action: str, cfg, out_dir: str) -> None:
 
 def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     """Compose, validate, prepare the results dir, run the action, record job.json. Returns the action's result."""
-    from segformer_tao import jobs
+    from segformer_tao import jobs, logs, parent
     from segformer_tao.config import compose_config
     from segformer_tao.status import action_status
 
     cfg = compose_config(action, overrides, spec)
-    jobs.apply_parent_job(action, cfg, {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o})
+    parent.apply_parent_job(action, cfg, {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o})
     check_required(action, cfg)
     check_conflicts(action, cfg)
     if action == "train" and cfg.automl_policy != "off":  # a search refused (bad storage, ...) writes nothing
@@ -165,13 +165,13 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
 
             preflight(cfg)
     out_dir = jobs.prepare_results_dir(action, cfg)
-    jobs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
+    logs.setup_logging(out_dir, secrets=[cfg.encryption_key or ""])
     module_name = f"segformer_tao.actions.{action}"
     if action == "train":
         from segformer_tao.automl.policy import choose_path
         from segformer_tao.engine.trainer import precision_line
 
-        if jobs.is_primary():
+        if is_primary():
             log.info(precision_line(cfg))
 
         if choose_path(cfg) == "automl":
@@ -187,7 +187,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     # status.json (TAO's schema): STARTED now, SUCCESS or FAILURE (the user error's message) at the end, written
     # before job.finish releases the results dir's lock.
     try:
-        with action_status(out_dir, action, enabled=jobs.is_primary()):
+        with action_status(out_dir, action, enabled=is_primary()):
             check_data(action, cfg, out_dir)
             result = module.run(cfg) or {}
     except BaseException as e:
@@ -195,7 +195,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
         raise
     jobs.note_unencrypted(cfg, result.get("artifacts", {}))
     job.finish("done", metrics=result.get("metrics", {}), artifacts=result.get("artifacts", {}))
-    if jobs.is_primary():  # DDP's extra processes run this CLI too
+    if is_primary():  # DDP's extra processes run this CLI too
         log.info("%s finished: outputs in %s", action, out_dir)
     return result
 
@@ -261,7 +261,7 @@ def _guard_secrets(argv: list[str], own_process: bool) -> None:
     sys.argv for each DDP rank) by handing it over in the environment."""
     from segformer_tao import redact
     from segformer_tao.config import encryption_key as ek
-    from segformer_tao.jobs import install_redaction, is_primary
+    from segformer_tao.logs import install_redaction
 
     for arg in argv:
         raw = ek.typed_text(arg)  # also from a malformed override (encryption_key:x), which Hydra would echo

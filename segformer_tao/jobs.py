@@ -1,4 +1,7 @@
-"""Jobs: results-dir layout, job.json, parent-job artifact resolution, resume discovery, `segformer jobs`.
+"""Jobs: results-dir layout and lock, job.json, the checkpoints a results dir holds.
+
+Parent-job resolution is in :mod:`segformer_tao.parent`, log setup in :mod:`segformer_tao.logs`, rank detection in
+:mod:`segformer_tao.ranks`, the `segformer jobs` tool in :mod:`segformer_tao.commands.jobs`.
 
 A job is one action run in one results dir. ``job.json`` records what ran, its status, parent, artifacts
 (with sizes and sha256) and its metrics summary; it is rewritten atomically at start, at every heartbeat and at
@@ -25,31 +28,15 @@ from omegaconf import DictConfig, OmegaConf
 from segformer_tao import __version__, joblock, redact
 from segformer_tao import io as sio
 from segformer_tao.errors import UserError
+from segformer_tao.ranks import is_primary
 
 log = logging.getLogger("segformer_tao")
 JOB_FILE = "job.json"
 LATEST_CHECKPOINT = "segformer_model_latest.pth"
+BEST_CHECKPOINT = "segformer_model_best.pth"
 MONITORED_METRIC = "val_miou"
 HISTORY_KEPT = 20  # earlier attempts remembered in job.json
 _HELD: dict[str, joblock.JobLock] = {}  # results dirs this process holds the lock of
-# What each action takes from a parent job (TAO's parent_model mapping), as (key, artifact kind).
-PARENT_KEYS = {
-    "evaluate": {"checkpoint": "evaluate.checkpoint", "onnx": "evaluate.onnx_file", "engine": "evaluate.trt_engine"},
-    "inference": {"checkpoint": "inference.checkpoint", "onnx": "inference.onnx_file",
-                  "engine": "inference.trt_engine"},
-    "export": {"checkpoint": "export.checkpoint"},
-    "quantize": {"checkpoint": "quantize.model_path", "onnx": "quantize.model_path"},
-    "gen_trt_engine": {"onnx": "gen_trt_engine.onnx_file"},
-    "train": {},
-}
-# Which artifact a parent of a given action offers first.
-PARENT_PREFERENCE = {"train": "checkpoint", "automl": "checkpoint", "export": "onnx", "quantize": "onnx",
-                     "gen_trt_engine": "engine"}
-
-
-def is_primary() -> bool:
-    """False in the extra processes of a multi-process (DDP) run: only global rank 0 writes job files."""
-    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def action_results_dir(action: str, cfg: DictConfig) -> str:
@@ -102,47 +89,6 @@ def prepare_results_dir(action: str, cfg: DictConfig) -> str:
     if is_primary():
         sio.write_text(os.path.join(out, "experiment.yaml"), to_yaml_without_secrets(cfg))
     return out
-
-
-class _RedactSecrets(logging.Filter):
-    """Every log line through :func:`redact.redact` (registered secrets, cloud credentials, URL passwords)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        clean = redact.redact(msg)
-        if clean != msg:
-            record.msg, record.args = clean, ()
-        return True
-
-
-class _LogFileHandler(logging.FileHandler):
-    """A FileHandler that opens log.txt through :func:`segformer_tao.io.open_append` (no symlinks, FILE_MODE)."""
-
-    def _open(self):
-        return sio.open_append(self.baseFilename, encoding=self.encoding, errors=self.errors)
-
-
-def install_redaction(handlers: list[logging.Handler] | None = None) -> None:
-    """Add the redacting filter to the root logger's handlers (once each)."""
-    for h in handlers if handlers is not None else logging.getLogger().handlers:
-        if not any(isinstance(f, _RedactSecrets) for f in h.filters):
-            h.addFilter(_RedactSecrets())
-
-
-def setup_logging(out_dir: str, secrets: list[str] | None = None) -> None:
-    """Log to stdout and <out_dir>/log.txt; known secrets are replaced by *** in both."""
-    redact.register(*(secrets or []))
-    root = logging.getLogger()
-    handler = _LogFileHandler(os.path.join(out_dir, "log.txt"), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    install_redaction()
-
-
-def redact_in_logs(secrets: list[str]) -> None:
-    """Replace these secrets by *** in every log line and message from now on (e.g. a storage URL's password)."""
-    redact.register(*secrets)
-    install_redaction()
 
 
 def file_digest(path: str) -> dict[str, Any]:
@@ -274,7 +220,7 @@ def read_job(directory: str) -> dict[str, Any] | None:
         return None
 
 
-# ------------------------------------------------------------------------------------------ parent jobs
+# ------------------------------------------------------------------------------------- checkpoints in a folder
 def _epoch_step(path: str) -> tuple[int, int]:
     m = re.search(r"epoch_(\d+)_step_(\d+)", os.path.basename(path))
     return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
@@ -295,144 +241,3 @@ def find_checkpoints(directory: str) -> dict[str, str]:
     return found
 
 
-def find_resume_checkpoint(directory: str) -> str | None:
-    """The checkpoint a train run in ``directory`` resumes from (`resume_model`), or None."""
-    return find_checkpoints(directory).get("latest") if os.path.isdir(directory) else None
-
-
-def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
-    """Pick the artifact an action needs from a parent job's results dir.
-
-    Returns (config key, path, reason). Raises UserError when the parent holds nothing usable.
-    """
-    if not os.path.isdir(parent_dir):
-        raise UserError(f"parent_job '{parent_dir}' is not a directory. Give the results dir of a finished "
-                        "train, export, quantize or gen_trt_engine job.")
-    wanted = PARENT_KEYS[action]
-    job = read_job(parent_dir) or {}
-    best_model = os.path.join(parent_dir, "best_model")
-    if os.path.isdir(best_model):  # an AutoML run: its best trial is the parent
-        parent_dir, job = best_model, {"action": "automl"}
-    parent_action = job.get("action")
-    candidates: list[tuple[str, str, str]] = []
-    recorded_files = [a["path"] for a in job.get("artifacts", {}).values() if isinstance(a, dict) and a.get("path")]
-    # A quantize job's folder also holds its FP32 ONNX: only the files it recorded as artifacts are its output.
-    int8_pth = [p for p in recorded_files if p.endswith(".pth")]
-    ckpts = ({"quantized": int8_pth[-1]} if int8_pth else {}) if parent_action == "quantize" else \
-        find_checkpoints(parent_dir)
-    if "quantized" in ckpts and "checkpoint" in wanted:
-        candidates.append(("checkpoint", ckpts["quantized"], "INT8 checkpoint of the quantize job (torchao)"))
-    if "checkpoint" in wanted:
-        if "best" in ckpts:
-            candidates.append(("checkpoint", ckpts["best"], f"best-by-{MONITORED_METRIC} checkpoint"))
-        if "latest" in ckpts:
-            candidates.append(("checkpoint", ckpts["latest"], "latest checkpoint (no best-by-val_miou one)"))
-    # evaluate/inference also run OpenVINO IRs (.xml) through their onnx_file key (quantize.backend=nncf writes one).
-    onnx_exts = (".onnx", ".xml") if action in ("evaluate", "inference") else (".onnx",)
-    for kind, exts in (("onnx", onnx_exts), ("engine", (".engine",))):
-        if kind in wanted:
-            files = sorted((f for ext in exts for f in glob.glob(os.path.join(parent_dir, "*" + ext))),
-                           key=os.path.getmtime)
-            # A quantize job also holds intermediate ONNX files; prefer the one it recorded as its artifact.
-            recorded = [p for p in recorded_files if p.endswith(exts)]
-            for path in (recorded or ([] if parent_action == "quantize" else files[-1:])):
-                candidates.append((kind, path, f"{kind} file of the {parent_action or 'parent'} job"))
-    if not candidates and parent_action == "quantize" and "quantized" in ckpts:
-        raise UserError(f"parent_job '{parent_dir}' is a torchao quantize job: its output is a PyTorch INT8 "
-                        f"checkpoint ({ckpts['quantized']}), and `segformer {action}` needs an ONNX. Run `segformer "
-                        f"export parent_job={parent_dir}` first and use that export job, or quantize with "
-                        "quantize.backend=onnxruntime, modelopt.onnx or modelopt.pytorch for a Q/DQ ONNX that "
-                        "TensorRT builds in INT8.")
-    if not candidates:
-        looked = ", ".join(wanted) or "nothing: train takes no parent"
-        raise UserError(f"parent_job '{parent_dir}' holds no artifact `segformer {action}` can use (looked for "
-                        f"{looked}). Point parent_job at the results dir of a finished train/export/quantize job, "
-                        "or set the model key explicitly.")
-    preferred = PARENT_PREFERENCE.get(parent_action or "", "checkpoint")
-    candidates.sort(key=lambda c: c[0] != preferred)
-    kind, path, reason = candidates[0]
-    return wanted[kind], path, reason
-
-
-def apply_parent_job(action: str, cfg: DictConfig, command_line_keys: set[str] | frozenset[str] = frozenset()
-                     ) -> None:
-    """Fill the model key of ``action`` from cfg.parent_job unless the user set one explicitly.
-
-    A key given on the command line (``command_line_keys``) always wins. A key that comes from the spec file and
-    names a local file that does not exist (TAO's tutorial specs hard-code ``/results/.../model.pth``) yields to
-    parent_job, with a note naming both.
-    """
-    if not cfg.parent_job or action == "train":
-        return
-    keys = sorted(set(PARENT_KEYS[action].values()))
-    explicit = [k for k in keys if OmegaConf.select(cfg, k) not in (None, "")]
-    stale = [k for k in explicit if k not in command_line_keys and _missing_local_file(OmegaConf.select(cfg, k))]
-    if explicit and len(stale) < len(explicit):
-        log.info("parent_job ignored for %s: %s is set explicitly", action,
-                 next(k for k in explicit if k not in stale))
-        return
-    key, path, reason = resolve_parent(action, str(cfg.parent_job))
-    for k in stale:
-        log.info("note: %s='%s' from the spec file does not exist; using parent_job '%s' instead: %s = %s",
-                 k, OmegaConf.select(cfg, k), cfg.parent_job, key, path)
-        OmegaConf.update(cfg, k, None)
-    OmegaConf.update(cfg, key, path)
-    log.info("parent_job: %s = %s (%s)", key, path, reason)
-
-
-def _missing_local_file(path: object) -> bool:
-    return isinstance(path, str) and not sio.is_remote(path) and not os.path.exists(path)
-
-
-# --------------------------------------------------------------------------------------------- CLI tool
-def _job_rows(root: str) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted(glob.glob(os.path.join(root, "**", JOB_FILE), recursive=True)):
-        job = read_job(os.path.dirname(path))
-        if job:
-            metrics = job.get("metrics") or {}
-            metric = metrics.get(MONITORED_METRIC, metrics.get("mIoU"))
-            status, _ = joblock.liveness(job)
-            rows.append({"dir": os.path.dirname(path), "action": job.get("action"), "status": status,
-                         "parent": job.get("parent") or "-", "metric": metric, "start": job.get("start"),
-                         "heartbeat": job.get("heartbeat") or "-"})
-    return rows
-
-
-def show_job(directory: str) -> dict[str, Any] | None:
-    """job.json of ``directory`` as `jobs show` prints it: a running job that died says ``killed`` and why."""
-    job = read_job(directory)
-    if job is not None:
-        status, why = joblock.liveness(job)
-        if why:
-            job.update(status=status, killed=why)
-    return job
-
-
-def main(argv: list[str]) -> int:
-    """`segformer jobs list [DIR]` and `segformer jobs show DIR`."""
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("list", "show"):
-        print("usage: segformer jobs list [DIR]   (table of jobs under DIR, default ./results)\n"
-              "       segformer jobs show DIR     (the job.json of one results dir)")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    if argv[0] == "show":
-        job = show_job(argv[1]) if len(argv) > 1 else None
-        if job is None:
-            raise UserError(f"No job.json in '{argv[1] if len(argv) > 1 else ''}'. Usage: segformer jobs show DIR "
-                            "with DIR the results dir of a job.")
-        print(json.dumps(job, indent=2))
-        return 0
-    root = argv[1] if len(argv) > 1 else "results"
-    if not sio.is_remote(root) and not os.path.isdir(root):
-        raise UserError(f"'{root}' is not a folder. Usage: segformer jobs list [DIR] with DIR a results dir or a "
-                        "folder of them (default ./results).")
-    rows = _job_rows(root)
-    if not rows:
-        print(f"no jobs under {root}")
-        return 0
-    print(f"{'action':<15} {'status':<8} {'val_miou':>8}  {'start':<25} {'last heartbeat':<25} {'dir':<40} parent")
-    for r in rows:
-        metric = f"{r['metric']:.4f}" if isinstance(r["metric"], (int, float)) else "-"
-        print(f"{r['action'] or '?':<15} {r['status'] or '?':<8} {metric:>8}  {r['start'] or '':<25} "
-              f"{r['heartbeat']:<25} {r['dir']:<40} {r['parent']}")
-    return 0

@@ -52,7 +52,7 @@ def test_appended_files_refuse_a_symlink_planted_at_their_name(tmp_path, name):
     that name is a UserError naming the file, and the file it points at is left untouched."""
     import logging
 
-    from segformer_tao import io, joblock, jobs
+    from segformer_tao import io, joblock, logs
     from segformer_tao.errors import UserError
 
     results, victim = _plant_link(tmp_path, name)
@@ -63,7 +63,7 @@ def test_appended_files_refuse_a_symlink_planted_at_their_name(tmp_path, name):
         if name == "status.json":
             io.append_line(path, '{"status": "STARTED"}')
         elif name == "log.txt":
-            jobs.setup_logging(str(results))
+            logs.setup_logging(str(results))
         elif name == "trial.log":
             io.open_append(path, binary=True)
         else:

@@ -14,8 +14,9 @@ import time
 import pytest
 
 from segformer_tao import joblock
+from segformer_tao.commands.jobs import show_job
 from segformer_tao.errors import UserError
-from segformer_tao.jobs import Job, read_job, show_job
+from segformer_tao.jobs import Job, read_job
 from tests.conftest import REPO
 
 OTHER = "build-node-17.example"  # a host name that is not this machine

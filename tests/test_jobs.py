@@ -88,7 +88,7 @@ def test_failed_job_is_recorded(tmp_path):
 
 
 def test_parent_job_picks_the_best_checkpoint_over_the_latest(tmp_path):
-    from segformer_tao.jobs import resolve_parent
+    from segformer_tao.parent import resolve_parent
 
     train = tmp_path / "train"
     train.mkdir()

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from segformer_tao.config import compose_config
 from segformer_tao.errors import UserError
-from segformer_tao.jobs import apply_parent_job
+from segformer_tao.parent import apply_parent_job
 from tests.conftest import assert_user_error, run_cli
 
 TAO_DEFAULT_SPEC = os.path.join(os.path.dirname(__file__), "specs", "tao_core_7_3_default_spec.yaml")

@@ -216,7 +216,8 @@ def trial_callbacks(cfg: DictConfig) -> list:
 def run_trial(trial: optuna.Trial, cfg: DictConfig, space: list[Param], out_dir: str) -> float:
     """Objective: train one trial as a normal job and return its best val_miou (raises TrialPruned if pruned)."""
     from segformer_tao.engine.trainer import train_model
-    from segformer_tao.jobs import Job, is_primary, prepare_results_dir
+    from segformer_tao.jobs import Job, prepare_results_dir
+    from segformer_tao.ranks import is_primary
     from segformer_tao.status import action_status
 
     trial_dir, values, tcfg = _start_trial(trial, cfg, space, out_dir, _own_devices(cfg))
@@ -324,7 +325,7 @@ def optimize(study: optuna.Study, target: int, objectives: list[Callable[[optuna
 
 def run(cfg: DictConfig) -> dict:
     """Run (or resume, or join) the study; returns the best trial's val_miou and checkpoint."""
-    from segformer_tao.jobs import redact_in_logs
+    from segformer_tao.logs import redact_in_logs
 
     redact_in_logs([st.url_password(cfg.automl.storage) or ""])
     _check(cfg)

@@ -13,9 +13,8 @@ from lightning_fabric.plugins import CheckpointIO
 
 from segformer_tao import io, status
 from segformer_tao.engine.checkpoint import load_checkpoint, save_checkpoint
-
-LATEST = "segformer_model_latest.pth"
-BEST = "segformer_model_best.pth"
+from segformer_tao.jobs import BEST_CHECKPOINT as BEST
+from segformer_tao.jobs import LATEST_CHECKPOINT as LATEST
 
 
 def validated_this_epoch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:

@@ -95,7 +95,7 @@ def _loggers(cfg: DictConfig, results_dir: str, resume_step: int | None = None) 
     loggers: list = [_ResumableCSVLogger(results_dir, name="logs", version="csv", resume_step=resume_step)]
     if cfg.train.tensorboard.enabled:
         loggers.append(TensorBoardLogger(results_dir, name="logs", version="tensorboard"))
-    from segformer_tao.jobs import is_primary
+    from segformer_tao.ranks import is_primary
 
     if is_primary():  # W&B / MLflow runs are opened once, by rank 0
         loggers += tracking_loggers(cfg, results_dir, resuming=resume_step is not None)
@@ -282,7 +282,7 @@ def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dic
                                     strict=bool(cfg.get("encryption_strict"))).get("meta") or {}).get("val_miou")
     metrics = {"val_miou": meta.get("val_miou"), "best_val_miou": best_miou, "epochs": state["epochs_done"],
                "global_step": state["global_step"], "already_finished": True}
-    from segformer_tao.jobs import is_primary  # no processes were launched: rank 0 unless a launcher made this one
+    from segformer_tao.ranks import is_primary  # no processes were launched: rank 0 unless a launcher made this one
 
     return {"metrics": metrics, "artifacts": _artifacts(results_dir, io.exists(best)),
             "is_global_zero": is_primary()}

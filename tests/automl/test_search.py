@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from segformer_tao.automl import search, storage
 from segformer_tao.config import compose_config
-from segformer_tao.jobs import prepare_results_dir, resolve_parent
+from segformer_tao.jobs import prepare_results_dir
+from segformer_tao.parent import resolve_parent
 from segformer_tao.status import read_status
 from tests.automl.conftest import tiny_overrides
 from tests.conftest import REPO, run_cli, status_epochs

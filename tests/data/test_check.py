@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segformer_tao.commands.dataset import main
 from segformer_tao.data.check import check_dataset
-from segformer_tao.data.cli import main
 from segformer_tao.errors import UserError
 from tests.data.conftest import make_cfg
 

@@ -157,7 +157,7 @@ def test_quantize_backend_chain(trained, backend, mode, needs, runtime):
     """quantize -> evaluate via parent_job (the report's INT8 file, within 1 mIoU point of FP32) -> the file that
     export and gen_trt_engine take from the quantize job."""
     from segformer_tao.errors import UserError
-    from segformer_tao.jobs import resolve_parent
+    from segformer_tao.parent import resolve_parent
 
     pytest.importorskip(needs[0], reason=f"{backend} needs `pip install 'segformer_tao[{needs[1]}]'`")
     root, data, args = trained

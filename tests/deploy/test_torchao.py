@@ -110,7 +110,7 @@ def _job(directory, action: str, artifacts: dict[str, str]) -> str:
 
 def test_parent_job_picks_each_backends_output(tmp_path):
     """Each action takes the file the quantize job recorded, never the FP32 ONNX beside it."""
-    from segformer_tao.jobs import resolve_parent
+    from segformer_tao.parent import resolve_parent
 
     ort = _job(tmp_path / "ort", "quantize", {"onnx_file": f"{tmp_path}/ort/m_int8.onnx",
                                               "report": f"{tmp_path}/ort/quantize_report.json"})

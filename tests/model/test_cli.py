@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from segformer_tao.commands.model import main
 from segformer_tao.model.backbones import BACKBONES
-from segformer_tao.model.cli import main
 
 
 @pytest.mark.parametrize("backbone", ["mit_b0", "fan_tiny_8_p4_hybrid"])
