@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao import io, status
+from segformer_tao.data import build_dataloader
 from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits
-from segformer_tao.engine.datamodule import collate_eval
 from segformer_tao.engine.metrics import SegmentationMetrics
 from segformer_tao.engine.trainer import oom_message
 from segformer_tao.engine.visualize import colorize, denormalize, plot_confusion_matrix, side_by_side, write_png
@@ -28,14 +28,6 @@ PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "acc", "precision", "recal
 # -> our results.json keys.
 STATUS_KPI = {"test_miou": "mIoU", "test_acc": "overall_accuracy", "test_mAcc": "mAcc", "test_mf1": "mF1",
               "test_mprecision": "mPrecision", "test_mrecall": "mRecall", "test_mdice": "mDice"}
-
-
-def eval_loader(cfg: DictConfig, batch_size: int) -> torch.utils.data.DataLoader:
-    from segformer_tao.data import UnetSegmentationDataset
-
-    dataset = UnetSegmentationDataset(cfg, "test", "eval")
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_eval,
-                                       num_workers=int(cfg.dataset.segment.workers))
 
 
 def write_per_class_csv(path: str, per_class: list[dict]) -> None:
@@ -89,7 +81,7 @@ def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: 
     metrics = SegmentationMetrics(meta["num_classes"], int(cfg.dataset.segment.ignore_index), meta["class_names"])
     images = 0
     ignore, n = int(cfg.dataset.segment.ignore_index), int(meta["num_classes"])
-    for batch_idx, batch in enumerate(eval_loader(cfg, batch_size)):
+    for batch_idx, batch in enumerate(build_dataloader(cfg, "test", "eval", batch_size=batch_size)):
         logits = predict_logits(runtime, batch["image"])
         preds = []
         for i, mask in enumerate(batch["mask"]):

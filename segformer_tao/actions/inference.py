@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao import io, status
+from segformer_tao.data import build_dataloader
 from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits, sliding_window_logits
-from segformer_tao.engine.datamodule import collate_eval
 from segformer_tao.engine.trainer import oom_message
 from segformer_tao.engine.visualize import label_png_array, overlay, write_png
 from segformer_tao.errors import UserError
@@ -60,16 +60,13 @@ def _predict_batch(cfg: DictConfig, runtime, batch: dict) -> list[torch.Tensor]:
 
 def run(cfg: DictConfig) -> dict:
     """Predict dataset.segment.predict_split with cfg.inference.checkpoint / onnx_file / trt_engine."""
-    from segformer_tao.data import UnetSegmentationDataset
     from segformer_tao.deploy.runtime import warn_spec_mismatch
 
     out_dir = str(cfg.inference.results_dir)
     runtime = open_runtime(cfg, "inference")
     warn_spec_mismatch(cfg, runtime.meta, "inference")
     meta = runtime.meta
-    dataset = UnetSegmentationDataset(cfg, "predict", "predict")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.inference.batch_size), shuffle=False,
-                                         collate_fn=collate_eval, num_workers=int(cfg.dataset.segment.workers))
+    loader = build_dataloader(cfg, "predict", "predict", batch_size=int(cfg.inference.batch_size))
     vis_every = int(cfg.inference.vis_after_n_batches)
     start, images, overlays = time.monotonic(), 0, 0
     pixels = torch.zeros(meta["num_classes"], dtype=torch.int64)  # predicted pixels per class
