@@ -216,6 +216,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("freed_memory_returned_to_the_kernel", (
         ("segformer_tao/engine/allocator.py", "return bool(mallopt(M_MMAP_THRESHOLD, _THRESHOLD)) and ", "return "),),
         ("tests/engine/test_allocator.py::test_freed_large_blocks_are_reused",)),
+    Mutant("model_meta_spec_default_wins_img_size", (
+        ("segformer_tao/model/meta.py", "    if src is None or ours == meta.img_size:\n        return meta.img_size\n",
+         "    if src is None or ours == meta.img_size:\n        return ours\n"),),
+        ("tests/test_model_meta_rule.py::test_the_models_values_win_over_schema_defaults",)),
+    Mutant("model_meta_spec_default_wins_mean_std", (
+        ("segformer_tao/model/meta.py", "        if src is None or _same(ours, theirs):\n            return theirs\n",
+         "        if src is None or _same(ours, theirs):\n            return ours\n"),),
+        ("tests/test_model_meta_rule.py::test_the_models_values_win_over_schema_defaults",)),
+    Mutant("model_meta_user_value_ignored", (
+        ("segformer_tao/model/meta.py", "    sources[\"img_size\"] = src\n    warnings.append(",
+         "    return meta.img_size\n    warnings.append("),),
+        ("tests/test_model_meta_rule.py::test_spec_file_and_command_line_values_are_the_users_and_apply_with_a_warning",)),
+    Mutant("model_meta_decided_but_not_applied", (
+        ("segformer_tao/deploy/runtime.py", "    model_meta.apply(cfg, decision)\n", ""),),
+        ("tests/deploy/test_model_meta.py::test_every_action_runs_at_the_models_img_size_and_mean_std",), slow=True),
     Mutant("openvino_core_per_call", (
         ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
         ("tests/deploy/test_openvino_signal_stack.py",)),

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from segformer_tao import redact
 from segformer_tao.config import encryption_key as ek
+from segformer_tao.config import provenance
 from segformer_tao.config.resolve import resolve_batch_sizes
 from segformer_tao.config.schema import ExperimentConfig
 from segformer_tao.errors import UserError
@@ -252,6 +253,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     except HydraException as e:
         raise _group_error(group_ovs, groups, e) from e
     OmegaConf.set_struct(cfg, True)
+    spec = None
     if spec_file:
         spec = load_spec_file(spec_file)
         _refuse_old_format(spec, spec_file)
@@ -267,6 +269,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
             raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
         _reapply_groups(cfg, group_ovs, spec, spec_file)
     apply_overrides(cfg, key_ovs)
+    provenance.record(cfg, spec_file, spec, key_ovs, group_ovs)
     if key is not ek.UNSET:
         cfg[ek.KEY] = key
     validate(cfg)
