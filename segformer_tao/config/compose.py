@@ -11,7 +11,7 @@ import difflib
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -27,7 +27,7 @@ from segformer_tao import redact
 from segformer_tao.config import encryption_key as ek
 from segformer_tao.config import provenance
 from segformer_tao.config.resolve import resolve_batch_sizes
-from segformer_tao.config.schema import ExperimentConfig
+from segformer_tao.config.schema import ExperimentConfig, iter_fields
 from segformer_tao.errors import UserError
 
 SCHEMA_NAME = "segformer_experiment_schema"
@@ -40,16 +40,6 @@ def package_dir(name: str) -> str:
 
 def _register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=ExperimentConfig)
-
-
-def iter_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
-    """Yield (dotted key, dataclass field) for every leaf key of the tree."""
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if f.metadata.get("group"):
-            yield from iter_fields(f.default_factory, key + ".")
-        else:
-            yield key, f
 
 
 def all_keys() -> list[str]:

@@ -48,7 +48,7 @@ def default_of(key: str) -> object:
     embed_dim``); None for a key the schema does not define."""
     import dataclasses
 
-    from segformer_tao.config.compose import iter_fields
+    from segformer_tao.config.schema import iter_fields
 
     for name, f in iter_fields():
         if key == name or key.startswith(name + "."):

@@ -7,6 +7,8 @@ Our additions are marked "(segformer_tao)" in their description.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -479,3 +481,13 @@ class ExperimentConfig:
                               valid_options=["auto", "on", "off"])
     automl: AutoMLConfig = group(AutoMLConfig, "(segformer_tao) AutoML search.")
     parent_job: str | None = spec(None, "(segformer_tao) Results dir of a parent job to take the model from.")
+
+
+def iter_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Yield (dotted key, dataclass field) for every leaf key of the tree."""
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("group"):
+            yield from iter_fields(f.default_factory, key + ".")
+        else:
+            yield key, f
