@@ -141,10 +141,10 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/data/convert/ade20k.py", "REDUCE_ZERO_LABEL = {0: IGNORE,", "REDUCE_ZERO_LABEL = {0: 0,"),),
         (TC + "test_ade20k_reduce_zero_label_and_names",)),
     Mutant("grey_palette_colour_remaps_ids", (  # COCO-Stuff's handbag is (0, 0, 0): mask value 0 would read as 26
-        ("segformer_tao/data/convert/base.py", "if r == g == b and r != class_id:", "if False:"),),
+        ("segformer_tao/data/convert/tree.py", "if r == g == b and r != class_id:", "if False:"),),
         (TC + "test_coco_stuff_ids_compacted_to_171",)),
     Mutant("unchanged_masks_reencoded", (
-        ("segformer_tao/data/convert/base.py", "raw = linkable and np.array_equal(ids, values)", "raw = False"),),
+        ("segformer_tao/data/convert/tree.py", "raw = linkable and np.array_equal(ids, values)", "raw = False"),),
         (TC + "test_voc_masks_are_linked_unchanged_with_the_voc_classes",)),
     Mutant("failed_convert_publishes_half_tree", (
         ("segformer_tao/data/convert/__init__.py", "    except BaseException:\n        remove_staging(staging)",

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from segformer_tao.config import compose_config
-from segformer_tao.data.convert import FORMATS, base, convert
+from segformer_tao.data.convert import FORMATS, convert, tree
 from segformer_tao.data.dataset import mask_decoder
 from segformer_tao.errors import UserError
 from tests.data import layouts
@@ -244,7 +244,7 @@ def test_non_empty_destination_refused_unless_overwrite(tmp_path):
 def test_interrupted_convert_leaves_no_half_written_mask(tmp_path, monkeypatch):
     src = layouts.make_cityscapes(tmp_path)
     dst = tmp_path / "out"
-    real = base.encode_ids
+    real = tree.encode_ids
     calls = []
 
     def interrupted(ids, colours):
@@ -253,11 +253,11 @@ def test_interrupted_convert_leaves_no_half_written_mask(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(ids, colours)
 
-    monkeypatch.setattr(base, "encode_ids", interrupted)
+    monkeypatch.setattr(tree, "encode_ids", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert("cityscapes", src, dst, {}, progress=lambda _: None)
     assert not dst.exists() and not list(tmp_path.glob(".out*"))
-    monkeypatch.setattr(base, "encode_ids", real)
+    monkeypatch.setattr(tree, "encode_ids", real)
     convert("cityscapes", src, dst, {}, progress=lambda _: None)  # a rerun starts clean
     assert len(list((dst / "masks").rglob("*.png"))) == 3
 

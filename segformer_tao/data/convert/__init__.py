@@ -2,7 +2,7 @@
 
 One module per format (cityscapes, ade20k, voc, coco_stuff, labelme, masks_folder), each with ``NAME``, ``LAYOUT``,
 ``OPTIONS`` (the format-specific CLI options it reads) and ``scan(src, opts) -> Source`` that only reads SRC;
-:mod:`.base` writes the tree. :func:`convert` runs the steps in order: recognise the layout (nothing written yet),
+:mod:`.tree` writes the tree. :func:`convert` runs the steps in order: recognise the layout (nothing written yet),
 check DST, write into a staging folder, move it into place, write spec.yaml, run the dataset check.
 """
 
@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 from segformer_tao import io
 from segformer_tao.data.convert import ade20k, cityscapes, coco_stuff, labelme, masks_folder, voc
-from segformer_tao.data.convert.base import (
-    IGNORE,
+from segformer_tao.data.convert.base import IGNORE
+from segformer_tao.data.convert.tree import (
     prepare_destination,
     publish,
     remove_staging,
@@ -48,7 +48,8 @@ def check_options(fmt: str, opts: dict) -> None:
     """A format-specific option given to a format that does not read it is an error, not silently nothing."""
     for name, module in FORMATS.items():
         for opt in module.OPTIONS:
-            if opts.get(opt) not in (None, False) and opt not in FORMATS[fmt].OPTIONS:
+            value = opts.get(opt)
+            if value is not None and value is not False and opt not in FORMATS[fmt].OPTIONS:
                 raise UserError(f"--{opt.replace('_', '-')} applies to --format {name} (and formats with the same "
                                 f"option), not to --format {fmt}. Remove it.")
 

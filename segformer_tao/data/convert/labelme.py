@@ -11,13 +11,20 @@ import base64
 import binascii
 import io as _io
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segformer_tao.data.convert.base import Item, Source, layout_error, listing, select_splits, voc_colour_map
+from segformer_tao.data.convert.base import (
+    Item,
+    Source,
+    layout_error,
+    listing,
+    select_splits,
+    val_split,
+    voc_colour_map,
+)
 from segformer_tao.errors import UserError
 
 NAME = "labelme"
@@ -104,15 +111,8 @@ def scan(src: Path, opts: dict) -> Source:
     if len(names) > 255:
         raise UserError(f"LabelMe files in '{src}' name {len(names) - 1} labels; at most 254 fit 8-bit masks.")
     class_of = {n: i for i, n in enumerate(names)} | {b: 0 for b in BACKGROUND}
-    stems = {}
-    for path in files:
-        stem = str(path.relative_to(src).with_suffix("")).replace("/", "__")
-        stems[stem] = path
-    order = sorted(stems)
-    random.Random(int(opts.get("seed") or 0)).shuffle(order)
-    fraction = float(opts.get("val_fraction") if opts.get("val_fraction") is not None else 0.2)
-    n_val = min(len(order) - 1, max(1 if fraction > 0 else 0, round(fraction * len(order)))) if order else 0
-    val = set(order[:n_val])
+    stems = {str(path.relative_to(src).with_suffix("")).replace("/", "__"): path for path in files}
+    val = val_split(list(stems), opts.get("val_fraction"), opts.get("seed"))
     found: dict[str, list[Item]] = {"train": [], "val": []}
     for stem in sorted(stems):
         path, data = stems[stem], annotations[stems[stem]]
@@ -121,9 +121,9 @@ def scan(src: Path, opts: dict) -> Source:
         if not all(size):
             with Image.open(image or _io.BytesIO(image_bytes)) as im:
                 size = im.size
+        split = "val" if stem in val else "train"
         render = (lambda shapes=data["shapes"], size=size: rasterise(shapes, size, class_of))
-        found["val" if stem in val else "train"].append(Item("val" if stem in val else "train", stem, image,
-                                                              render=render, image_bytes=image_bytes, image_ext=ext))
+        found[split].append(Item(split, stem, image, render=render, image_bytes=image_bytes, image_ext=ext))
     found = {k: v for k, v in found.items() if v}
     items, notes = select_splits(found, opts.get("splits"), {"train": "train", "val": "val"}, f"'{src}'")
     return Source(NAME, items, list(zip(names, voc_colour_map(len(names)))), notes=notes)

@@ -8,7 +8,6 @@ the splits; without them the pairs are split by --val-fraction with --seed.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from segformer_tao.data.convert.base import (
     read_values,
     select_splits,
     table_lut,
+    val_split,
     voc_colour_map,
 )
 from segformer_tao.errors import UserError
@@ -121,15 +121,15 @@ def scan(src: Path, opts: dict) -> Source:
     found: dict[str, list[Item]] = {}
     split_dirs = sorted({Path(stem).parts[0] for stem, _, _ in pairs if len(Path(stem).parts) > 1})
     if split_dirs and all(len(Path(stem).parts) > 1 for stem, _, _ in pairs):
+        if opts.get("val_fraction") is not None or opts.get("seed") is not None:
+            raise UserError(f"'{image_dir}' already has split folders ({', '.join(split_dirs)}); --val-fraction and "
+                            "--seed split flat folders only. Drop them, or map the folders with --splits.")
         for stem, img, mask in pairs:
             split, *rest = Path(stem).parts
             found.setdefault(split, []).append(Item(split, "__".join(rest), str(img), str(mask)))
         default = {s: s for s in split_dirs}
     else:
-        order = sorted(stem for stem, _, _ in pairs)
-        random.Random(int(opts.get("seed") or 0)).shuffle(order)
-        fraction = float(opts.get("val_fraction") if opts.get("val_fraction") is not None else 0.2)
-        val = set(order[:min(len(order) - 1, max(1 if fraction > 0 else 0, round(fraction * len(order))))])
+        val = val_split([stem for stem, _, _ in pairs], opts.get("val_fraction"), opts.get("seed"))
         for stem, img, mask in pairs:
             split = "val" if stem in val else "train"
             found.setdefault(split, []).append(Item(split, stem.replace("/", "__"), str(img), str(mask)))
