@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from omegaconf import OmegaConf
+import yaml
 
 from segformer_tao import io
 from segformer_tao.data.convert import ade20k, cityscapes, coco_stuff, labelme, masks_folder, voc
@@ -91,7 +91,9 @@ def convert(fmt: str, src: str | Path, dst: str | Path, opts: dict | None = None
         stats = write_tree(source, staging, link=link, progress=progress)
         segment = {"root_dir": str(dst), "num_classes": len(source.classes), "label_transform": source.label_transform,
                    "ignore_index": IGNORE, "palette": spec_palette(source), **split_roles(splits)}
-        io.write_text(str(staging / "spec.yaml"), OmegaConf.to_yaml({"dataset": {"segment": segment}}))
+        # flow style for the leaf lists: one short line per palette entry's colour
+        io.write_text(str(staging / "spec.yaml"), yaml.safe_dump({"dataset": {"segment": segment}}, sort_keys=False,
+                                                                 default_flow_style=None))
         report = {"format": fmt, "source": str(src.absolute()), "splits": stats["splits"], "files": stats["files"],
                   "class_pixels": {name: int(stats["class_pixels"][i]) for i, (name, _) in enumerate(source.classes)},
                   "ignored_pixels": int(stats["class_pixels"][IGNORE]), "notes": source.notes}
