@@ -143,6 +143,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("grey_palette_colour_remaps_ids", (  # COCO-Stuff's handbag is (0, 0, 0): mask value 0 would read as 26
         ("segformer_tao/data/convert/tree.py", "if r == g == b and r != class_id:", "if False:"),),
         (TC + "test_coco_stuff_ids_compacted_to_171",)),
+    Mutant("labelme_shapes_drawn_in_reverse", (  # labelme's own order: a later shape covers an earlier one
+        ("segformer_tao/data/convert/labelme.py", "    for shape in shapes:\n",
+         "    for shape in reversed(shapes):\n"),),
+        (TC + "test_labelme_polygons_match_an_independent_rasterisation",)),
     Mutant("unchanged_masks_reencoded", (
         ("segformer_tao/data/convert/tree.py", "raw = linkable and np.array_equal(ids, values)", "raw = False"),),
         (TC + "test_voc_masks_are_linked_unchanged_with_the_voc_classes",)),

@@ -305,3 +305,34 @@ def test_each_converted_format_trains_one_epoch_with_its_spec(tmp_path):
                                 "dataset.segment.batch_size=2", "dataset.segment.workers=0", "automl_policy=off")
         assert result.returncode == 0, f"{fmt}: {result.output[-3000:]}"
         assert list((tmp_path / f"{fmt}_results" / "train").glob("*.pth")), fmt
+
+
+def test_hard_links_fall_back_to_symlinks_and_the_summary_says_so(tmp_path, monkeypatch):
+    import errno
+
+    src = layouts.make_voc(tmp_path)
+
+    def cross_device(a, b):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    report = _run("voc", src, tmp_path / "sym")
+    assert report["files"] == {"images symlink": 5, "masks symlink": 5}
+    assert "files: 5 images symlink, 5 masks symlink" in "\n".join(report["lines"])
+    assert (tmp_path / "sym" / "images" / "train" / "2007_000032.jpg").is_symlink()
+    copied = convert("voc", src, tmp_path / "copy", {}, link="copy", progress=lambda _: None)
+    assert copied["files"] == {"images copy": 5, "masks copy": 5}
+    image = tmp_path / "copy" / "images" / "train" / "2007_000032.jpg"
+    assert not image.is_symlink() and image.stat().st_nlink == 1
+    assert image.read_bytes() == (src / "VOC2012" / "JPEGImages" / "2007_000032.jpg").read_bytes()
+
+
+def test_cli_convert_prints_progress_and_summary(tmp_path):
+    from tests.conftest import run_cli
+
+    src = layouts.make_masks_folder(tmp_path)
+    result = run_cli("dataset", "convert", "--format", "masks-folder", str(src), str(tmp_path / "out"), "--no-check")
+    assert result.returncode == 0, result.output
+    for needle in ("Found 4 pairs", "train: 3/3 pairs (100%)", "4 images hardlink, 4 masks hardlink",
+                   "ignored (255): 0.0%", f"segformer train -e {tmp_path / 'out' / 'spec.yaml'}"):
+        assert needle in result.stdout, (needle, result.stdout)
