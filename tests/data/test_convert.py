@@ -336,3 +336,17 @@ def test_cli_convert_prints_progress_and_summary(tmp_path):
     for needle in ("Found 4 pairs", "train: 3/3 pairs (100%)", "4 images hardlink, 4 masks hardlink",
                    "ignored (255): 0.0%", f"segformer train -e {tmp_path / 'out' / 'spec.yaml'}"):
         assert needle in result.stdout, (needle, result.stdout)
+
+
+def test_masks_folder_binary_masks_are_linked_and_read_with_norm(tmp_path):
+    src = tmp_path / "bin"
+    for i in range(3):
+        layouts._image(src / "images" / f"{i}.png", i)
+        layouts._mask(src / "masks" / f"{i}.png", layouts.blocks([0, 255], i))
+    dst = tmp_path / "out"
+    report = _run("masks-folder", src, dst)
+    assert report["files"]["masks hardlink"] == 3
+    assert _cfg(dst).dataset.segment.label_transform == "norm"
+    split = next(s for s in ("train", "val") if (dst / "masks" / s / "1.png").exists())
+    np.testing.assert_array_equal(_read_ids(dst, split, "1"), layouts.blocks([0, 255], 1) // 255)
+    assert report["class_pixels"]["foreground"] > 0 and report["ignored_pixels"] == 0

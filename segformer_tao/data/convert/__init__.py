@@ -73,6 +73,11 @@ def convert(fmt: str, src: str | Path, dst: str | Path, opts: dict | None = None
     if link not in LINK_MODES:
         raise UserError(f"--link {link} is not one of {', '.join(LINK_MODES)}.")
     check_options(fmt, opts)
+    remote = [str(p) for p in (src, dst) if io.is_remote(str(p))]
+    if remote:
+        raise UserError(f"`segformer dataset convert` reads and writes local folders (it hard-links files); got "
+                        f"{', '.join(remote)}. Copy the source down first (e.g. `aws s3 sync`), convert, then upload "
+                        "DST and set dataset.segment.root_dir to its s3:// prefix.")
     src, dst = Path(os.path.expanduser(str(src))), Path(os.path.expanduser(str(dst))).absolute()
     if not src.is_dir():
         raise UserError(f"SRC '{src}' is not a folder. Give the top folder of the {fmt} dataset.")
