@@ -106,6 +106,9 @@ def _classes(masks: list[Path]) -> tuple[list[tuple[str, tuple[int, int, int]]],
         return [("background", (0, 0, 0)), ("foreground", (255, 255, 255))], None, "norm", [
             {"label_id": 0, "mapping_class": "background", "rgb": [0, 0, 0], "seg_class": "background"},
             {"label_id": 1, "mapping_class": "foreground", "rgb": [1, 1, 1], "seg_class": "foreground"}]
+    if len(values) > 254:
+        raise UserError(f"Masks in '{masks[0].parent}' hold {len(values)} different grey values; at most 254 classes "
+                        "fit the 8-bit masks written here. These look like depth maps or photos, not label masks.")
     # ids 0..N-1 already: linked as they are; any other set of grey values: renumbered in value order
     mapping = {v: i for i, v in enumerate(values)}
     names = ["background" if i == 0 and values[0] == 0 else f"class_{i}" for i in range(len(values))]
