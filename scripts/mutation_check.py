@@ -47,6 +47,7 @@ TW = "tests/model/test_weights.py::"
 TX = "tests/deploy/test_export.py::"
 TG = "tests/model/test_fan_golden.py::"
 TQ = "tests/deploy/test_torchao.py::"
+TC = "tests/data/test_convert.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -131,6 +132,29 @@ MUTANTS: tuple[Mutant, ...] = (
          "    if False:\n        raise UserError("),),
         ("tests/data/test_check.py::test_check_finds_every_problem",
          "tests/data/test_check.py::test_train_checks_the_dataset_before_training")),
+    Mutant("cityscapes_train_ids_off_by_one", (
+        ("segformer_tao/data/convert/cityscapes.py",
+         "ID_TO_TRAIN_ID = {label_id: train_id for",
+         "ID_TO_TRAIN_ID = {label_id: train_id if train_id in (IGNORE, 18) else train_id + 1 for"),),
+        (TC + "test_cityscapes_train_ids_equal_cityscapesscripts_conversion",)),
+    Mutant("ade20k_zero_not_ignored", (
+        ("segformer_tao/data/convert/ade20k.py", "REDUCE_ZERO_LABEL = {0: IGNORE,", "REDUCE_ZERO_LABEL = {0: 0,"),),
+        (TC + "test_ade20k_reduce_zero_label_and_names",)),
+    Mutant("grey_palette_colour_remaps_ids", (  # COCO-Stuff's handbag is (0, 0, 0): mask value 0 would read as 26
+        ("segformer_tao/data/convert/tree.py", "if r == g == b and r != class_id:", "if False:"),),
+        (TC + "test_coco_stuff_ids_compacted_to_171",)),
+    Mutant("labelme_shapes_drawn_in_reverse", (  # labelme's own order: a later shape covers an earlier one
+        ("segformer_tao/data/convert/labelme.py", "    for shape in shapes:\n",
+         "    for shape in reversed(shapes):\n"),),
+        (TC + "test_labelme_polygons_match_an_independent_rasterisation",)),
+    Mutant("unchanged_masks_reencoded", (
+        ("segformer_tao/data/convert/tree.py", "raw = linkable and np.array_equal(ids, values)", "raw = False"),),
+        (TC + "test_voc_masks_are_linked_unchanged_with_the_voc_classes",)),
+    Mutant("failed_convert_publishes_half_tree", (
+        ("segformer_tao/data/convert/__init__.py", "    except BaseException:\n        remove_staging(staging)",
+         "    except BaseException:\n        publish(staging, dst)"),),
+        (TC + "test_interrupted_convert_leaves_no_half_written_mask",
+         TC + "test_unknown_ids_name_the_file_and_values"), require_all=True),
     Mutant("atomic_write_is_a_plain_write", (
         ("segformer_tao/io.py", "    path = os.fspath(path)\n    directory = os.path.dirname(os.path.abspath(path))\n",
          "    path = os.fspath(path)\n    with open(path, mode) as f:\n        yield f\n    return\n"),),

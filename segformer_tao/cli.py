@@ -30,7 +30,7 @@ TOOL_HELP = {
     "config": "print the fully composed config of an action: segformer config <action> [-e spec] [k=v ...]; "
               "segformer config upgrade OLD.yaml converts a TAO <= 5.5 spec",
     "schema": "regenerate specs/ (JSON schemas, templates, skill_info.yaml): segformer schema [--check] [--out DIR]",
-    "dataset": "dataset tools: segformer dataset check k=v ... | segformer dataset demo OUTDIR",
+    "dataset": "dataset tools: segformer dataset check k=v ... | convert --format FMT SRC DST | formats | demo OUTDIR",
     "model": "model tools: segformer model info model.backbone.type=mit_b0",
     "jobs": "list or show jobs: segformer jobs list [DIR] | segformer jobs show DIR",
 }

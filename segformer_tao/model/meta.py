@@ -111,8 +111,11 @@ def class_info(cfg: DictConfig, num_classes: int | None = None) -> tuple[list[st
         names.append(name)
         colors.append([int(round(min(255.0, v * scale))) for v in rgb])
     names = (names + [f"class_{i}" for i in range(len(names), n)])[:n]
-    # Palettes that encode mask values (grey levels 0,1,2,... or 0/1) are no use for display.
-    close = any(sum(abs(a - b) for a, b in zip(c1, c2)) < 60 for i, c1 in enumerate(colors[:n])
+    # Palettes that encode mask values (grey levels 0,1,2,... or 0/1) are no use for display; a colour palette (the
+    # official Cityscapes, ADE20K, COCO-Stuff ones have neighbours closer than that) is kept unless two are equal.
+    grey = all(c[0] == c[1] == c[2] for c in colors[:n])
+    limit = 60 if grey else 1
+    close = any(sum(abs(a - b) for a, b in zip(c1, c2)) < limit for i, c1 in enumerate(colors[:n])
                 for c2 in colors[i + 1 : n])
     if len(colors) < n or close:
         colors = default_colors(n)
