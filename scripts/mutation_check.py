@@ -121,7 +121,7 @@ MUTANTS: tuple[Mutant, ...] = (
          ".shape[-2:], mode=\"nearest\")[0, 0].long().to(logits.device)\n")),
         ("tests/engine/test_evaluate_resolution.py::test_validation_miou_is_computed_at_each_masks_own_resolution",)),
     Mutant("flip_tta_not_flipped_back", (
-        ("segformer_tao/deploy/runtime.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
+        ("segformer_tao/deploy/base.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
          "flipped = runtime.predict(images.flip(-1))"),),
         ("tests/deploy/test_postprocess.py::test_flip_tta_of_a_mirror_equivariant_model_equals_its_plain_softmax",)),
     Mutant("dataset_check_skipped_by_cli", (
