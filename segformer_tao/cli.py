@@ -289,6 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     _quiet_third_party()
     start = time.time()
+    if own_process:  # a DDP rank this process starts dies with it; this process with the segformer that started it
+        from segformer_tao import lifeline
+
+        lifeline.die_with_parent()
+        lifeline.mark_children()
     try:
         _guard_secrets(argv, own_process)
         tool_args = [a for a in argv if a != "--debug"]
