@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from segformer_tao import io
+from segformer_tao.deploy.onnx_external import FOLDER_OPTION, external_data_folder
 from segformer_tao.deploy.runtime import Runtime
 from segformer_tao.errors import NotAvailableError, UserError
 
@@ -48,6 +49,9 @@ def make_session(model: bytes | str, threads: int | None = None, providers: list
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     data = model if isinstance(model, bytes) else io.read_bytes(model)
+    folder = external_data_folder(data, model, source)  # external data from the model's own folder only
+    if folder is not None:
+        opts.add_session_config_entry(FOLDER_OPTION, folder)
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
