@@ -120,6 +120,10 @@ def _check_model_files_exist(cfg, keys: list[str]) -> None:
         if not io.exists(str(path)):
             raise UserError(f"{key}='{path}' does not exist. Check the path, or use parent_job=<results dir of a "
                             "previous job> to pick its artifact.")
+        if os.path.isdir(str(path)):
+            raise UserError(f"{key}='{path}' is a folder, not a model file. Point {key} at the file (e.g. "
+                            f"{os.path.join(str(path), 'segformer_model_best.pth')}), or use parent_job={path} to pick "
+                            "the artifact of the job that wrote that folder.")
 
 
 def check_conflicts(action: str, cfg) -> None:
