@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -17,17 +15,7 @@ from PIL import Image
 from segformer_tao.data.decode import MaskDecoder, decode_image
 from segformer_tao.errors import UserError
 from tests.conftest import assert_user_error, run_cli
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A grey PNG whose header says width x height, with a few bytes of data (never decoded by the code under
-    test); built by hand so that making it costs nothing."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
-            + chunk(b"IEND", b""))
+from tests.crafted import bomb_png
 
 
 def _png(arr: np.ndarray) -> bytes:
