@@ -227,7 +227,7 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/redact.py", "        url = text[m.start():]\n",
          "        url = text[m.start():].split()[0]\n"),),
         (TR + "test_url_password_with_any_character_is_hidden_everywhere",
-         TR + "test_command_line_registration_covers_the_whole_argument"), require_all=True),
+         TR + "test_command_line_registration_covers_the_whole_argument")),
     Mutant("key_inside_a_path_masked", (
         ("segformer_tao/redact.py", "    return MASK if value in _secrets() else value\n",
          "    return redact(value)\n"),),
