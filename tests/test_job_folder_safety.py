@@ -194,6 +194,19 @@ def test_started_process_dies_with_the_segformer_process_that_started_it(tmp_pat
             os.kill(child, signal.SIGKILL)
 
 
+def test_the_cli_wires_its_lifeline():
+    """`segformer` started by a segformer process that is already gone stops at once (what a DDP rank does when rank
+    0 was killed before the rank got going); started by anything else it runs."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    env = {**os.environ, "PYTHONPATH": REPO}
+    orphan = subprocess.run([sys.executable, "-m", "segformer_tao.cli", "--help"], capture_output=True,
+                            env={**env, "SEGFORMER_PARENT_PID": str(dead.pid)})
+    assert orphan.returncode == -signal.SIGKILL, orphan
+    normal = subprocess.run([sys.executable, "-m", "segformer_tao.cli", "--help"], capture_output=True, env=env)
+    assert normal.returncode == 0, normal
+
+
 # ---- 15: SEGFORMER_HEARTBEAT_S
 @pytest.mark.parametrize("value", ["0", "abc", "-5", "nan", "inf", "0.01", "1e9"])
 def test_bad_heartbeat_interval_is_a_user_error(tmp_path, monkeypatch, value):
