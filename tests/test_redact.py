@@ -74,3 +74,15 @@ def test_a_key_inside_a_path_is_not_rewritten_in_config_values():
     stored = redact.strip_secrets(cfg)
     assert stored == {"dataset": {"segment": {"root_dir": f"/data/{key}/ds"}}, "other": "***"}
     assert key not in redact.redact(f"root_dir=/data/{key}/ds")  # free text (logs, messages) still hides it
+
+
+def test_a_trial_spec_keeps_the_real_path_and_never_the_key_entry():
+    from omegaconf import OmegaConf
+
+    from segformer_tao.config import compose_config, to_yaml_without_secrets
+
+    key = "projectkey1"
+    cfg = compose_config("train", [f"encryption_key={key}", f"dataset.segment.root_dir=/data/{key}/ds"])
+    written = OmegaConf.create(to_yaml_without_secrets(cfg))
+    assert written.dataset.segment.root_dir == f"/data/{key}/ds"  # what an AutoML trial runs from
+    assert "encryption_key" not in written
