@@ -117,12 +117,13 @@ import os, sys, time
 from segformer_tao.joblock import JobLock
 lock = JobLock.acquire(sys.argv[1], 'train', ['segformer', 'train'])
 pid = os.fork()
-if pid == 0:
+if pid == 0:  # the fork handlers have run by now
+    os.write(1, b'child ready\\n')  # one write each: the two lines never interleave
     time.sleep(60)
     os._exit(0)
-print(pid, lock.fd, flush=True)
 if sys.argv[2] == 'drop':
     os.close(lock.fd)  # the parent lets go of its lock, but stays alive (no parent-death signal)
+os.write(1, f'parent {pid}\\n'.encode())
 time.sleep(60)
 """
 
@@ -130,8 +131,9 @@ time.sleep(60)
 def _holder(tmp_path, mode: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), mode], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": REPO})
-    child = int(proc.stdout.readline().split()[0])
-    return proc, child
+    lines = [proc.stdout.readline().split(), proc.stdout.readline().split()]  # both ready, in either order
+    assert ["child", "ready"] in lines, lines
+    return proc, int(next(line for line in lines if line[0] == "parent")[1])
 
 
 def _gone(pid: int, within_s: float) -> bool:

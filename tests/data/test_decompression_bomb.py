@@ -51,6 +51,7 @@ def test_the_limit_is_the_users_to_set():
         MaskDecoder(3, max_pixels=319)(_png(mask), "m.png")
 
 
+@pytest.mark.slow
 def test_dataset_check_names_the_file(tmp_path):
     from segformer_tao.data.synthetic import make_demo_dataset
 
