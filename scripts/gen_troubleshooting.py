@@ -47,7 +47,7 @@ SECTIONS = [
     ("train with AutoML (automl_policy=auto|on)", "The hyper-parameter search around train.", ["automl/"]),
     ("evaluate and inference", "Running a checkpoint, ONNX model, OpenVINO IR or TensorRT engine on a split.",
      ["actions/evaluate.py", "actions/inference.py", "deploy/runtime.py", "deploy/base.py", "deploy/onnx_io.py",
-      "deploy/torch_runtime.py", "deploy/onnxruntime.py",
+      "deploy/torch_runtime.py", "deploy/onnxruntime.py", "deploy/onnx_external.py",
       "deploy/cpu_select.py", "deploy/openvino.py"]),
     ("export", "Writing the ONNX model (and the OpenVINO IR).",
      ["actions/export.py", "deploy/onnx_export.py", "deploy/deepstream.py"]),

@@ -48,6 +48,8 @@ TX = "tests/deploy/test_export.py::"
 TG = "tests/model/test_fan_golden.py::"
 TQ = "tests/deploy/test_torchao.py::"
 TC = "tests/data/test_convert.py::"
+TR = "tests/test_redact.py::"
+TJ = "tests/test_job_folder_safety.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -258,6 +260,35 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("openvino_core_per_call", (
         ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
         ("tests/deploy/test_openvino_signal_stack.py",)),
+    # issue 34: a URL password ends at whitespace again; a crafted scrypt cost is derived; children keep the lock
+    # or outlive their parent; external ONNX data outside the model folder is read; a key inside a path is masked
+    Mutant("url_password_cut_at_whitespace", (
+        ("segformer_tao/redact.py", "        url = text[m.start():]\n",
+         "        url = text[m.start():].split()[0]\n"),),
+        (TR + "test_url_password_with_any_character_is_hidden_everywhere",
+         TR + "test_command_line_registration_covers_the_whole_argument")),
+    Mutant("key_inside_a_path_masked", (
+        ("segformer_tao/redact.py", "    return MASK if value in _secrets() else value\n",
+         "    return redact(value)\n"),),
+        (TR + "test_a_key_inside_a_path_is_not_rewritten_in_config_values",)),
+    Mutant("crafted_kdf_cost_derived", (
+        ("segformer_tao/crypto.py", "    _check_kdf_cost(path, kdf, log2_n, r, p, chunk)\n", ""),),
+        ("tests/engine/test_crypto.py::test_crafted_kdf_cost_is_refused_before_any_derivation",)),
+    Mutant("forked_child_keeps_the_lock", (
+        ("segformer_tao/joblock.py",
+         "        with contextlib.suppress(OSError):\n            os.close(fd)\n    _OPEN_FDS",
+         "        pass\n    _OPEN_FDS"),),
+        (TJ + "test_forked_child_does_not_hold_the_lock",)),
+    Mutant("forked_child_outlives_its_parent", (
+        ("segformer_tao/joblock.py", "    lifeline.set_parent_death_signal(_FORKING_PID)\n", ""),),
+        (TJ + "test_forked_child_dies_with_its_parent_and_the_folder_is_free",)),
+    Mutant("started_process_outlives_its_parent", (
+        ("segformer_tao/lifeline.py", "    if os.getppid() == parent:\n        set_parent_death_signal(parent)\n",
+         "    if os.getppid() == parent:\n"),),
+        (TJ + "test_started_process_dies_with_the_segformer_process_that_started_it",)),
+    Mutant("onnx_external_data_anywhere", (
+        ("segformer_tao/deploy/onnx_external.py", "        if why is not None:\n", "        if False:\n"),),
+        ("tests/deploy/test_onnx_external_data.py::test_locations_outside_the_model_folder_are_refused",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

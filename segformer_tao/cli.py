@@ -146,6 +146,10 @@ def _check_model_files_exist(cfg, keys: list[str]) -> None:
         if not io.exists(str(path)):
             raise UserError(f"{key}='{path}' does not exist. Check the path, or use parent_job=<results dir of a "
                             "previous job> to pick its artifact.")
+        if os.path.isdir(str(path)):
+            raise UserError(f"{key}='{path}' is a folder, not a model file. Point {key} at the file (e.g. "
+                            f"{os.path.join(str(path), 'segformer_model_best.pth')}), or use parent_job={path} to pick "
+                            "the artifact of the job that wrote that folder.")
 
 
 def check_conflicts(action: str, cfg) -> None:
@@ -317,6 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     _quiet_third_party()
     start = time.time()
+    if own_process:  # a DDP rank this process starts dies with it; this process with the segformer that started it
+        from segformer_tao import lifeline
+
+        lifeline.die_with_parent()
+        lifeline.mark_children()
     try:
         _guard_secrets(argv, own_process)
         tool_args = [a for a in argv if a != "--debug"]

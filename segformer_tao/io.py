@@ -55,6 +55,9 @@ def read_bytes(path: str) -> bytes:
             return f.read()
     except FileNotFoundError as e:
         raise UserError(f"File not found: '{path}'. Check the path (and the bucket name for s3://).") from e
+    except IsADirectoryError as e:
+        raise UserError(f"'{path}' is a folder, where a file is expected. Give the file inside it (e.g. the .pth "
+                        "checkpoint or .onnx model); for a job's results dir, use parent_job=<that folder>.") from e
 
 
 def read_text(path: str) -> str:

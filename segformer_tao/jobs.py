@@ -155,6 +155,7 @@ class Job:
         """Write job.json as ``running`` and start its heartbeat. An earlier attempt in the folder is kept in
         ``history`` (one still marked running died: this process holds the folder's lock (prepare_results_dir),
         so it is recorded killed)."""
+        interval = joblock.heartbeat_s()  # a bad SEGFORMER_HEARTBEAT_S is refused here, not in the thread
         started = joblock.now_str()
         record = {
             "action": action, "status": "running", "start": started, "end": None, "duration_s": None,
@@ -171,6 +172,7 @@ class Job:
             lock.note = None
         job = cls(os.path.join(out_dir, JOB_FILE), record)
         job._t0 = time.time()
+        job._interval = interval
         job._mutex = threading.Lock()
         job._stop = threading.Event()
         job.write()
@@ -181,7 +183,7 @@ class Job:
         return job
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(joblock.heartbeat_s()):
+        while not self._stop.wait(self._interval):
             with self._mutex:
                 if self._stop.is_set():
                     return
@@ -227,14 +229,17 @@ def _attempt(previous: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_job(directory: str) -> dict[str, Any] | None:
+    """The job.json of ``directory``; None when it is missing or unreadable (not a JSON object: damaged, or not
+    written by segformer_tao)."""
     path = os.path.join(directory, JOB_FILE)
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 # ------------------------------------------------------------------------------------- checkpoints in a folder

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -25,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from segformer_tao import redact
 from segformer_tao.config import encryption_key as ek
-from segformer_tao.config import provenance
+from segformer_tao.config import provenance, spec_yaml
 from segformer_tao.config.resolve import resolve_batch_sizes
 from segformer_tao.config.schema import ExperimentConfig, iter_fields
 from segformer_tao.errors import UserError
@@ -89,10 +88,7 @@ def load_spec_file(path: str) -> DictConfig:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UserError(f"Spec file '{path}' is not valid YAML: {str(e).splitlines()[0]} "
-                        f"({getattr(e, 'problem_mark', '')}). Fix the YAML syntax.") from e
+        data = spec_yaml.load(text, path)  # errors without the source line; alias bombs refused
     except UnicodeDecodeError as e:
         raise UserError(f"Spec file '{path}' is not a text YAML file. Pass a .yaml spec with -e.") from e
     if data is None:
@@ -157,7 +153,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 continue
             value = ov.value()
             if not (ov.is_add() or ov.is_force_add()) and not _key_exists(cfg, key):
-                raise UserError(f"Unknown key '{key}' in override '{ov.input_line}'.{suggest(key)} "
+                raise UserError(f"Unknown key '{key}' in override '{key}=***' (value hidden: a misspelt key may "
+                                f"hold a secret).{suggest(key)} "
                                 "Run `segformer <action> --help` to list the valid keys.")
             existing = OmegaConf.select(cfg, key, default=None)
             merge = isinstance(existing, DictConfig) and not existing._is_none()

@@ -216,6 +216,9 @@ class DatasetSegmentConfig:
     check: str = spec("sample", "(segformer_tao) Dataset check before train/evaluate: full, sample or off.",
                       valid_options=["full", "sample", "off"])
     cache_dir: str | None = spec(None, "(segformer_tao) Local cache for s3:// datasets (read once, reuse).")
+    max_image_pixels: int = spec(89_478_485, "(segformer_tao) Largest image or mask (width x height) read; a "
+                                 "larger one is refused before decoding (decompression bombs). Default: PIL's "
+                                 "limit, about 9459 x 9459.", valid_min=1)
 
 
 @dataclass

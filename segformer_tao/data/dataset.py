@@ -113,7 +113,8 @@ def mask_decoder(cfg: Any) -> MaskDecoder:
     """The MaskDecoder for dataset.segment (num_classes, ignore_index, label_transform, palette)."""
     seg = cfg.dataset.segment
     palette = [dict(p) for p in seg.palette] if seg.get("palette") else None
-    return MaskDecoder(int(seg.num_classes), int(seg.get("ignore_index", 255)), seg.label_transform, palette)
+    return MaskDecoder(int(seg.num_classes), int(seg.get("ignore_index", 255)), seg.label_transform, palette,
+                       seg.get("max_image_pixels"))
 
 
 class UnetSegmentationDataset(Dataset):
@@ -154,7 +155,7 @@ class UnetSegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = (self._local or self.samples)[index]
         name = self.samples[index].image
-        img = decode_image(storage.read_bytes(sample.image), name)
+        img = decode_image(storage.read_bytes(sample.image), name, self.decode_mask.max_pixels)
         if self.mode == "predict":
             return {"image": preprocess_image(img, self.img_size, self.mean, self.std),
                     "orig_size": tuple(img.shape[:2]), "path": name}

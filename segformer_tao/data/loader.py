@@ -73,12 +73,13 @@ class ImageFiles(Dataset):
     """Images without masks, preprocessed like every runtime's input (resize to ``img_size``, mean/std in 0-1 units).
 
     Items: ``image`` float32 (3, S, S), ``orig_size`` (H, W) in pixels, ``path`` (the file or URL) and ``name`` (the
-    output name for it, default the file name).
+    output name for it, default the file name). ``max_pixels``: larger images are refused before decoding
+    (dataset.segment.max_image_pixels; None: PIL's limit).
     """
 
     def __init__(self, files: Sequence[str], img_size: int, mean: Sequence[float], std: Sequence[float],
-                 names: Sequence[str] | None = None) -> None:
-        self.files = list(files)
+                 names: Sequence[str] | None = None, max_pixels: int | None = None) -> None:
+        self.files, self.max_pixels = list(files), max_pixels
         self.names = list(names) if names is not None else [str(f).rsplit("/", 1)[-1] for f in self.files]
         self.img_size, self.mean, self.std = int(img_size), list(mean), list(std)
 
@@ -87,6 +88,6 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
-        rgb = decode_image(storage.read_bytes(path), path)
+        rgb = decode_image(storage.read_bytes(path), path, self.max_pixels)
         return {"image": preprocess_image(rgb, self.img_size, self.mean, self.std), "orig_size": tuple(rgb.shape[:2]),
                 "path": path, "name": self.names[index]}

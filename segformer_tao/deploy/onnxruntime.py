@@ -9,6 +9,7 @@ import torch
 
 from segformer_tao import io
 from segformer_tao.deploy.base import Runtime
+from segformer_tao.deploy.onnx_external import FOLDER_OPTION, external_data_folder
 from segformer_tao.deploy.onnx_io import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -41,6 +42,9 @@ def make_session(model: bytes | str, threads: int | None = None, providers: list
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     data = model if isinstance(model, bytes) else io.read_bytes(model)
+    folder = external_data_folder(data, model, source)  # external data from the model's own folder only
+    if folder is not None:
+        opts.add_session_config_entry(FOLDER_OPTION, folder)
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
