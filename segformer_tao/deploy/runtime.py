@@ -72,6 +72,10 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
 
         return open_onnx_runtime(str(section.onnx_file), cfg, action)
     if section.get("checkpoint"):
+        from segformer_tao.deploy.hf_runtime import HfRuntime, is_hf_folder
+
+        if is_hf_folder(str(section.checkpoint)):  # a transformers SegFormer folder (export.format=huggingface)
+            return HfRuntime(str(section.checkpoint))
         return TorchRuntime(str(section.checkpoint), key, strict=bool(cfg.get("encryption_strict")))
     raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
                     f"or {action}.trt_engine, or parent_job=<results dir of a train/export job>.")
