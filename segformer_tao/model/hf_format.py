@@ -79,7 +79,7 @@ def check_exportable(model: torch.nn.Module, source: str) -> str:
     name = str(getattr(model, "backbone_name", "") or "")
     if name not in MIT_ARCHS:
         family = "FAN (Fully Attentional Network)" if name.startswith("fan_") else (
-            "ViT-Adapter" if name.startswith(("vit_", "c_radio")) else name or type(model).__name__)
+            "ViT-Adapter" if name.startswith("vit_") else name or type(model).__name__)
         raise UserError(
             f"export.format=huggingface cannot export '{source}': its backbone is {name} ({family}), and Hugging Face "
             "transformers has no such architecture (its SegformerForSemanticSegmentation is the MiT encoder only). "
