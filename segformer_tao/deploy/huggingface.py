@@ -41,16 +41,16 @@ def output_folder(cfg) -> str:
     exp = cfg.export
     stem = os.path.splitext(os.path.basename(str(exp.checkpoint or "model").rstrip("/")))[0] or "model"
     folder = str(exp.get("huggingface_dir") or f"{str(exp.results_dir).rstrip('/')}/{stem}_hf").rstrip("/")
-    key = "export.huggingface_dir"
     if io.is_remote(folder):
-        raise UserError(f"{key}='{folder}' is remote; the Hugging Face folder is written locally (then upload it, "
-                        "e.g. with `huggingface-cli upload`). Set a local folder.")
+        raise UserError(f"export.huggingface_dir='{folder}' is remote; the Hugging Face folder is written locally "
+                        "(then upload it, e.g. with `huggingface-cli upload`). Set a local folder.")
     if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise UserError(f"{key}='{folder}' is a file; it must name a folder that does not exist yet (or is empty).")
+        raise UserError(f"export.huggingface_dir='{folder}' is a file; it must name a folder that does not exist yet "
+                        "(or is empty).")
     if os.path.isdir(folder) and os.listdir(folder):
-        raise UserError(f"{key}='{folder}' already exists and is not empty ({len(os.listdir(folder))} entries); the "
-                        "export never mixes its files with others. Choose a new folder, e.g. "
-                        f"{key}={folder}_2, or remove the old one.")
+        raise UserError(f"export.huggingface_dir='{folder}' already exists and is not empty ({len(os.listdir(folder))} "
+                        "entries); the export never mixes its files with others. Choose a new folder, e.g. "
+                        f"export.huggingface_dir={folder}_2, or remove the old one.")
     return folder
 
 
