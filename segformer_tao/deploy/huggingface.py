@@ -141,6 +141,19 @@ def _check_with_transformers(folder: str, model: torch.nn.Module, img_size: int)
     return diff
 
 
+def _warn_onnx_only_keys(exp) -> None:
+    """Keys of the ONNX export that a Hugging Face folder has no use for: named when set, never silently dropped."""
+    from segformer_tao.config.schema import ExportConfig
+
+    default = ExportConfig()
+    keys = ("onnx_file", "input_height", "input_width", "batch_size", "dynamic_hw", "full_resolution_output",
+            "serialize_nvdsinfer", "opset_version")
+    changed = [f"export.{k}={exp.get(k)}" for k in keys if exp.get(k) != getattr(default, k)]
+    if changed:
+        log.warning("warning: %s shape the ONNX export only; export.format=huggingface ignores them (transformers "
+                    "takes any input size and batch)", ", ".join(changed))
+
+
 def export_folder(model: torch.nn.Module, meta: dict, cfg, folder: str) -> dict:
     """Write the Hugging Face folder of ``model`` (an MiT SegFormer in eval mode) with ``meta`` (its checkpoint's
     metadata) to ``folder`` (see :func:`output_folder`); returns the action's metrics and artifacts."""
@@ -152,6 +165,7 @@ def export_folder(model: torch.nn.Module, meta: dict, cfg, folder: str) -> dict:
                         f"{meta['quantization'].get('backend')}); export.format=huggingface writes float weights. "
                         "Export the float checkpoint the quantize job started from.")
     name = check_exportable(model, checkpoint)
+    _warn_onnx_only_keys(cfg.export)
     seg, aug = cfg.dataset.segment, cfg.dataset.segment.augmentation
     n = int(model.num_classes)
     info = {"num_classes": n, "class_names": list(meta.get("class_names") or [f"class_{i}" for i in range(n)]),

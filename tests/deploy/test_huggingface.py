@@ -69,6 +69,7 @@ def test_export_says_the_folder_is_plain_and_what_the_processor_cannot_express(t
     load_file(f"{trained.folder}/model.safetensors")  # plain: readable without the key
     card = open(f"{trained.folder}/README.md").read()
     assert "export.format=huggingface" in card and "val_miou" in card and "16 images" in card
+    assert "encryption_key=***" in card and KEY not in card
 
 
 @pytest.mark.slow
@@ -156,11 +157,13 @@ def _hf_export_cfg(tmp_path, checkpoint, *overrides):
 
 
 @pytest.fixture
-def tiny_folder(tmp_path, tiny_checkpoint):
+def tiny_folder(tmp_path, tiny_checkpoint, caplog):
     out = tmp_path / "exported"
     out.mkdir()  # an empty folder is taken
-    result = export.run(_hf_export_cfg(tmp_path, tiny_checkpoint, f"export.huggingface_dir={out}"))
+    result = export.run(_hf_export_cfg(tmp_path, tiny_checkpoint, f"export.huggingface_dir={out}",
+                                       "export.dynamic_hw=true"))
     assert result["metrics"]["hf_max_abs_diff"] <= 1e-4
+    assert "export.dynamic_hw=True shape the ONNX export only" in caplog.text  # named, not silently dropped
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".exported")]  # no temp folder left
     return str(out)
 
