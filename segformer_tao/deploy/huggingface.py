@@ -154,11 +154,26 @@ def _warn_onnx_only_keys(exp) -> None:
                     "takes any input size and batch)", ", ".join(changed))
 
 
+def _write_files(tmp: str, model: torch.nn.Module, info: dict, extra: dict, checkpoint: str) -> float | None:
+    """The folder's four files in ``tmp``, checked with transformers before the card; returns the logit diff."""
+    from safetensors.torch import save as save_safetensors
+
+    io.write_json(f"{tmp}/config.json", hf_config(model, info["class_names"], info["ignore_index"], extra))
+    io.write_bytes(f"{tmp}/model.safetensors",
+                   save_safetensors(to_hf_state_dict(model.state_dict()), metadata={"format": "pt"}))
+    io.write_json(f"{tmp}/preprocessor_config.json", preprocessor_config(info["img_size"], info["mean"], info["std"]))
+    diff = _check_with_transformers(tmp, model, info["img_size"])
+    if diff is not None and diff > PARITY_ATOL:
+        raise UserError(f"transformers' SegformerForSemanticSegmentation computes logits {diff:.3g} away from "
+                        f"segformer_tao's (> {PARITY_ATOL:g}) for '{checkpoint}'; nothing was written. Report it with "
+                        "the checkpoint's backbone, and use export.format=onnx meanwhile.")
+    io.write_text(f"{tmp}/README.md", model_card(info, extra["backbone"], checkpoint, _command(), diff))
+    return diff
+
+
 def export_folder(model: torch.nn.Module, meta: dict, cfg, folder: str) -> dict:
     """Write the Hugging Face folder of ``model`` (an MiT SegFormer in eval mode) with ``meta`` (its checkpoint's
     metadata) to ``folder`` (see :func:`output_folder`); returns the action's metrics and artifacts."""
-    from safetensors.torch import save as save_safetensors
-
     checkpoint = str(cfg.export.checkpoint)
     if meta.get("quantization"):
         raise UserError(f"export.checkpoint='{checkpoint}' is an INT8 checkpoint (quantize.backend="
@@ -179,17 +194,7 @@ def export_folder(model: torch.nn.Module, meta: dict, cfg, folder: str) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     try:
-        io.write_json(f"{tmp}/config.json", hf_config(model, info["class_names"], info["ignore_index"], extra))
-        io.write_bytes(f"{tmp}/model.safetensors",
-                       save_safetensors(to_hf_state_dict(model.state_dict()), metadata={"format": "pt"}))
-        io.write_json(f"{tmp}/preprocessor_config.json",
-                      preprocessor_config(info["img_size"], info["mean"], info["std"]))
-        diff = _check_with_transformers(tmp, model, info["img_size"])
-        if diff is not None and diff > PARITY_ATOL:
-            raise UserError(f"transformers' SegformerForSemanticSegmentation computes logits {diff:.3g} away from "
-                            f"segformer_tao's (> {PARITY_ATOL:g}) for '{checkpoint}'; nothing was written. Report "
-                            "it with the checkpoint's backbone, and use export.format=onnx meanwhile.")
-        io.write_text(f"{tmp}/README.md", model_card({**meta, **info}, name, checkpoint, _command(), diff))
+        diff = _write_files(tmp, model, {**meta, **info}, extra, checkpoint)
         try:
             os.rename(tmp, folder)  # replaces an empty folder; a folder filled meanwhile fails (ENOTEMPTY)
         except OSError as e:

@@ -245,3 +245,13 @@ def test_vit_backbones_are_refused_with_the_reason(backbone):
     model = types.SimpleNamespace(backbone_name=backbone)  # the check reads the name only: no 300M-weight ViT here
     with pytest.raises(UserError, match=f"{backbone} \\(ViT-Adapter\\).*transformers has no such architecture"):
         check_exportable(model, "vit.pth")
+
+
+def test_a_failed_check_leaves_neither_folder_nor_temp_files(tmp_path, tiny_checkpoint, monkeypatch):
+    from segformer_tao.deploy import huggingface
+
+    monkeypatch.setattr(huggingface, "_check_with_transformers", lambda *a: 0.5)  # as if transformers disagreed
+    with pytest.raises(UserError, match="computes logits 0.5 away .*nothing was written"):
+        export.run(_hf_export_cfg(tmp_path, tiny_checkpoint))
+    export_dir = tmp_path / "results" / "export"
+    assert not export_dir.exists() or not os.listdir(export_dir)  # no tiny_hf, no .tiny_hf.tmp-*
