@@ -95,7 +95,7 @@ def _images_of_several_sizes(folder) -> list[str]:
     rng = np.random.default_rng(7)
     paths = []
     for i, (h, w) in enumerate(SIZES):
-        img, _ = make_sample(rng, 3, 200)
+        img, _ = make_sample(rng, 3, max(h, w))  # shapes at the scale of the image, as in training
         path = f"{folder}/images/test/{i:04d}.png"
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(img[:h, :w]).save(path)
@@ -111,7 +111,7 @@ def test_transformers_pipeline_gives_segformer_inference_masks(trained, tmp_path
     assert inferred.returncode == 0, inferred.output
     processor = SegformerImageProcessor.from_pretrained(trained.folder)
     hf = SegformerForSemanticSegmentation.from_pretrained(trained.folder).eval()
-    classes, minority, total = set(), 0, 0
+    pixels = np.zeros(3)  # predicted pixels per class
     for path, (h, w) in zip(paths, SIZES):
         image = Image.open(path).convert("RGB")
         with torch.no_grad():
@@ -121,10 +121,9 @@ def test_transformers_pipeline_gives_segformer_inference_masks(trained, tmp_path
         assert mask.shape == ours.shape == (h, w)
         agree = float((mask == ours).mean())
         assert agree >= 0.999, (path, agree)
-        classes |= set(np.unique(ours).tolist())
-        minority, total = minority + int((ours != 0).sum()), total + ours.size
-    # a model that predicts background everywhere would prove nothing: the 0.1% allowed must be far below this
-    assert len(classes) >= 2 and minority / total >= 0.02, (classes, minority / total)
+        pixels += np.bincount(ours.flatten(), minlength=3)
+    # a model predicting one class nearly everywhere would prove nothing: the 0.1% allowed must be far below this
+    assert (pixels / pixels.sum() >= 0.05).sum() >= 2, pixels / pixels.sum()
 
 
 @pytest.mark.slow
