@@ -47,6 +47,7 @@ TW = "tests/model/test_weights.py::"
 TX = "tests/deploy/test_export.py::"
 TG = "tests/model/test_fan_golden.py::"
 TQ = "tests/deploy/test_torchao.py::"
+TC = "tests/data/test_convert.py::"
 TH = "tests/deploy/test_huggingface.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
@@ -121,7 +122,7 @@ MUTANTS: tuple[Mutant, ...] = (
          ".shape[-2:], mode=\"nearest\")[0, 0].long().to(logits.device)\n")),
         ("tests/engine/test_evaluate_resolution.py::test_validation_miou_is_computed_at_each_masks_own_resolution",)),
     Mutant("flip_tta_not_flipped_back", (
-        ("segformer_tao/deploy/runtime.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
+        ("segformer_tao/deploy/base.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
          "flipped = runtime.predict(images.flip(-1))"),),
         ("tests/deploy/test_postprocess.py::test_flip_tta_of_a_mirror_equivariant_model_equals_its_plain_softmax",)),
     Mutant("dataset_check_skipped_by_cli", (
@@ -132,6 +133,29 @@ MUTANTS: tuple[Mutant, ...] = (
          "    if False:\n        raise UserError("),),
         ("tests/data/test_check.py::test_check_finds_every_problem",
          "tests/data/test_check.py::test_train_checks_the_dataset_before_training")),
+    Mutant("cityscapes_train_ids_off_by_one", (
+        ("segformer_tao/data/convert/cityscapes.py",
+         "ID_TO_TRAIN_ID = {label_id: train_id for",
+         "ID_TO_TRAIN_ID = {label_id: train_id if train_id in (IGNORE, 18) else train_id + 1 for"),),
+        (TC + "test_cityscapes_train_ids_equal_cityscapesscripts_conversion",)),
+    Mutant("ade20k_zero_not_ignored", (
+        ("segformer_tao/data/convert/ade20k.py", "REDUCE_ZERO_LABEL = {0: IGNORE,", "REDUCE_ZERO_LABEL = {0: 0,"),),
+        (TC + "test_ade20k_reduce_zero_label_and_names",)),
+    Mutant("grey_palette_colour_remaps_ids", (  # COCO-Stuff's handbag is (0, 0, 0): mask value 0 would read as 26
+        ("segformer_tao/data/convert/tree.py", "if r == g == b and r != class_id:", "if False:"),),
+        (TC + "test_coco_stuff_ids_compacted_to_171",)),
+    Mutant("labelme_shapes_drawn_in_reverse", (  # labelme's own order: a later shape covers an earlier one
+        ("segformer_tao/data/convert/labelme.py", "    for shape in shapes:\n",
+         "    for shape in reversed(shapes):\n"),),
+        (TC + "test_labelme_polygons_match_an_independent_rasterisation",)),
+    Mutant("unchanged_masks_reencoded", (
+        ("segformer_tao/data/convert/tree.py", "raw = linkable and np.array_equal(ids, values)", "raw = False"),),
+        (TC + "test_voc_masks_are_linked_unchanged_with_the_voc_classes",)),
+    Mutant("failed_convert_publishes_half_tree", (
+        ("segformer_tao/data/convert/__init__.py", "    except BaseException:\n        remove_staging(staging)",
+         "    except BaseException:\n        publish(staging, dst)"),),
+        (TC + "test_interrupted_convert_leaves_no_half_written_mask",
+         TC + "test_unknown_ids_name_the_file_and_values"), require_all=True),
     Mutant("atomic_write_is_a_plain_write", (
         ("segformer_tao/io.py", "    path = os.fspath(path)\n    directory = os.path.dirname(os.path.abspath(path))\n",
          "    path = os.fspath(path)\n    with open(path, mode) as f:\n        yield f\n    return\n"),),
@@ -217,6 +241,21 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("freed_memory_returned_to_the_kernel", (
         ("segformer_tao/engine/allocator.py", "return bool(mallopt(M_MMAP_THRESHOLD, _THRESHOLD)) and ", "return "),),
         ("tests/engine/test_allocator.py::test_freed_large_blocks_are_reused",)),
+    Mutant("model_meta_spec_default_wins_img_size", (
+        ("segformer_tao/model/meta.py", "    if src is None or ours == meta.img_size:\n        return meta.img_size\n",
+         "    if src is None or ours == meta.img_size:\n        return ours\n"),),
+        ("tests/test_model_meta_rule.py::test_the_models_values_win_over_schema_defaults",)),
+    Mutant("model_meta_spec_default_wins_mean_std", (
+        ("segformer_tao/model/meta.py", "        if src is None or _same(ours, theirs):\n            return theirs\n",
+         "        if src is None or _same(ours, theirs):\n            return ours\n"),),
+        ("tests/test_model_meta_rule.py::test_the_models_values_win_over_schema_defaults",)),
+    Mutant("model_meta_user_value_ignored", (
+        ("segformer_tao/model/meta.py", "    sources[\"img_size\"] = src\n    warnings.append(",
+         "    return meta.img_size\n    warnings.append("),),
+        ("tests/test_model_meta_rule.py::test_spec_file_and_command_line_values_are_the_users_and_apply_with_a_warning",)),
+    Mutant("model_meta_decided_but_not_applied", (
+        ("segformer_tao/deploy/runtime.py", "    model_meta.apply(cfg, decision)\n", ""),),
+        ("tests/deploy/test_model_meta.py::test_every_action_runs_at_the_models_img_size_and_mean_std",), slow=True),
     Mutant("openvino_core_per_call", (
         ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
         ("tests/deploy/test_openvino_signal_stack.py",)),

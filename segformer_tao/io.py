@@ -1,4 +1,4 @@
-"""One path helper for local files and s3:// (fsspec), atomic writes and at-rest encryption.
+"""One path helper for local files and s3:// (fsspec), and atomic writes (encryption is crypto.py's).
 
 Every file the tool writes goes through :func:`atomic_write` (temp file + fsync + rename), so a killed run
 never leaves a truncated file under its final name; the JSON-lines logs are appended with :func:`open_append`.

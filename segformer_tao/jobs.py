@@ -37,6 +37,7 @@ BEST_CHECKPOINT = "segformer_model_best.pth"
 MONITORED_METRIC = "val_miou"
 HISTORY_KEPT = 20  # earlier attempts remembered in job.json
 _HELD: dict[str, joblock.JobLock] = {}  # results dirs this process holds the lock of
+_RUNNING: list[Job] = []  # jobs of this process between Job.start and Job.finish
 
 
 def action_results_dir(action: str, cfg: DictConfig) -> str:
@@ -89,6 +90,20 @@ def prepare_results_dir(action: str, cfg: DictConfig) -> str:
     if is_primary():
         sio.write_text(os.path.join(out, "experiment.yaml"), to_yaml_without_secrets(cfg))
     return out
+
+
+def record_model(cfg: DictConfig, facts: dict[str, Any]) -> None:
+    """Record the model facts an action decided to run with (value and source of each, see
+    :func:`segformer_tao.model.meta.decide`) in the running job's job.json (``model``), and rewrite its
+    experiment.yaml from ``cfg``, which now holds them: a job records what it used."""
+    from segformer_tao.config import to_yaml_without_secrets
+
+    if not is_primary():
+        return
+    for job in _RUNNING:
+        job.record["model"] = facts
+        job.write()
+        sio.write_text(os.path.join(job.record["results_dir"], "experiment.yaml"), to_yaml_without_secrets(cfg))
 
 
 def file_digest(path: str) -> dict[str, Any]:
@@ -160,6 +175,7 @@ class Job:
         job._mutex = threading.Lock()
         job._stop = threading.Event()
         job.write()
+        _RUNNING.append(job)
         if is_primary():
             job._beat = threading.Thread(target=job._heartbeat, name="segformer-heartbeat", daemon=True)
             job._beat.start()
@@ -196,6 +212,7 @@ class Job:
             if isinstance(path, str) and os.path.isfile(path):
                 self.record["artifacts"][name] = file_digest(path)
         self.write()
+        _RUNNING[:] = [job for job in _RUNNING if job is not self]
         release_results_dir(os.path.abspath(self.record["results_dir"]))  # the job is over: the folder is free
 
 

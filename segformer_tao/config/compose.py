@@ -11,7 +11,7 @@ import difflib
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -25,8 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from segformer_tao import redact
 from segformer_tao.config import encryption_key as ek
+from segformer_tao.config import provenance
 from segformer_tao.config.resolve import resolve_batch_sizes
-from segformer_tao.config.schema import ExperimentConfig
+from segformer_tao.config.schema import ExperimentConfig, iter_fields
 from segformer_tao.errors import UserError
 
 SCHEMA_NAME = "segformer_experiment_schema"
@@ -39,16 +40,6 @@ def package_dir(name: str) -> str:
 
 def _register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=ExperimentConfig)
-
-
-def iter_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
-    """Yield (dotted key, dataclass field) for every leaf key of the tree."""
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if f.metadata.get("group"):
-            yield from iter_fields(f.default_factory, key + ".")
-        else:
-            yield key, f
 
 
 def all_keys() -> list[str]:
@@ -252,6 +243,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     except HydraException as e:
         raise _group_error(group_ovs, groups, e) from e
     OmegaConf.set_struct(cfg, True)
+    spec = None
     if spec_file:
         spec = load_spec_file(spec_file)
         _refuse_old_format(spec, spec_file)
@@ -267,6 +259,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
             raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
         _reapply_groups(cfg, group_ovs, spec, spec_file)
     apply_overrides(cfg, key_ovs)
+    provenance.record(cfg, spec_file, spec, key_ovs, group_ovs)
     if key is not ek.UNSET:
         cfg[ek.KEY] = key
     validate(cfg)

@@ -7,6 +7,8 @@ Our additions are marked "(segformer_tao)" in their description.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +16,7 @@ from segformer_tao.config.fields import group, spec
 
 MIT_BACKBONES = [f"mit_b{i}" for i in range(6)]
 FAN_BACKBONES = ["fan_tiny_8_p4_hybrid", "fan_small_12_p4_hybrid", "fan_base_16_p4_hybrid", "fan_large_16_p4_hybrid"]
-# TAO 7 also lists ViT (NV-DINOv2, DINOv3, NVCLIP) backbones; they are accepted by the schema so TAO specs
-# validate, and building them raises a clear "not supported" error.
+# TAO 7's ViT backbones (NV-DINOv2, DINOv3, NVCLIP), built in a ViT-Adapter (model/backbones/vit_adapter.py).
 TAO_VIT_BACKBONES = [
     "vit_large_nvdinov2", "vit_giant_nvdinov2", "vit_small_dinov3", "vit_small_plus_dinov3", "vit_base_dinov3",
     "vit_large_dinov3", "vit_huge_plus_dinov3", "vit_base_nvclip_16_siglip", "vit_huge_nvclip_14_siglip",
@@ -484,3 +485,13 @@ class ExperimentConfig:
                               valid_options=["auto", "on", "off"])
     automl: AutoMLConfig = group(AutoMLConfig, "(segformer_tao) AutoML search.")
     parent_job: str | None = spec(None, "(segformer_tao) Results dir of a parent job to take the model from.")
+
+
+def iter_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Yield (dotted key, dataclass field) for every leaf key of the tree."""
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("group"):
+            yield from iter_fields(f.default_factory, key + ".")
+        else:
+            yield key, f

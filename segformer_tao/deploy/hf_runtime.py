@@ -16,8 +16,9 @@ import logging
 import torch
 
 from segformer_tao import io
-from segformer_tao.deploy.runtime import TorchRuntime
+from segformer_tao.deploy.torch_runtime import TorchRuntime
 from segformer_tao.errors import UserError
+from segformer_tao.model.meta import ModelMeta, default_colors
 
 log = logging.getLogger("segformer_tao")
 CONFIG = "config.json"
@@ -67,10 +68,9 @@ def preprocessing_meta(pre: dict, path: str) -> dict:
     return {"img_size": int(height), "mean": [m / scale for m in mean], "std": [s / scale for s in std]}
 
 
-def read_hf_folder(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+def read_hf_folder(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
     """(our SegFormer with the folder's weights, in eval mode on ``device``; runtime meta) for a Hugging Face
     SegFormer folder. UserError when a config field, a tensor or the image processor does not fit."""
-    from segformer_tao.engine.module import default_colors
     from segformer_tao.model.hf_format import model_from_hf_config
     from segformer_tao.model.weights import load_pretrained
 
@@ -87,10 +87,11 @@ def read_hf_folder(path: str, device: torch.device | str = "cpu") -> tuple[torch
     id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
     ours = config.get("segformer_tao") if isinstance(config.get("segformer_tao"), dict) else {}
     palette = ours.get("palette")
-    meta = {"format": "huggingface", "backbone": model.backbone_name, "num_classes": n,
-            "class_names": [id2label.get(i, f"class_{i}") for i in range(n)],
-            "palette": palette if isinstance(palette, list) and len(palette) >= n else default_colors(n),
-            "ignore_index": int(config.get("semantic_loss_ignore_index", 255)), **pre}
+    meta = ModelMeta(num_classes=n, class_names=[id2label.get(i, f"class_{i}") for i in range(n)],
+                     palette=palette if isinstance(palette, list) and len(palette) >= n else default_colors(n),
+                     backbone=model.backbone_name, embed_dim=model.decode_head.embed_dim,
+                     ignore_index=int(config.get("semantic_loss_ignore_index", 255)), **pre,
+                     extra={"format": "huggingface"})
     return model.to(device).eval(), meta
 
 

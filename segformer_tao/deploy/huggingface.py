@@ -22,6 +22,7 @@ import yaml
 from segformer_tao import io
 from segformer_tao.errors import UserError
 from segformer_tao.model.hf_format import check_exportable, hf_config, to_hf_state_dict
+from segformer_tao.model.meta import ModelMeta
 
 log = logging.getLogger("segformer_tao")
 
@@ -171,30 +172,28 @@ def _write_files(tmp: str, model: torch.nn.Module, info: dict, extra: dict, chec
     return diff
 
 
-def export_folder(model: torch.nn.Module, meta: dict, cfg, folder: str) -> dict:
-    """Write the Hugging Face folder of ``model`` (an MiT SegFormer in eval mode) with ``meta`` (its checkpoint's
-    metadata) to ``folder`` (see :func:`output_folder`); returns the action's metrics and artifacts."""
+def export_folder(model: torch.nn.Module, meta: ModelMeta, cfg, folder: str) -> dict:
+    """Write the Hugging Face folder of ``model`` (an MiT SegFormer in eval mode) with ``meta`` (what it is exported
+    with: its checkpoint's facts, settled by the metadata rule) to ``folder`` (see :func:`output_folder`); returns
+    the action's metrics and artifacts."""
     checkpoint = str(cfg.export.checkpoint)
-    if meta.get("quantization"):
+    quantization = meta.extra.get("quantization")
+    if quantization:
         raise UserError(f"export.checkpoint='{checkpoint}' is an INT8 checkpoint (quantize.backend="
-                        f"{meta['quantization'].get('backend')}); export.format=huggingface writes float weights. "
-                        "Export the float checkpoint the quantize job started from.")
+                        f"{quantization.get('backend')}); export.format=huggingface writes float weights. Export the "
+                        "float checkpoint the quantize job started from.")
     name = check_exportable(model, checkpoint)
     _warn_onnx_only_keys(cfg.export)
-    seg, aug = cfg.dataset.segment, cfg.dataset.segment.augmentation
-    n = int(model.num_classes)
-    info = {"num_classes": n, "class_names": list(meta.get("class_names") or [f"class_{i}" for i in range(n)]),
-            "img_size": int(meta.get("img_size") or seg.img_size), "mean": list(meta.get("mean") or aug.mean),
-            "std": list(meta.get("std") or aug.std), "ignore_index": int(meta.get("ignore_index", seg.ignore_index))}
-    extra = {"format": "segformer_tao.huggingface/1", "backbone": name, "palette": meta.get("palette"),
-             "img_size": info["img_size"], "source_checkpoint": os.path.basename(checkpoint)}
+    info = meta.to_dict()  # epoch, global_step, val_miou ... for the card; class names, img_size, mean/std
+    extra = {"format": "segformer_tao.huggingface/1", "backbone": name, "palette": meta.palette,
+             "img_size": meta.img_size, "source_checkpoint": os.path.basename(checkpoint)}
     parent = os.path.dirname(os.path.abspath(folder))
     io.makedirs(parent)
     tmp = os.path.join(parent, f".{os.path.basename(folder)}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     try:
-        diff = _write_files(tmp, model, {**meta, **info}, extra, checkpoint)
+        diff = _write_files(tmp, model, info, extra, checkpoint)
         try:
             os.rename(tmp, folder)  # replaces an empty folder; a folder filled meanwhile fails (ENOTEMPTY)
         except OSError as e:
@@ -207,5 +206,5 @@ def export_folder(model: torch.nn.Module, meta: dict, cfg, folder: str) -> dict:
     log.info("note: preprocessor_config.json cannot express %s", NOT_EXPRESSIBLE)
     log.info("Hugging Face folder written to %s (plain files, not encrypted; transformers reads them as they are): "
              "%s", folder, ", ".join(FILES.values()))
-    metrics = {"hf_max_abs_diff": diff, "num_labels": n}
+    metrics = {"hf_max_abs_diff": diff, "num_labels": meta.num_classes}
     return {"metrics": metrics, "artifacts": {k: f"{folder}/{v}" for k, v in FILES.items()}}

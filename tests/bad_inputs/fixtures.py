@@ -136,7 +136,25 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
     paths.update(_held_results_dirs(tmp))
     paths.update(_trust_boundary_files(tmp))
+    paths.update(_convert_sources(tmp))
     return paths
+
+
+def _convert_sources(tmp: str) -> dict:
+    """Sources for `dataset convert`: an ADE20K replica (the wrong layout for other formats), a COCO-Stuff replica
+    with ids outside its label table, an empty folder, and a non-empty destination."""
+    from pathlib import Path
+
+    from tests.data import layouts
+
+    coco = layouts.make_coco_stuff(Path(tmp, "convert_bad_ids"))
+    bad_mask = coco / "stuffthingmaps_trainval2017" / "val2017" / "000000000139.png"
+    layouts._mask(bad_mask, layouts.blocks([0, 11, 200], 3))
+    empty = os.path.join(tmp, "convert_empty_src")
+    os.makedirs(empty)
+    return {"convert_ade": str(layouts.make_ade20k(Path(tmp, "convert_ade"))), "convert_bad_ids": str(coco),
+            "convert_empty": empty,
+            "convert_full_dst": os.path.dirname(_write(os.path.join(tmp, "full_dst", "x"), "x"))}
 
 
 def _trust_boundary_files(tmp: str) -> dict:

@@ -98,6 +98,17 @@ CASES: list[tuple[str, list[str], list[str]]] = [
 ]
 # Cases that load models, data or ONNX: run in a forked child of the test process (tests/bad_inputs/runner.py).
 HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
+    # ---- dataset convert (tests/data/test_convert.py checks that nothing is written to DST)
+    ("convert_wrong_layout", ["dataset", "convert", "--format", "cityscapes", "{convert_ade}", "{tmp}/conv_wrong"],
+     ["not in the cityscapes layout", "leftImg8bit/<split>/<city>/", "annotations/", "segformer dataset formats"]),
+    ("convert_unknown_ids", ["dataset", "convert", "--format", "coco-stuff", "{convert_bad_ids}", "{tmp}/conv_ids"],
+     ["000000000139.png", "[11, 200]", "label table", "--format"]),
+    ("convert_empty_source", ["dataset", "convert", "--format", "ade20k", "{convert_empty}", "{tmp}/conv_empty"],
+     ["convert_empty_src", "is empty", "images/{training,validation}/"]),
+    ("convert_dst_not_empty", ["dataset", "convert", "--format", "ade20k", "{convert_ade}", "{convert_full_dst}"],
+     ["full_dst", "is not empty", "--overwrite"]),
+    ("convert_option_of_another_format", ["dataset", "convert", "--format", "ade20k", "--aug", "{convert_ade}",
+                                          "{tmp}/conv_aug"], ["--aug applies to --format voc", "ade20k"]),
     # ---- datasets (the dispatcher's dataset check and the readers)
     ("root_dir_missing", ["train", "dataset.segment.root_dir={tmp}/nowhere", *LABELS, *TINY],
      ["dataset.segment.root_dir", "nowhere", "does not exist"]),

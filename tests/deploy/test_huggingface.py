@@ -78,8 +78,8 @@ def test_transformers_loads_the_folder_with_no_missing_keys_and_our_logits(train
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     ours, meta = load_model_from_checkpoint(trained.ckpt, KEY)
     config = hf.config
-    assert config.id2label == dict(enumerate(meta["class_names"])) and len(set(meta["class_names"])) == 3
-    assert config.label2id == {n: i for i, n in enumerate(meta["class_names"])}
+    assert config.id2label == dict(enumerate(meta.class_names)) and len(set(meta.class_names)) == 3
+    assert config.label2id == {n: i for i, n in enumerate(meta.class_names)}
     assert config.semantic_loss_ignore_index == 255 and config.decoder_hidden_size == 64
     assert list(config.depths) == list(MIT_ARCHS["mit_b0"]["depths"])
     assert list(config.hidden_sizes) == list(MIT_ARCHS["mit_b0"]["embed_dims"])
@@ -184,8 +184,9 @@ def test_image_processor_from_the_folder_preprocesses_like_us(tiny_folder):
 def test_folder_reads_back_with_the_checkpoints_metadata_and_logits(tiny_folder, tiny_checkpoint):
     model, meta = read_hf_folder(tiny_folder)
     ours, source = load_model_from_checkpoint(tiny_checkpoint)
-    for key in ("class_names", "img_size", "mean", "std", "num_classes", "backbone"):
-        assert meta[key] == pytest.approx(source[key]) if key in ("mean", "std") else meta[key] == source[key], key
+    for key in ("class_names", "palette", "img_size", "num_classes", "backbone", "embed_dim", "ignore_index"):
+        assert getattr(meta, key) == getattr(source, key), key
+    assert meta.mean == pytest.approx(source.mean) and meta.std == pytest.approx(source.std)
     x = torch.randn(1, 3, IMG, IMG)
     with torch.no_grad():
         assert torch.equal(model(x), ours(x))  # the same network with the same tensors
@@ -200,9 +201,9 @@ def test_a_hub_folder_with_its_own_processor_runs_like_transformers(tmp_path):
                                         image_mean=[123.675, 116.28, 103.53], image_std=[58.395, 57.12, 57.375])
     processor.save_pretrained(tmp_path)
     model, meta = read_hf_folder(str(tmp_path))
-    assert meta["img_size"] == 64 and meta["num_classes"] == 4 and meta["class_names"][0] == "LABEL_0"
+    assert meta.img_size == 64 and meta.num_classes == 4 and meta.class_names[0] == "LABEL_0"
     img = make_sample(np.random.default_rng(0), 3, 90)[0]
-    ours = preprocess_image(img, meta["img_size"], meta["mean"], meta["std"])[None]
+    ours = preprocess_image(img, meta.img_size, meta.mean, meta.std)[None]
     theirs = processor(images=Image.fromarray(img), return_tensors="pt")["pixel_values"]
     assert (ours - theirs).abs().max().item() <= 1e-4
     with torch.no_grad():
