@@ -16,7 +16,7 @@ import logging
 import torch
 
 from segformer_tao import io
-from segformer_tao.deploy.torch_runtime import TorchRuntime
+from segformer_tao.deploy.base import Runtime
 from segformer_tao.errors import UserError
 from segformer_tao.model.meta import ModelMeta, default_colors
 
@@ -95,8 +95,10 @@ def read_hf_folder(path: str, device: torch.device | str = "cpu") -> tuple[torch
     return model.to(device).eval(), meta
 
 
-class HfRuntime(TorchRuntime):
-    """A Hugging Face SegFormer folder run with PyTorch through our model (same predict as TorchRuntime)."""
+class HfRuntime(Runtime):
+    """A Hugging Face SegFormer folder run with PyTorch through our model (CUDA when available)."""
+
+    name = "torch"
 
     def __init__(self, folder: str, device: str | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -106,3 +108,7 @@ class HfRuntime(TorchRuntime):
     @property
     def label(self) -> str:
         return "torch (Hugging Face folder)"
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(self.device, torch.float32)).float().cpu()
