@@ -78,8 +78,8 @@ def check_exportable(model: torch.nn.Module, source: str) -> str:
     in_index, align_corners=True). ``source`` names the checkpoint in messages."""
     name = str(getattr(model, "backbone_name", "") or "")
     if name not in MIT_ARCHS:
-        family = "FAN (Fully Attentional Network)" if name.startswith("fan_") else (
-            "ViT-Adapter" if name.startswith("vit_") else name or type(model).__name__)
+        families = {"fan_": "FAN (Fully Attentional Network)", "vit_": "ViT-Adapter", "c_radio": "C-RADIO"}
+        family = next((f for prefix, f in families.items() if name.lower().startswith(prefix)), name or "unknown")
         raise UserError(
             f"export.format=huggingface cannot export '{source}': its backbone is {name} ({family}), and Hugging Face "
             "transformers has no such architecture (its SegformerForSemanticSegmentation is the MiT encoder only). "

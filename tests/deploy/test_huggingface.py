@@ -242,10 +242,11 @@ def test_fan_backbone_is_refused_with_the_reason(tmp_path):
     assert not os.path.exists(f"{tmp_path}/results/export/fan_hf")
 
 
-@pytest.mark.parametrize("backbone", ["vit_large_nvdinov2", "vit_base_nvclip_16_siglip"])
-def test_vit_backbones_are_refused_with_the_reason(backbone):
+@pytest.mark.parametrize("backbone,family", [("vit_large_nvdinov2", "ViT-Adapter"),
+                                             ("vit_base_nvclip_16_siglip", "ViT-Adapter"), ("c_radio_v3_b", "C-RADIO")])
+def test_vit_and_radio_backbones_are_refused_with_the_reason(backbone, family):
     model = types.SimpleNamespace(backbone_name=backbone)  # the check reads the name only: no 300M-weight ViT here
-    with pytest.raises(UserError, match=f"{backbone} \\(ViT-Adapter\\).*transformers has no such architecture"):
+    with pytest.raises(UserError, match=f"{backbone} \\({family}\\).*transformers has no such architecture"):
         check_exportable(model, "vit.pth")
 
 
