@@ -50,6 +50,7 @@ TQ = "tests/deploy/test_torchao.py::"
 TC = "tests/data/test_convert.py::"
 TR = "tests/test_redact.py::"
 TJ = "tests/test_job_folder_safety.py::"
+TH = "tests/deploy/test_huggingface.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -289,6 +290,27 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("onnx_external_data_anywhere", (
         ("segformer_tao/deploy/onnx_external.py", "        if why is not None:\n", "        if False:\n"),),
         ("tests/deploy/test_onnx_external_data.py::test_locations_outside_the_model_folder_are_refused",)),
+    Mutant("hf_export_key_and_value_swapped", (
+        ("segformer_tao/model/hf_format.py", 'out[f"{prefix}value.{m[3]}"] = keys, values',
+         'out[f"{prefix}value.{m[3]}"] = values, keys'),),
+        (TH + "test_our_tensors_in_the_names_transformers_writes",
+         TH + "test_image_processor_from_the_folder_preprocesses_like_us"), require_all=True),
+    Mutant("hf_preprocessor_mean_in_0_255", (
+        ("segformer_tao/deploy/huggingface.py", '"image_mean": [float(v) for v in mean]',
+         '"image_mean": [float(v) * 255 for v in mean]'),),
+        (TH + "test_image_processor_from_the_folder_preprocesses_like_us",)),
+    Mutant("hf_preprocessor_mean_in_0_255_pipeline", (
+        ("segformer_tao/deploy/huggingface.py", '"image_mean": [float(v) for v in mean]',
+         '"image_mean": [float(v) * 255 for v in mean]'),),
+        (TH + "test_transformers_pipeline_gives_segformer_inference_masks",), slow=True),
+    Mutant("hf_reader_ignores_rescale_factor", (
+        ("segformer_tao/deploy/hf_runtime.py", '"mean": [m / scale for m in mean], "std": [s / scale for s in std]',
+         '"mean": mean, "std": std'),),
+        (TH + "test_a_hub_folder_with_its_own_processor_runs_like_transformers",)),
+    Mutant("hf_export_into_a_full_folder", (
+        ("segformer_tao/deploy/huggingface.py", "    if os.path.isdir(folder) and os.listdir(folder):\n",
+         "    if False:\n"),),
+        (TH + "test_existing_non_empty_output_folder_is_refused",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

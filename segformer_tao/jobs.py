@@ -56,7 +56,7 @@ def lock_results_dir(action: str, out: str) -> joblock.JobLock | None:
         return None
     if out not in _HELD:
         try:
-            _HELD[out] = joblock.JobLock.acquire(out, action, _redacted_argv(), JOB_FILE)
+            _HELD[out] = joblock.JobLock.acquire(out, action, redacted_argv(), JOB_FILE)
         except (PermissionError, NotADirectoryError, FileExistsError) as e:
             raise UserError(f"Results dir '{out}' cannot be created or locked ({e.strerror}). Set results_dir (or "
                             f"{action}.results_dir) to a writable directory.") from e
@@ -133,12 +133,13 @@ def note_unencrypted(cfg: DictConfig, artifacts: dict[str, Any]) -> None:
     plain = unencrypted_weights(artifacts) if cfg.get("encryption_key") and is_primary() else []
     if plain:
         log.warning("note: encryption_key is set, but these files hold weights and are NOT encrypted: %s. ONNX "
-                    "Runtime, OpenVINO, TensorRT and DeepStream must read them as they are, so protect them with file "
-                    "permissions (temporary copies under $TMPDIR were deleted when this step ended).",
+                    "Runtime, OpenVINO, TensorRT, DeepStream and Hugging Face transformers must read them as they "
+                    "are, so protect them with file permissions (temporary copies under $TMPDIR were deleted when "
+                    "this step ended).",
                     ", ".join(plain))
 
 
-def _redacted_argv() -> list[str]:
+def redacted_argv() -> list[str]:
     # encryption_key=..., and every other secret (automl.storage=postgresql://u:pw@h/db)
     return [redact.redact(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
 
@@ -159,7 +160,7 @@ class Job:
         started = joblock.now_str()
         record = {
             "action": action, "status": "running", "start": started, "end": None, "duration_s": None,
-            "parent": cfg.parent_job or None, "results_dir": out_dir, "command": _redacted_argv(),
+            "parent": cfg.parent_job or None, "results_dir": out_dir, "command": redacted_argv(),
             **joblock.identity(), "heartbeat": started, "segformer_tao_version": __version__, "artifacts": {},
             "metrics": {}, "error": None, "encrypted": bool(cfg.encryption_key),
         }

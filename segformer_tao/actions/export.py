@@ -91,8 +91,9 @@ def _settings(cfg, img_size: int | None = None) -> onnx_export.ExportSettings:
     size = int(img_size or cfg.dataset.segment.img_size)
     if exp.format not in ("onnx", "openvino"):
         raise UserError(f"export.format={exp.format} is not supported: segformer_tao writes plain ONNX "
-                        "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly, or ONNX "
-                        "plus an OpenVINO IR (export.format=openvino).")
+                        "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly, ONNX "
+                        "plus an OpenVINO IR (export.format=openvino), or a Hugging Face transformers folder "
+                        "(export.format=huggingface).")
     if exp.format == "openvino":
         from segformer_tao.deploy.openvino import require_openvino
 
@@ -144,6 +145,14 @@ def export_checkpoint(model: torch.nn.Module, meta: ModelMeta, settings: onnx_ex
 def run(cfg) -> dict:
     """Export cfg.export.checkpoint to ONNX; returns metrics (max_abs_diff) and artifact paths."""
     exp = cfg.export
+    if exp.format == "huggingface":  # a transformers folder, not ONNX: deploy/huggingface.py
+        from segformer_tao.deploy import huggingface
+
+        folder = huggingface.output_folder(cfg)  # refused before loading anything
+        model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint",
+                                         strict=bool(cfg.get("encryption_strict")))
+        meta = settle_checkpoint(cfg, meta, "export.checkpoint", str(exp.checkpoint))
+        return huggingface.export_folder(model, meta, cfg, folder)
     _settings(cfg)  # reject bad keys before loading anything
     if exp.serialize_nvdsinfer:
         from segformer_tao.deploy.deepstream import check_batch_size

@@ -347,8 +347,12 @@ class ExportConfig:
     batch_size: int = spec(-1, "Batch size of the ONNX input; -1 = dynamic.", valid_min=-1)
     verbose: bool = spec(False, "Verbose export log.")
     format: str = spec("onnx", "Export format: onnx, or (segformer_tao) openvino = the ONNX plus an OpenVINO IR "
-                       "(<onnx name>.xml/.bin beside it; the [openvino] extra). TAO's xdl is not supported.",
-                       valid_options=["onnx", "xdl", "openvino"])
+                       "(<onnx name>.xml/.bin beside it; the [openvino] extra), or huggingface = a transformers "
+                       "SegformerForSemanticSegmentation folder (MiT backbones; export.huggingface_dir). TAO's xdl "
+                       "is not supported.", valid_options=["onnx", "xdl", "openvino", "huggingface"])
+    huggingface_dir: str | None = spec(
+        None, "(segformer_tao) Output folder of export.format=huggingface (default <results_dir>/<checkpoint "
+        "name>_hf); must not exist yet or be empty.")
     serialize_nvdsinfer: bool = spec(False, "Write a DeepStream nvinfer config and labels file.")
     dynamic_hw: bool = spec(False, "(segformer_tao) Make input height/width dynamic too.")
     simplify: bool = spec(True, "(segformer_tao) Simplify the graph with onnxslim when installed.")

@@ -40,8 +40,11 @@ def open_runtime(cfg: DictConfig, action: str) -> Runtime:
 
         return open_onnx_runtime(str(section.onnx_file), cfg, action)
     if section.get("checkpoint"):
+        from segformer_tao.deploy.hf_runtime import HfRuntime, is_hf_folder
         from segformer_tao.deploy.torch_runtime import TorchRuntime
 
+        if is_hf_folder(str(section.checkpoint)):  # a transformers SegFormer folder (export.format=huggingface)
+            return HfRuntime(str(section.checkpoint))
         return TorchRuntime(str(section.checkpoint), cfg.get("encryption_key"),
                             strict=bool(cfg.get("encryption_strict")))
     raise UserError(f"`{action}` needs a model: set {action}.checkpoint (a .pth from train), {action}.onnx_file "
