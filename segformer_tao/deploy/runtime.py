@@ -152,3 +152,31 @@ def sliding_window_logits(runtime: Runtime, image: np.ndarray, preprocess: Calla
 def _starts(length: int, crop: int, stride: int) -> list[int]:
     n = max(1, math.ceil((length - crop) / stride) + 1)
     return sorted({min(i * stride, length - crop) for i in range(n)})
+
+
+_RESIZE_CHUNK = 1 << 24  # resized logits held at once, in floats (64 MiB): bounds memory on 4000x3000 images
+
+
+def labels_at(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Class ids (N, H, W) at ``size`` (H, W) pixels from logits (N, C, h, w): the labels of
+    ``resize_logits(logits, size).argmax(1)``, uint8 for C <= 256 classes (int64 above), on the logits' device.
+
+    argmax over dim 1 of an NCHW tensor walks memory with a stride of H*W and dominates post-processing (0.2-2 s
+    per large image). Here channels are resized a few at a time (each channel's values are exactly the full
+    resize's) and a running maximum over contiguous H*W planes keeps the first maximal class, as argmax does.
+    """
+    n, c = logits.shape[:2]
+    h, w = int(size[0]), int(size[1])
+    out = torch.zeros(n, h, w, dtype=torch.uint8 if c <= 256 else torch.int64, device=logits.device)
+    per = max(1, _RESIZE_CHUNK // max(1, h * w))
+    for i in range(n):
+        labels, best = out[i], None
+        for start in range(0, c, per):
+            planes = resize_logits(logits[i : i + 1, start : start + per], (h, w))[0]
+            for k, plane in enumerate(planes):
+                if best is None:
+                    best = plane.clone()
+                    continue
+                labels.masked_fill_(plane > best, start + k)
+                torch.maximum(best, plane, out=best)
+    return out
