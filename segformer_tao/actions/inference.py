@@ -13,6 +13,7 @@ masks and overlays are written by a small thread pool while the model runs the n
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -28,6 +29,7 @@ from segformer_tao.engine.trainer import oom_message
 from segformer_tao.engine.visualize import label_png_array, overlay, write_png
 from segformer_tao.errors import UserError
 
+log = logging.getLogger("segformer_tao")
 
 class SourceImages(ImageFiles):
     """:class:`ImageFiles` that also hands over the decoded ``rgb`` where it is needed (overlay batches, images
@@ -177,10 +179,10 @@ def _progress(name: str, done: int, total: int, seconds: float) -> None:
     if total:
         left = max(0.0, (total - done) / max(rate, 1e-9))
         eta = time.strftime("%H:%M:%S", time.gmtime(left))
-        print(f"video {name}: frame {done}/{total} ({100 * done // total}%) {rate:.2f} frames/s | ETA {eta}",
-              flush=True)
+        log.info("video %s: frame %d/%d (%d%%) %.2f frames/s | ETA %s", name, done, total, 100 * done // total, rate,
+                 eta)
     else:
-        print(f"video {name}: frame {done} {rate:.2f} frames/s", flush=True)
+        log.info("video %s: frame %d, %.2f frames/s", name, done, rate)
 
 
 def run(cfg: DictConfig) -> dict:
