@@ -56,8 +56,8 @@ def _open(path: str):
     stream = container.streams.video[0]
     if stream.codec_context is None:
         container.close()
-        raise UserError(f"Cannot decode video '{path}': its codec ({stream.codec_tag or 'unknown'}) is not supported "
-                        "by this FFmpeg build. Convert it, e.g. `ffmpeg -i IN -c:v libx264 out.mp4`.")
+        raise UserError(f"Cannot decode video '{path}': its codec is not supported by PyAV's FFmpeg (no decoder for "
+                        "it). Convert the video to H.264, e.g. `ffmpeg -i IN -c:v libx264 out.mp4`.")
     return container, stream
 
 
@@ -93,7 +93,8 @@ class VideoFrames(IterableDataset):
                 index += 1
         except av.error.FFmpegError as e:
             raise UserError(f"Cannot decode frame {index} of video '{self.path}' ({e.strerror or e}): the file is "
-                            f"damaged there. Frames 0-{index - 1} were done; re-encode or cut the video.") from e
+                            f"damaged there (frames 0-{index - 1} decode). Re-encode the video, or cut it before "
+                            "that frame.") from e
         finally:
             container.close()
 
