@@ -219,6 +219,18 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("openvino_core_per_call", (
         ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
         ("tests/deploy/test_openvino_signal_stack.py",)),
+    Mutant("labels_at_last_maximum_wins", (
+        ("segformer_tao/deploy/runtime.py", "labels.masked_fill_(planes[k] > best, k)",
+         "labels.masked_fill_(planes[k] >= best, k)"),),
+        ("tests/deploy/test_labels_at.py",)),
+    Mutant("labels_at_running_maximum_not_kept", (
+        ("segformer_tao/deploy/runtime.py", "            torch.maximum(best, planes[k], out=best)\n", ""),),
+        ("tests/deploy/test_labels_at.py",)),
+    Mutant("source_names_flattened", (
+        ("segformer_tao/data/sources.py", 'r = r if inside.startswith("..") else inside.replace(os.sep, "/")',
+         "r = r"),),
+        ("tests/data/test_sources.py::test_output_names_keep_relative_paths_and_never_collide",
+         "tests/data/test_sources.py::test_listing_forms_and_their_names"), require_all=True),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

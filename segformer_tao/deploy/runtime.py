@@ -154,29 +154,24 @@ def _starts(length: int, crop: int, stride: int) -> list[int]:
     return sorted({min(i * stride, length - crop) for i in range(n)})
 
 
-_RESIZE_CHUNK = 1 << 24  # resized logits held at once, in floats (64 MiB): bounds memory on 4000x3000 images
-
 
 def labels_at(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Class ids (N, H, W) at ``size`` (H, W) pixels from logits (N, C, h, w): the labels of
-    ``resize_logits(logits, size).argmax(1)``, uint8 for C <= 256 classes (int64 above), on the logits' device.
+    """Class ids (N, H, W) at ``size`` (H, W) pixels from logits (N, C, h, w): exactly the labels of
+    ``resize_logits(logits[i : i + 1], size).argmax(1)`` per image, uint8 for C <= 256 classes (int64 above), on
+    the logits' device.
 
     argmax over dim 1 of an NCHW tensor walks memory with a stride of H*W and dominates post-processing (0.2-2 s
-    per large image). Here channels are resized a few at a time (each channel's values are exactly the full
-    resize's) and a running maximum over contiguous H*W planes keeps the first maximal class, as argmax does.
+    per large image); a running maximum over the contiguous H*W class planes keeps the first maximal class, as
+    argmax does. The resize is the same call as before, all classes at once: resizing a few classes at a time
+    changes how the kernel splits its loops and, with it, the last bit of some values.
     """
     n, c = logits.shape[:2]
     h, w = int(size[0]), int(size[1])
     out = torch.zeros(n, h, w, dtype=torch.uint8 if c <= 256 else torch.int64, device=logits.device)
-    per = max(1, _RESIZE_CHUNK // max(1, h * w))
     for i in range(n):
-        labels, best = out[i], None
-        for start in range(0, c, per):
-            planes = resize_logits(logits[i : i + 1, start : start + per], (h, w))[0]
-            for k, plane in enumerate(planes):
-                if best is None:
-                    best = plane.clone()
-                    continue
-                labels.masked_fill_(plane > best, start + k)
-                torch.maximum(best, plane, out=best)
+        planes = resize_logits(logits[i : i + 1], (h, w))[0]
+        labels, best = out[i], planes[0].clone()
+        for k in range(1, c):
+            labels.masked_fill_(planes[k] > best, k)
+            torch.maximum(best, planes[k], out=best)
     return out

@@ -1,5 +1,6 @@
-"""labels_at (resize to the original size + argmax, channel by channel with a running maximum) gives exactly the
-labels of the plain path, resize_logits(...).argmax(1), including ties, at the benchmark sizes."""
+"""labels_at (resize to the original size, then a running maximum over the class planes) gives exactly the labels
+of the path before it, resize_logits(logits[i : i + 1], size).argmax(1) per image, ties included, at the benchmark
+sizes and on 1 or more threads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segformer_tao.deploy import runtime
 from segformer_tao.deploy.runtime import labels_at, resize_logits
 
 
@@ -23,21 +23,30 @@ def _logits(classes: int, h: int, w: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("classes, size", [(2, (1080, 1920)), (19, (1024, 2048)), (19, (97, 61)), (3, (32, 32))])
 def test_labels_equal_the_resize_then_argmax_path(classes, size):
     logits = _logits(classes, 128, 128, seed=classes)
-    old = resize_logits(logits, size).argmax(1)
+    old = _old_path(logits, size)
     new = labels_at(logits, size)
     assert new.shape == old.shape and new.dtype == torch.uint8
     assert torch.equal(new.long(), old)
     assert len(torch.unique(old)) == classes  # every class occurs: the comparison covers all of them
 
 
-def test_small_resize_budget_processes_channels_in_chunks_with_the_same_labels(monkeypatch):
-    logits = _logits(19, 64, 48, seed=3)
-    old = resize_logits(logits, (300, 200)).argmax(1)
-    monkeypatch.setattr(runtime, "_RESIZE_CHUNK", 300 * 200 * 4)  # 4 channels at a time
-    assert torch.equal(labels_at(logits, (300, 200)).long(), old)
+def _old_path(logits: torch.Tensor, size) -> torch.Tensor:
+    """What evaluate and inference did per image before labels_at."""
+    return torch.cat([resize_logits(logits[i : i + 1], size).argmax(1) for i in range(len(logits))])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_labels_whatever_the_thread_count(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        logits = _logits(19, 97, 61, seed=3)
+        assert torch.equal(labels_at(logits, (300, 200)).long(), _old_path(logits, (300, 200)))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_more_than_256_classes_give_int64_labels():
     logits = _logits(300, 16, 16, seed=4)
     new = labels_at(logits, (40, 24))
-    assert new.dtype == torch.int64 and torch.equal(new, resize_logits(logits, (40, 24)).argmax(1))
+    assert new.dtype == torch.int64 and torch.equal(new, _old_path(logits, (40, 24)))
