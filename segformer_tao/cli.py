@@ -300,7 +300,32 @@ def _print_traceback() -> None:
     print(redact(traceback.format_exc()), end="", file=sys.stderr)
 
 
+# Actions whose process ends with os._exit once its work and atexit handlers are done: the interpreter's own
+# teardown (freeing torch, ONNX Runtime and OpenVINO state) took 1.7-5 s after the last line of output.
+FAST_EXIT = ("evaluate", "inference")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `segformer` command: returns its exit code (in its own process, evaluate and inference exit at once)."""
+    code = _main(argv)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if argv is None and words[:1] and words[0] in FAST_EXIT:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Run the atexit handlers (job locks), flush logs and stdio, and leave without the interpreter's teardown."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("SEGFORMER_DEBUG") == "1"
