@@ -9,7 +9,7 @@ argmax, old path and ``labels_at``, labels compared) vs the model's time per ima
 one-image ONNX Runtime inference in a fresh process beside `import onnxruntime` + session creation alone; peak
 memory (max RSS) of inference on 4000x3000 images with the sliding window off and on.
 
-Usage: python bench/pipeline.py [--images 4] [--rounds 3] [--runtimes torch,onnxruntime,openvino]
+Usage: python bench/pipeline.py [--images 6] [--rounds 3] [--runtimes torch,onnxruntime,openvino]
 [--memory-classes 2] [--memory-images 1] [--quick]. Writes bench/results/pipeline.json.
 """
 
@@ -133,15 +133,18 @@ def postprocess(classes: int, hw: tuple[int, int], reps: int) -> dict:
     from segformer_tao.deploy.runtime import labels_at, resize_logits
 
     logits = torch.randn(1, classes, IMG // 4, IMG // 4, generator=torch.Generator().manual_seed(classes))
-    old, new = [], []
+    old, new, resize = [], [], []
     for _ in range(reps):
+        t = time.perf_counter()
+        resize_logits(logits, hw)
+        resize.append(time.perf_counter() - t)
         t = time.perf_counter()
         a = resize_logits(logits, hw).argmax(1)
         old.append(time.perf_counter() - t)
         t = time.perf_counter()
         b = labels_at(logits, hw)
         new.append(time.perf_counter() - t)
-    return {"old_s": compare.spread(old), "labels_at_s": compare.spread(new),
+    return {"old_s": compare.spread(old), "labels_at_s": compare.spread(new), "resize_alone_s": compare.spread(resize),
             "identical": bool(torch.equal(a, b.long()))}
 
 
@@ -194,7 +197,7 @@ def peak_memory(onnx: str, folder: str, out: str, env: dict, sliding: bool, clas
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=4, help="images per setting")
+    parser.add_argument("--images", type=int, default=6, help="images per setting")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1, help="inference/evaluate batch size")
     parser.add_argument("--runtimes", default="torch,onnxruntime,openvino")
@@ -225,7 +228,7 @@ def main() -> None:
                         f"dataset.segment.num_classes={classes}", "model=mit_b0", f"dataset.segment.img_size={IMG}"]
                 ev = [*model_args(runtime, ckpt, onnx_of[classes], "evaluate"), f"evaluate.batch_size={args.batch}",
                       f"dataset.segment.num_classes={classes}", "model=mit_b0", "dataset.segment.label_transform=None",
-                      f"dataset.segment.img_size={IMG}"]
+                      "dataset.segment.test_split=test", f"dataset.segment.img_size={IMG}"]
                 sides = {"model": [], "inference": [], "evaluate": []}
                 for r in range(args.rounds):
                     order = ["model", "inference", "evaluate"]
@@ -251,7 +254,8 @@ def main() -> None:
             model_s = 1 / rows[runtimes[0]]["model"]["median"] if runtimes else float("nan")
             post["labels_at_vs_model"] = post["labels_at_s"]["median"] / model_s
             print(f"{name} post-processing per image: old {compare.fmt_side(post['old_s'], 3)} s, labels_at "
-                  f"{compare.fmt_side(post['labels_at_s'], 3)} s (identical labels: {post['identical']}); "
+                  f"{compare.fmt_side(post['labels_at_s'], 3)} s (identical labels: {post['identical']}; the resize "
+                  f"alone {compare.fmt_side(post['resize_alone_s'], 3)} s); "
                   f"{100 * post['labels_at_vs_model']:.1f}% of {runtimes[0] if runtimes else '-'}'s model time "
                   f"({model_s:.3f} s)", flush=True)
             result["settings"][name] = {"runtimes": rows, "postprocess": post}

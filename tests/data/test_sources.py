@@ -178,3 +178,11 @@ def test_video_frames_rate_and_masks_equal_per_image_inference_of_its_decoded_fr
 def _image_from(path, arr: np.ndarray) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(arr).save(path)
+
+
+def test_inference_help_names_the_input_keys():
+    from segformer_tao.cli import action_help
+
+    text = action_help("inference")
+    inputs = text.split("inputs (one of):", 1)[1].split("config groups", 1)[0]
+    assert "inference.source=PATH" in inputs and "dataset.segment.root_dir=DIR" in inputs and "video" in inputs
