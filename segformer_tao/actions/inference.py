@@ -82,11 +82,13 @@ def _save(out_dir: str, name: str, labels: np.ndarray, rgb: np.ndarray | None, p
 
 
 def _worker_error(e: UserError) -> UserError:
-    """A UserError raised in a loader worker arrives re-wrapped with the worker's traceback: keep the paragraph."""
+    """A UserError raised in a loader worker arrives re-wrapped around the worker's traceback text: keep just the
+    paragraph (what follows the last ``segformer_tao.errors.<Type>: ``)."""
     text = str(e)
-    if not text.startswith("Caught ") or "Error: " not in text:
+    at = text.rfind("\nsegformer_tao.errors.")
+    if not text.startswith("Caught ") or at < 0 or ": " not in text[at:]:
         return e
-    return type(e)(text.rstrip().rsplit("Error: ", 1)[1])
+    return type(e)(text[at:].split(": ", 1)[1].strip())
 
 
 def _source_dataset(cfg: DictConfig, meta: dict, batch_size: int, src):

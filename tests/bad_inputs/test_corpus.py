@@ -214,6 +214,8 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
     ("quantize_nncf_algorithm", ["quantize", *D, "quantize.model_path={onnx}", CAL, "quantize.backend=nncf",
                                  "quantize.algorithm=entropy"],
      ["quantize.algorithm=entropy", "backend=nncf", "minmax"]),
+    ("source_corrupt_image", ["inference", "inference.checkpoint={ckpt}", "inference.source={corrupt}/images/val"],
+     ["Cannot read image", "0001.png", "corrupt"]),
     ("video_unsupported_codec", ["inference", "inference.checkpoint={ckpt}", "inference.source={bad_codec_video}"],
      ["bad_codec.mov", "codec", "not supported", "ffmpeg -i"]),
     ("video_unreadable_frame", ["inference", "inference.checkpoint={ckpt}", "inference.source={corrupt_video}",
