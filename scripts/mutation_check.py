@@ -226,6 +226,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("labels_at_running_maximum_not_kept", (
         ("segformer_tao/deploy/runtime.py", "            torch.maximum(best, planes[k], out=best)\n", ""),),
         ("tests/deploy/test_labels_at.py",)),
+    Mutant("overlay_video_not_at_the_source_rate", (
+        ("segformer_tao/actions/inference.py", '"overlays", name + ".mp4"), info["fps"], *size)',
+         '"overlays", name + ".mp4"), 25, *size)'),),
+        ("tests/data/test_sources.py::test_video_frames_rate_and_masks_equal_per_image_inference_of_its_decoded_frames",)),
     Mutant("source_names_flattened", (
         ("segformer_tao/data/sources.py", 'r = r if inside.startswith("..") else inside.replace(os.sep, "/")',
          "r = r"),),
