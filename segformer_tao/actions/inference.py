@@ -25,7 +25,6 @@ from segformer_tao import status
 from segformer_tao.data.loader import ImageFiles, eval_loader, make_loader
 from segformer_tao.data.outputs import OutputWriter
 from segformer_tao.deploy.runtime import labels_at, open_runtime, predict_logits, sliding_window_logits
-from segformer_tao.engine.trainer import oom_message
 from segformer_tao.engine.visualize import label_png_array, overlay, write_png
 from segformer_tao.errors import UserError
 
@@ -206,6 +205,8 @@ def run(cfg: DictConfig) -> dict:
         else:
             images, overlays = _run_images(cfg, runtime, out_dir, pixels, src)
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        from segformer_tao.engine.trainer import oom_message  # imports Lightning: only when it is needed
+
         raise UserError(oom_message(cfg, "inference").replace("dataset.segment.batch_size",
                                                                "inference.batch_size")) from e
     seconds = time.monotonic() - start
