@@ -17,7 +17,7 @@ $(PY):
 # none of torch, torchvision, numpy, onnx, onnxruntime (see setup.cfg).
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e ".[dev,s3,automl,onnx,torchao,modelopt]"
+	$(PIP) install -q -e ".[dev,s3,automl,onnx,torchao,modelopt,video]"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/tao-core nvidia-tao-core==7.3.0
 	touch $(STAMP)
 

@@ -36,6 +36,8 @@ echo "== quantize: INT8 vs FP32 mIoU on the demo set"
 bash bench/quantize_demo.sh
 echo "== quantize backends: every backend's INT8 artifact side by side (images/s, mIoU, size) vs ORT FP32"
 "$PY" bench/quant_backends.py --rounds 3
+echo "== pipeline: segformer inference/evaluate end to end vs the same runtime's model alone"
+"$PY" bench/pipeline.py --rounds 3 "${QUICK[@]}"
 echo "== leaks: memory, fds and threads over a long tiny training and inference"
 "$PY" bench/leaks.py --epochs 40 --images 300
 echo "== TensorRT: engines fp32/fp16/int8 vs PyTorch on the GPU (skipped without tensorrt and CUDA)"

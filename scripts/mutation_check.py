@@ -311,6 +311,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/deploy/huggingface.py", "    if os.path.isdir(folder) and os.listdir(folder):\n",
          "    if False:\n"),),
         (TH + "test_existing_non_empty_output_folder_is_refused",)),
+    Mutant("labels_at_last_maximum_wins", (
+        ("segformer_tao/deploy/base.py", "labels.masked_fill_(planes[k] > best, k)",
+         "labels.masked_fill_(planes[k] >= best, k)"),),
+        ("tests/deploy/test_labels_at.py",)),
+    Mutant("labels_at_running_maximum_not_kept", (
+        ("segformer_tao/deploy/base.py", "            torch.maximum(best, planes[k], out=best)\n", ""),),
+        ("tests/deploy/test_labels_at.py",)),
+    Mutant("overlay_video_not_at_the_source_rate", (
+        ("segformer_tao/actions/inference.py", '"overlays", name + ".mp4"), info["fps"], *size)',
+         '"overlays", name + ".mp4"), 25, *size)'),),
+        ("tests/data/test_sources.py::test_video_frames_rate_and_masks_equal_per_image_inference_of_its_decoded_frames",)),
+    Mutant("source_names_flattened", (
+        ("segformer_tao/data/sources.py", 'r = r if inside.startswith("..") else inside.replace(os.sep, "/")',
+         "r = r"),),
+        ("tests/data/test_sources.py::test_output_names_keep_relative_paths_and_never_collide",
+         "tests/data/test_sources.py::test_listing_forms_and_their_names"), require_all=True),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

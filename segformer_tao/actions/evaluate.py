@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from segformer_tao import io, status
 from segformer_tao.data import build_dataloader
-from segformer_tao.deploy.base import predict_logits, resize_logits
+from segformer_tao.deploy.base import labels_at, predict_logits
 from segformer_tao.deploy.runtime import open_for_action
 from segformer_tao.engine.metrics import SegmentationMetrics
 from segformer_tao.engine.visualize import colorize, denormalize, plot_confusion_matrix, side_by_side, write_png
@@ -89,7 +89,7 @@ def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: 
         preds = []
         for i, mask in enumerate(batch["mask"]):
             _check_labels_in_range(mask, n, ignore, batch["path"][i])
-            pred = resize_logits(logits[i : i + 1], tuple(mask.shape[-2:])).argmax(1)[0]
+            pred = labels_at(logits[i : i + 1], tuple(mask.shape[-2:]))[0]
             metrics.update(pred, mask)
             preds.append(pred)
         images += len(preds)

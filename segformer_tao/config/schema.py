@@ -27,7 +27,7 @@ ACTIONS = ["train", "evaluate", "inference", "export", "quantize", "gen_trt_engi
 REQUIRED_KEYS = {
     "train": [["dataset.segment.root_dir"]],
     "evaluate": [["dataset.segment.root_dir"], ["evaluate.checkpoint", "evaluate.onnx_file", "evaluate.trt_engine"]],
-    "inference": [["dataset.segment.root_dir"],
+    "inference": [["inference.source", "dataset.segment.root_dir"],
                   ["inference.checkpoint", "inference.onnx_file", "inference.trt_engine"]],
     "export": [["dataset.segment.root_dir"], ["export.checkpoint"]],
     "quantize": [["dataset.segment.root_dir"], ["dataset.segment.quant_calibration_dataset.images_dir"],
@@ -326,6 +326,14 @@ class EvaluateConfig:
 class InferenceConfig(EvaluateConfig):
     sliding_window: bool = spec(False, "(segformer_tao) Sliding-window inference for images larger than img_size.")
     flip_tta: bool = spec(False, "(segformer_tao) Horizontal-flip test-time augmentation.")
+    source: str | None = spec(
+        None, "(segformer_tao) What to segment, instead of dataset.segment.root_dir's predict_split: an image, a "
+        "folder (searched recursively; non-image files skipped with a note), a glob ('photos/**/*.jpg'), a text file "
+        "listing image paths, an s3:// prefix, or a video (mp4/mov/avi/mkv; the [video] extra). Output names keep "
+        "each file's path relative to the source.")
+    video_masks: str = spec(
+        "png", "(segformer_tao) Masks of a video source: png = one label PNG per frame under masks/<video>/, video "
+        "= one lossless (FFV1) mask video masks/<video>.mkv.", valid_options=["png", "video"])
 
 
 # ----------------------------------------------------------------------------------------------- deploy

@@ -38,6 +38,9 @@ def make_session(model: bytes | str, threads: int | None = None, providers: list
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or available_cores()
     opts.inter_op_num_threads = 1
+    # Idle intra-op threads sleep instead of spinning: after each run they would take the cores from the resize,
+    # argmax, decoding and PNG writing that follow (bench/pipeline.py: +21% inference images/s, model not slower).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3

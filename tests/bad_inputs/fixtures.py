@@ -138,6 +138,7 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     paths.update(_trust_boundary_files(tmp))
     paths.update(_convert_sources(tmp))
     paths.update(_attacker_files(tmp, data))
+    paths.update(_source_files(tmp))
     return paths
 
 
@@ -184,6 +185,37 @@ def _attacker_files(tmp: str, data: str) -> dict:
     hf_dot = os.path.join(tmp, "hf_dot")
     out["hf_dot"] = os.path.dirname(_write(os.path.join(hf_dot, "model.safetensors.index.json"),
                                            json.dumps({"weight_map": {"secret": "."}})))
+    return out
+
+
+def _source_files(tmp: str) -> dict:
+    """A folder holding no images, and (with PyAV) a video whose codec tag names no decoder and one whose fourth
+    frame is damaged (PNG frames in a MOV: the PNG decoder refuses the broken one)."""
+    out = {"no_images": os.path.join(tmp, "no_images")}
+    _write(os.path.join(out["no_images"], "notes.txt"), "a note")
+    _write(os.path.join(out["no_images"], "meta.json"), "{}")
+    try:
+        import av
+    except ImportError:
+        return out
+    path = os.path.join(tmp, "good.mov")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("png", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "rgb24"
+        for i in range(6):
+            frame = np.full((32, 48, 3), 40 * i, np.uint8)
+            frame[:, : 8 * (i + 1)] = 250
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with open(path, "rb") as f:
+        data = f.read()
+    out["bad_codec_video"] = _write(os.path.join(tmp, "bad_codec.mov"), data.replace(b"png ", b"zzzz"))
+    broken = bytearray(data)
+    at = [i for i in range(len(data)) if data.startswith(b"IDAT", i)][3]  # frame 3's pixel data
+    broken[at + 4 : at + 40] = bytes(36)
+    out["corrupt_video"] = _write(os.path.join(tmp, "corrupt_frame.mov"), bytes(broken))
     return out
 
 

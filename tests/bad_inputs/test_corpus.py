@@ -63,6 +63,16 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("quantize_no_model", ["quantize", *D, "dataset.segment.quant_calibration_dataset.images_dir={data}/images/train"],
      ["quantize.model_path"]),
     ("gen_trt_engine_no_onnx", ["gen_trt_engine"], ["gen_trt_engine.onnx_file"]),
+    # ---- inference.source (checked before anything heavy is imported)
+    ("source_empty_folder", ["inference", "inference.checkpoint={ckpt}", "inference.source={empty_dir}"],
+     ["inference.source='{empty_dir}'", "is empty"]),
+    ("source_folder_without_images", ["inference", "inference.checkpoint={ckpt}", "inference.source={no_images}"],
+     ["inference.source='{no_images}'", "holds no image files", "notes.txt"]),
+    ("source_glob_matches_nothing", ["inference", "inference.checkpoint={ckpt}",
+                                     "inference.source={tmp}/nowhere/**/*.jpg"],
+     ["inference.source='{tmp}/nowhere/**/*.jpg'", "matches no file"]),
+    ("source_missing", ["inference", "inference.checkpoint={ckpt}", "inference.source={tmp}/photos.zip"],
+     ["inference.source='{tmp}/photos.zip'", "does not exist"]),
     ("jobs_list_missing_dir", ["jobs", "list", "{tmp}/nope"], ["nope", "is not a folder"]),
     ("parent_job_not_a_dir", ["evaluate", *D, "parent_job={tmp}/nope"], ["parent_job", "not a directory"]),
     ("parent_job_without_artifacts", ["export", *D, "parent_job={empty_dir}"], ["parent_job", "holds no artifact"]),
@@ -237,6 +247,13 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
      ["onnx_escape/model.onnx", "external data at '../secret.bin'", "refused"]),
     ("hf_shard_is_the_folder", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={hf_dot}"],
      ["hf_dot/model.safetensors.index.json", "names the shard '.'", "not a file inside the model folder"]),
+    ("source_corrupt_image", ["inference", "inference.checkpoint={ckpt}", "inference.source={corrupt}/images/val"],
+     ["Cannot read image", "0001.png", "corrupt"]),
+    ("video_unsupported_codec", ["inference", "inference.checkpoint={ckpt}", "inference.source={bad_codec_video}"],
+     ["bad_codec.mov", "codec", "not supported", "ffmpeg -i"]),
+    ("video_unreadable_frame", ["inference", "inference.checkpoint={ckpt}", "inference.source={corrupt_video}",
+                                "inference.batch_size=1"],
+     ["Cannot decode frame 3 of video", "corrupt_frame.mov", "frames 0-2 decode", "Re-encode"]),
     ("quantize_modelopt_missing", ["quantize", *D, "quantize.model_path={onnx}", CAL, "quantize.backend=modelopt.onnx"],
      ["quantize.backend=modelopt.onnx", "nvidia-modelopt"]),
 ]
@@ -273,8 +290,25 @@ def _link_target_untouched(results_dir: str) -> None:
         assert f.read() == "not a log\n"
 
 
+def _no_partial_outputs(results_dir: str) -> None:
+    """A video that fails mid-way: the masks written for the frames before are complete PNGs, no temp file or
+    half-written overlay video is left."""
+    from PIL import Image
+
+    masks = os.path.join(results_dir, "inference", "masks", "corrupt_frame")
+    assert set(os.listdir(masks)) <= {"000000.png", "000001.png", "000002.png"} and os.listdir(masks)
+    for name in os.listdir(masks):
+        with Image.open(os.path.join(masks, name)) as im:
+            im.load()
+    overlays = os.path.join(results_dir, "inference", "overlays")
+    assert not os.path.exists(overlays) or os.listdir(overlays) == [], os.listdir(overlays)
+    for _, _, files in os.walk(results_dir):
+        assert not [f for f in files if f.endswith(".tmp") or f.startswith(".") and f != ".segformer.lock"], files
+
+
 # Extra checks on what a failed case left in its results dir.
-AFTER = {"disk_full_checkpoint": _nothing_half_written, "log_txt_is_a_symlink": _link_target_untouched}
+AFTER = {"disk_full_checkpoint": _nothing_half_written, "log_txt_is_a_symlink": _link_target_untouched,
+         "video_unreadable_frame": _no_partial_outputs}
 
 
 def _cuda() -> bool:
@@ -302,10 +336,17 @@ NEEDS_ABSENT = {
 }
 
 
+# Cases that need an optional package present: (present?, reason) -> a visible skip where it is absent.
+NEEDS_PRESENT = {case: (lambda: _installed("av"), "PyAV (the [video] extra) is not installed")
+                 for case in ("video_unsupported_codec", "video_unreadable_frame")}
+
+
 @pytest.mark.parametrize("case_id, argv, needles", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(case_id, argv, needles, bad_paths):
     if case_id in NEEDS_ABSENT and NEEDS_ABSENT[case_id][0]():
         pytest.skip(f"{case_id}: {NEEDS_ABSENT[case_id][1]}")
+    if case_id in NEEDS_PRESENT and not NEEDS_PRESENT[case_id][0]():
+        pytest.skip(f"{case_id}: {NEEDS_PRESENT[case_id][1]}")
     args = _format(argv, bad_paths)
     if args and args[0] in ("train", "evaluate", "inference", "export", "quantize") and not any(
             a.startswith("results_dir=") for a in args) and "-e" not in args:
