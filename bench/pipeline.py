@@ -104,7 +104,7 @@ def model_only(cfg_args: list[str], data: str, batch: int) -> float:
     cfg = compose_config("inference", cfg_args)
     runtime = open_runtime(cfg, "inference")
     files = sorted(os.path.join(f"{data}/images/test", f) for f in os.listdir(f"{data}/images/test"))
-    ds = ImageFiles(files, runtime.meta["img_size"], runtime.meta["mean"], runtime.meta["std"])
+    ds = ImageFiles(files, runtime.meta.img_size, runtime.meta.mean, runtime.meta.std)
     batches = [torch.stack([ds[j]["image"] for j in range(i, min(i + batch, len(ds)))])
                for i in range(0, len(ds), batch)]
     runtime.predict(batches[0][:1])  # warm-up, as the product's own first batch is not
@@ -130,7 +130,7 @@ def pipeline(action: str, cfg_args: list[str], data: str, out: str) -> float:
 
 def postprocess(classes: int, hw: tuple[int, int], reps: int) -> dict:
     """Seconds per image of the old path (resize_logits + argmax(1)) and labels_at on logits at 1/4 of img_size."""
-    from segformer_tao.deploy.runtime import labels_at, resize_logits
+    from segformer_tao.deploy.base import labels_at, resize_logits
 
     logits = torch.randn(1, classes, IMG // 4, IMG // 4, generator=torch.Generator().manual_seed(classes))
     old, new, resize = [], [], []

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segformer_tao.deploy.runtime import labels_at, resize_logits
+from segformer_tao.deploy.base import labels_at, resize_logits
 
 
 def _logits(classes: int, h: int, w: int, seed: int) -> torch.Tensor:
