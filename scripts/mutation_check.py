@@ -48,6 +48,7 @@ TX = "tests/deploy/test_export.py::"
 TG = "tests/model/test_fan_golden.py::"
 TQ = "tests/deploy/test_torchao.py::"
 TC = "tests/data/test_convert.py::"
+TR = "tests/model/test_radio.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -258,6 +259,29 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("openvino_core_per_call", (
         ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
         ("tests/deploy/test_openvino_signal_stack.py",)),
+    Mutant("radio_summary_fusion_skipped", (
+        ("segformer_tao/model/backbones/radio.py", "        if not self.add_summary:\n            return levels\n",
+         "        return levels\n"),),
+        (TR + "test_radio_matches_tao_golden_outputs",)),
+    Mutant("radio_cpe_table_not_resized", (
+        ("segformer_tao/model/backbones/radio.py", "            if self.cpe_mode:\n                side = max(grid)",
+         "            if False:\n                side = max(grid)"),),
+        (TR + "test_radio_matches_tao_golden_outputs",
+         TR + "test_cpe_eval_positions_are_the_resized_tables_top_left_window")),
+    Mutant("radio_no_register_tokens", (
+        ("segformer_tao/model/backbones/radio.py",
+         "self.num_registers = register_multiple - num_tokens % register_multiple if register_multiple else 0",
+         "self.num_registers = 0"),),
+        (TR + "test_tao_checkpoint_keys_load_key_for_key", TR + "test_radio_matches_tao_golden_outputs")),
+    Mutant("radio_adapter_norm_eps_1e-6", (
+        ("segformer_tao/model/backbones/radio.py", "norm_eps=1e-5,", "norm_eps=1e-6,"),),
+        (TR + "test_radio_matches_tao_golden_outputs",)),
+    Mutant("radio_grandma_typo_not_read", (
+        ("segformer_tao/model/backbones/radio.py", '.replace(".grandma", ".gamma")', ""),),
+        (TR + "test_radio_release_checkpoint_loads_with_report",)),
+    Mutant("radio_training_positions_not_cropped", (
+        ("segformer_tao/model/backbones/radio.py", "if self.cpe_mode and self.training:", "if False:"),),
+        (TR + "test_cpe_training_crops_each_image_and_drops_positions",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
