@@ -282,6 +282,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("radio_training_positions_not_cropped", (
         ("segformer_tao/model/backbones/radio.py", "if self.cpe_mode and self.training:", "if False:"),),
         (TR + "test_cpe_training_crops_each_image_and_drops_positions",)),
+    Mutant("etlt_written_as_plain_onnx", (
+        ("segformer_tao/actions/export.py", 'if str(onnx_path).lower().endswith(".etlt"):', "if False:"),),
+        (TX + "test_etlt_output_is_refused_and_nothing_is_written",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
