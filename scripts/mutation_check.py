@@ -285,6 +285,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("etlt_written_as_plain_onnx", (
         ("segformer_tao/actions/export.py", 'if str(onnx_path).lower().endswith(".etlt"):', "if False:"),),
         (TX + "test_etlt_output_is_refused_and_nothing_is_written",)),
+    Mutant("calibration_ignores_tao_layout", (
+        ("segformer_tao/data/calibration.py", "            found = _tao_layout(folder, key)\n", ""),),
+        ("tests/data/test_calibration.py::test_a_dataset_root_is_read_at_taos_images_test",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
