@@ -286,7 +286,7 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/actions/export.py", 'if str(onnx_path).lower().endswith(".etlt"):', "if False:"),),
         (TX + "test_etlt_output_is_refused_and_nothing_is_written",)),
     Mutant("calibration_ignores_tao_layout", (
-        ("segformer_tao/data/calibration.py", "            found = _tao_layout(folder, key)\n", ""),),
+        ("segformer_tao/data/calibration.py", "found = _tao_layout(folder, key)", "found = {}"),),
         ("tests/data/test_calibration.py::test_a_dataset_root_is_read_at_taos_images_test",)),
 )
 
