@@ -288,6 +288,16 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("calibration_ignores_tao_layout", (
         ("segformer_tao/data/calibration.py", "found = _tao_layout(folder, key)", "found = {}"),),
         ("tests/data/test_calibration.py::test_a_dataset_root_is_read_at_taos_images_test",)),
+    Mutant("mmiou_without_the_minimum", (
+        ("segformer_tao/engine/mmiou.py", "return -iou.min() - iou.mean()", "return -iou.mean()"),),
+        ("tests/engine/test_mmiou.py::test_mmiou_without_absent_classes_uses_the_minimum_and_has_a_gradient",)),
+    Mutant("mmiou_counts_ignored_pixels", (
+        ("segformer_tao/engine/mmiou.py", "probs = logits.float().softmax(dim=1) * valid",
+         "probs = logits.float().softmax(dim=1)"),),
+        ("tests/engine/test_mmiou.py::test_mmiou_equals_a_per_image_per_class_loop",)),
+    Mutant("mmiou_key_trains_ce", (
+        ("segformer_tao/engine/module.py", 'OmegaConf.select(cfg, "train.segment.loss") == "mmiou"', "False"),),
+        ("tests/engine/test_mmiou.py::test_mmiou_trains_as_well_as_cross_entropy",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

@@ -254,7 +254,8 @@ class OptimConfig:
 
 @dataclass
 class TrainSegmentConfig:
-    loss: str = spec("ce", "Segmentation loss.", valid_options=["ce"])
+    loss: str = spec("ce", "Segmentation loss: ce (cross-entropy) or mmiou (TAO's minimax IoU: -min - mean soft "
+                           "IoU per image and class, logits resized to the mask).", valid_options=["ce", "mmiou"])
     weights: list[float] = spec([0.5, 0.5, 0.5, 0.8, 1.0], "Multi-scale loss weights (TAO key; unused by SegFormer).",
                                 automl_enabled=False)
 
