@@ -298,6 +298,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("mmiou_key_trains_ce", (
         ("segformer_tao/engine/module.py", 'OmegaConf.select(cfg, "train.segment.loss") == "mmiou"', "False"),),
         ("tests/engine/test_mmiou.py::test_mmiou_trains_as_well_as_cross_entropy",)),
+    Mutant("tao_default_note_silent", (
+        ("segformer_tao/config/tao_defaults.py", "    if not unset:\n        return None\n", "    return None\n"),),
+        ("tests/test_tao_defaults.py::test_config_notes_the_tao_defaults_a_spec_relies_on",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
