@@ -204,3 +204,27 @@ def test_onnx_export_matches_torch_in_onnxruntime(tmp_path):
             want = model(xb).numpy()
         got = session.run(["output"], {"input": xb.numpy()})[0]
         assert np.abs(got - want).max() <= 1e-4
+
+
+def test_openvino_and_onnxruntime_int8_run_the_exported_graph(tmp_path):
+    """The exported C-RADIO graph compiles in OpenVINO (same logits as PyTorch) and quantizes to a Q/DQ INT8 graph
+    with ONNX Runtime's static PTQ that stays close to float (calibrated on the inputs it is checked on)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    ov = pytest.importorskip("openvino")
+    from segformer_tao.deploy.quantization import QuantizeSettings, qdq_summary, quantize_onnx
+
+    model = tao_weighted("c_radio_v2_tiny")
+    x = seeded_input(RECIPE)
+    path = tmp_path / "radio.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], opset_version=17,
+                      dynamo=False)
+    with torch.no_grad():
+        want = model(x).numpy()
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # fp32 maths
+    assert np.abs(compiled([x.numpy()])[0] - want).max() <= 1e-3
+    int8 = quantize_onnx(path.read_bytes(), [x], QuantizeSettings())
+    assert sum(qdq_summary(int8).values()) > 0
+    session = onnxruntime.InferenceSession(int8, providers=["CPUExecutionProvider"])
+    got = session.run(["output"], {"input": x.numpy()})[0]
+    assert got.shape == want.shape and np.abs(got - want).mean() <= 0.2 * want.std(), (np.abs(got - want).mean(),
+                                                                                       want.std())
