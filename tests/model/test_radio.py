@@ -55,13 +55,14 @@ def tao_weighted(variant: str) -> SegFormer:
 def test_radio_matches_tao_golden_outputs(variant):
     model = tao_weighted(variant)
     golden = np.load(GOLDEN / RECIPE["variants"][variant]["file"])
-    x = seeded_input(RECIPE)
-    with torch.no_grad():
-        feats = model.backbone(x)
-        ours = {**{s: f.numpy() for s, f in zip(STAGES, feats)}, "logits": model.decode_head(feats).numpy()}
-    assert {k: v.shape for k, v in ours.items()} == {k: golden[k].shape for k in ours}
-    diffs = {k: float(np.abs(ours[k] - golden[k]).max()) for k in ours}
-    assert max(diffs.values()) <= TOL, f"{variant}: max |ours - TAO| per output {diffs}"
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = seeded_input(RECIPE).contiguous(memory_format=layout)
+        with torch.no_grad():
+            feats = model.backbone(x)
+            ours = {**{s: f.numpy() for s, f in zip(STAGES, feats)}, "logits": model.decode_head(feats).numpy()}
+        assert {k: v.shape for k, v in ours.items()} == {k: golden[k].shape for k in ours}
+        diffs = {k: float(np.abs(ours[k] - golden[k]).max()) for k in ours}
+        assert max(diffs.values()) <= TOL, f"{variant} {layout}: max |ours - TAO| per output {diffs}"
 
 
 @pytest.mark.parametrize("name", list(RADIO_ARCHS))
