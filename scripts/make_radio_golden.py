@@ -20,7 +20,8 @@ head run as TAO ships them.
    TAO's ``c_radio_*`` functions (4 summary tokens + 4 registers, conv_inplane 56, 16 deformable heads, ratios
    0.5 / 0.25, summary fusion on). It sits in TAO's ``SegFormer`` with its head, eval mode, at a non-square
    64 x 96 input; every tensor comes from the recipe (``tests/model/golden_recipe.py``) and the four backbone
-   maps and the logits are saved.
+   maps and the logits are saved, and the tokens of the patch generator in training mode (four calls after
+   ``torch.manual_seed(train_rng_seed)``: random position crops and position dropout).
 
 Usage: PYTHONPATH=. python scripts/make_radio_golden.py --tao-src /tmp/tao_src --extra-path /tmp/einops
 """
@@ -158,7 +159,8 @@ def main() -> None:
                         "cv/segformer/model/backbones/radio.py RADIOAdapter (cv/backbone_v2/radio.py RADIO, "
                         "adapter_modules.py, deformable_detr ops MSDeformAttn on CPU) at a small width",
               "tao_commit": commit, "torch": torch.__version__, "timm": timm.__version__, "dtype": "float32",
-              "seed": 3036, "input_seed": 11, "batch": 2, "img_size": [64, 96], "cpe_max_size": 128,
+              "seed": 3036, "input_seed": 11, "train_rng_seed": 5, "batch": 2, "img_size": [64, 96],
+              "cpe_max_size": 128,
               "interaction_indexes": [[0, 0], [1, 1], [2, 2], [3, 3]], "decoder_embed_dim": 32, "num_classes": 3,
               "rules": RULES, "variants": {}}
     x = seeded_input(recipe)
@@ -187,6 +189,12 @@ def main() -> None:
             logits = model.decoder(feats)
         arrays = {f"feat{i}": f.numpy() for i, f in enumerate(feats)}
         arrays["logits"] = logits.numpy()
+        # training-mode patch generator: random position crop per image and position dropout, from the global RNG
+        generator = model.backbone.radio.radio.model.patch_generator.train()
+        torch.manual_seed(recipe["train_rng_seed"])
+        with torch.no_grad():
+            arrays["train_tokens"] = torch.cat([generator(x) for _ in range(4)]).numpy()
+        generator.eval()
         np.savez_compressed(os.path.join(args.out, f"{variant}.npz"), **arrays)
         recipe["variants"][variant] = {"seed": seed, "stands_for": stands_for, "vit": vit_cfg,
                                        "file": f"{variant}.npz", "state_dict": shapes}

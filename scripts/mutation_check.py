@@ -281,7 +281,10 @@ MUTANTS: tuple[Mutant, ...] = (
         (TR + "test_radio_release_checkpoint_loads_with_report",)),
     Mutant("radio_training_positions_not_cropped", (
         ("segformer_tao/model/backbones/radio.py", "if self.cpe_mode and self.training:", "if False:"),),
-        (TR + "test_cpe_training_crops_each_image_and_drops_positions",)),
+        (TR + "test_cpe_training_crops_each_image_and_drops_positions", TR + "test_training_mode_positions_match_tao")),
+    Mutant("radio_no_position_dropout", (
+        ("segformer_tao/model/backbones/radio.py", "if self.training and self.pos_dropout > 0:", "if False:"),),
+        (TR + "test_training_mode_positions_match_tao",)),
     Mutant("etlt_written_as_plain_onnx", (
         ("segformer_tao/actions/export.py", 'if str(onnx_path).lower().endswith(".etlt"):', "if False:"),),
         (TX + "test_etlt_output_is_refused_and_nothing_is_written",)),
