@@ -36,8 +36,8 @@ def calibration_files(image_dirs: str | Sequence[str], limit: int, key: str = KE
         if not found:
             found = _tao_layout(folder, key)
         if not found:
-            raise UserError(f"{key}='{folder}' holds no png/jpg/jpeg/bmp/tif images (nor does its "
-                            f"{TAO_SUBDIR}/, where TAO looks).")
+            raise UserError(f"No calibration images: {key}='{folder}' holds no png/jpg/jpeg/bmp/tif images (nor "
+                            f"does its {TAO_SUBDIR}/, where TAO looks). Point it at a folder of images.")
         files += [found[stem] for stem in sorted(found)]
     return files[:limit]
 
