@@ -51,6 +51,7 @@ TC = "tests/data/test_convert.py::"
 TR = "tests/test_redact.py::"
 TJ = "tests/test_job_folder_safety.py::"
 TH = "tests/deploy/test_huggingface.py::"
+TRA = "tests/model/test_radio.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -327,6 +328,52 @@ MUTANTS: tuple[Mutant, ...] = (
          "r = r"),),
         ("tests/data/test_sources.py::test_output_names_keep_relative_paths_and_never_collide",
          "tests/data/test_sources.py::test_listing_forms_and_their_names"), require_all=True),
+    Mutant("radio_summary_fusion_skipped", (
+        ("segformer_tao/model/backbones/radio.py", "        if not self.add_summary:\n            return levels\n",
+         "        return levels\n"),),
+        (TRA + "test_radio_matches_tao_golden_outputs",)),
+    Mutant("radio_cpe_table_not_resized", (
+        ("segformer_tao/model/backbones/radio.py", "            if self.cpe_mode:\n                side = max(grid)",
+         "            if False:\n                side = max(grid)"),),
+        (TRA + "test_radio_matches_tao_golden_outputs",
+         TRA + "test_cpe_eval_positions_are_the_resized_tables_top_left_window")),
+    Mutant("radio_no_register_tokens", (
+        ("segformer_tao/model/backbones/radio.py",
+         "self.num_registers = register_multiple - num_tokens % register_multiple if register_multiple else 0",
+         "self.num_registers = 0"),),
+        (TRA + "test_tao_checkpoint_keys_load_key_for_key", TRA + "test_radio_matches_tao_golden_outputs")),
+    Mutant("radio_adapter_norm_eps_1e-6", (
+        ("segformer_tao/model/backbones/radio.py", "norm_eps=1e-5,", "norm_eps=1e-6,"),),
+        (TRA + "test_radio_matches_tao_golden_outputs",)),
+    Mutant("radio_grandma_typo_not_read", (
+        ("segformer_tao/model/backbones/radio.py", '.replace(".grandma", ".gamma")', ""),),
+        (TRA + "test_radio_release_checkpoint_loads_with_report",)),
+    Mutant("radio_training_positions_not_cropped", (
+        ("segformer_tao/model/backbones/radio.py", "if self.cpe_mode and self.training:", "if False:"),),
+        (TRA + "test_cpe_training_crops_each_image_and_drops_positions",
+         TRA + "test_training_mode_positions_match_tao")),
+    Mutant("radio_no_position_dropout", (
+        ("segformer_tao/model/backbones/radio.py", "if self.training and self.pos_dropout > 0:", "if False:"),),
+        (TRA + "test_training_mode_positions_match_tao",)),
+    Mutant("etlt_written_as_plain_onnx", (
+        ("segformer_tao/actions/export.py", 'if str(onnx_path).lower().endswith(".etlt"):', "if False:"),),
+        (TX + "test_etlt_output_is_refused_and_nothing_is_written",)),
+    Mutant("calibration_ignores_tao_layout", (
+        ("segformer_tao/data/calibration.py", "found = _tao_layout(folder, key)", "found = {}"),),
+        ("tests/data/test_calibration.py::test_a_dataset_root_is_read_at_taos_images_test",)),
+    Mutant("mmiou_without_the_minimum", (
+        ("segformer_tao/engine/mmiou.py", "return -iou.min() - iou.mean()", "return -iou.mean()"),),
+        ("tests/engine/test_mmiou.py::test_mmiou_without_absent_classes_uses_the_minimum_and_has_a_gradient",)),
+    Mutant("mmiou_counts_ignored_pixels", (
+        ("segformer_tao/engine/mmiou.py", "probs = logits.float().softmax(dim=1) * valid",
+         "probs = logits.float().softmax(dim=1)"),),
+        ("tests/engine/test_mmiou.py::test_mmiou_equals_a_per_image_per_class_loop",)),
+    Mutant("mmiou_key_trains_ce", (
+        ("segformer_tao/engine/module.py", 'OmegaConf.select(cfg, "train.segment.loss") == "mmiou"', "False"),),
+        ("tests/engine/test_mmiou.py::test_mmiou_trains_as_well_as_cross_entropy",)),
+    Mutant("tao_default_note_silent", (
+        ("segformer_tao/config/tao_defaults.py", "    if not unset:\n        return None\n", "    return None\n"),),
+        ("tests/test_tao_defaults.py::test_config_notes_the_tao_defaults_a_spec_relies_on",)),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

@@ -260,7 +260,14 @@ def _print_config(overrides: list[str], spec: str | None) -> int:
     if not overrides or overrides[0] not in ACTION_HELP:
         raise UserError("Usage: segformer config <action> [-e spec.yaml] [key=value ...] with <action> one of "
                         f"{', '.join(ACTION_HELP)}.")
-    print(to_yaml_without_secrets(compose_config(overrides[0], overrides[1:], spec)), end="")
+    cfg = compose_config(overrides[0], overrides[1:], spec)
+    print(to_yaml_without_secrets(cfg), end="")
+    if spec:
+        from segformer_tao.config.tao_defaults import note
+
+        line = note(cfg)
+        if line:
+            print(line, file=sys.stderr)
     return 0
 
 

@@ -159,6 +159,12 @@ def run(cfg) -> dict:
 
         check_batch_size(max(1, int(exp.batch_size)))
     onnx_path = exp.onnx_file or default_onnx_path(exp.results_dir, exp.checkpoint)
+    if str(onnx_path).lower().endswith(".etlt"):  # never a plain ONNX under TAO's encrypted-container name
+        raise UserError(f"export.onnx_file='{onnx_path}' asks for TAO's encrypted .etlt container, which segformer_tao "
+                        "does not write. Set export.onnx_file to a .onnx path for a plain ONNX graph (what "
+                        "gen_trt_engine, ONNX Runtime and DeepStream read; unencrypted, so keep it where the weights "
+                        "may be read), and keep export.checkpoint, which encryption_key encrypts at rest, as the "
+                        "protected copy of the model.")
     check_writable(onnx_path, "export.onnx_file")
     model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint",
                                      strict=bool(cfg.get("encryption_strict")))

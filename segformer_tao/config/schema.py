@@ -21,6 +21,11 @@ TAO_VIT_BACKBONES = [
     "vit_large_nvdinov2", "vit_giant_nvdinov2", "vit_small_dinov3", "vit_small_plus_dinov3", "vit_base_dinov3",
     "vit_large_dinov3", "vit_huge_plus_dinov3", "vit_base_nvclip_16_siglip", "vit_huge_nvclip_14_siglip",
 ]
+# The four C-RADIO ViT-Adapters TAO's SegFormer builder accepts (model/backbones/radio.py).
+TAO_RADIO_BACKBONES = [
+    "c_radio_v2_vit_base_patch16_224", "c_radio_v2_vit_large_patch16_224", "c_radio_v2_vit_huge_patch16_224",
+    "c_radio_v3_vit_large_patch16_reg4_dinov2",
+]
 ACTIONS = ["train", "evaluate", "inference", "export", "quantize", "gen_trt_engine"]
 # Keys that must be set before an action starts (TAO's data sources + the model the action needs); each inner
 # list is "one of these".
@@ -84,7 +89,7 @@ class MLflowConfig:
 class BackboneConfig:
     type: str = spec(
         "fan_small_12_p4_hybrid", "Backbone architecture.",
-        valid_options=MIT_BACKBONES + FAN_BACKBONES + TAO_VIT_BACKBONES, popular=True,
+        valid_options=MIT_BACKBONES + FAN_BACKBONES + TAO_VIT_BACKBONES + TAO_RADIO_BACKBONES, popular=True,
     )
     feat_downsample: bool = spec(False, "Feature downsample for the FAN base backbone.")
     pretrained_backbone_path: str | None = spec(
@@ -252,7 +257,8 @@ class OptimConfig:
 
 @dataclass
 class TrainSegmentConfig:
-    loss: str = spec("ce", "Segmentation loss.", valid_options=["ce"])
+    loss: str = spec("ce", "Segmentation loss: ce (cross-entropy) or mmiou (TAO's minimax IoU: -min - mean soft "
+                           "IoU per image and class, logits resized to the mask).", valid_options=["ce", "mmiou"])
     weights: list[float] = spec([0.5, 0.5, 0.5, 0.8, 1.0], "Multi-scale loss weights (TAO key; unused by SegFormer).",
                                 automl_enabled=False)
 

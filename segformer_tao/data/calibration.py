@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from segformer_tao import io
@@ -9,11 +10,18 @@ from segformer_tao.data import storage
 from segformer_tao.errors import UserError
 
 KEY = "dataset.segment.quant_calibration_dataset.images_dir"
+# TAO 7 reads calibration images from <images_dir>/images/test/ (its data module's "calibration" stage)
+TAO_SUBDIR = "images/test"
+
+log = logging.getLogger("segformer_tao")
 
 
 def calibration_files(image_dirs: str | Sequence[str], limit: int, key: str = KEY) -> list[str]:
     """Up to ``limit`` png/jpg/jpeg/bmp/tif images of the folders (subfolders are not searched), each folder's in name
-    order so the choice is reproducible. ``key`` names the config key in errors."""
+    order so the choice is reproducible. ``key`` names the config key in errors.
+
+    A folder that holds no images itself but has TAO's ``images/test/`` under it (a dataset root, as TAO specs
+    point it) is read there, with one line saying so."""
     dirs = [image_dirs] if isinstance(image_dirs, str) else list(image_dirs or [])
     if not dirs or not all(dirs):
         raise UserError(f"{key} is not set: INT8 calibration needs a folder of representative images (a few hundred "
@@ -26,6 +34,22 @@ def calibration_files(image_dirs: str | Sequence[str], limit: int, key: str = KE
             raise UserError(f"{key}='{folder}' does not exist. Point it at a folder of images"
                             f"{' (s3:// prefix)' if io.is_remote(folder) else ''}.") from e
         if not found:
-            raise UserError(f"{key}='{folder}' holds no png/jpg/jpeg/bmp/tif images.")
+            found = _tao_layout(folder, key)
+        if not found:
+            raise UserError(f"No calibration images: {key}='{folder}' holds no png/jpg/jpeg/bmp/tif images (nor "
+                            f"does its {TAO_SUBDIR}/, where TAO looks). Point it at a folder of images.")
         files += [found[stem] for stem in sorted(found)]
     return files[:limit]
+
+
+def _tao_layout(folder: str, key: str) -> dict[str, str]:
+    """The images of ``folder``/images/test (TAO's calibration layout), or {} when there are none."""
+    sub = f"{folder}/{TAO_SUBDIR}"
+    try:
+        found = storage.list_files(sub, storage.IMAGE_EXTS)
+    except FileNotFoundError:
+        return {}
+    if found:
+        log.info("%s='%s' holds no images itself; calibrating on %s/ (TAO's layout: <images_dir>/%s/)", key, folder,
+                 sub, TAO_SUBDIR)
+    return found

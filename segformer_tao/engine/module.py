@@ -20,6 +20,7 @@ from segformer_tao.engine.allocator import reuse_freed_memory
 from segformer_tao.engine.checkpoint import strip_secrets
 from segformer_tao.engine.loss import segmentation_loss
 from segformer_tao.engine.metrics import SegmentationMetrics
+from segformer_tao.engine.mmiou import mmiou_loss
 from segformer_tao.model.meta import meta_from_config
 
 WARMUP_RATIO = 1e-6  # TAO/mmseg: warmup starts at lr x 1e-6
@@ -81,6 +82,7 @@ class SegFormerModule(pl.LightningModule):
         self.cfg = cfg
         self.meta = meta_from_config(cfg).to_dict()  # what every checkpoint says about the model
         self.ignore_index = int(cfg.dataset.segment.ignore_index)
+        self.loss_fn = mmiou_loss if OmegaConf.select(cfg, "train.segment.loss") == "mmiou" else segmentation_loss
         self.val_metrics = SegmentationMetrics(self.meta["num_classes"], self.ignore_index, self.meta["class_names"])
         self._val_loss = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)
         self.last_val: dict = {}
@@ -94,7 +96,7 @@ class SegFormerModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self.model(batch["image"])
-        loss = segmentation_loss(logits, batch["mask"], self.ignore_index)
+        loss = self.loss_fn(logits, batch["mask"], self.ignore_index)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=logits.shape[0],
                  sync_dist=True)
         return loss
@@ -112,7 +114,7 @@ class SegFormerModule(pl.LightningModule):
             # Metrics at the mask's original resolution: logits are resized back, never the mask.
             up = F.interpolate(logits[i : i + 1].float(), size=mask.shape[-2:], mode="bilinear", align_corners=False)
             self.val_metrics.update(up.argmax(1)[0], mask)
-            self._val_loss[0] += float(segmentation_loss(up, mask[None], self.ignore_index))
+            self._val_loss[0] += float(self.loss_fn(up, mask[None], self.ignore_index))
             self._val_loss[1] += 1
 
     def on_validation_epoch_end(self) -> None:

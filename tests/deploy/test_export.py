@@ -148,3 +148,13 @@ def test_export_refuses_an_onnx_that_differs_from_torch(tmp_path, tiny_checkpoin
     with pytest.raises(UserError, match="exported ONNX differs from PyTorch by"):
         export.run(cfg)
     assert not os.path.exists(f"{tmp_path}/results/export/tiny.onnx")
+
+
+def test_etlt_output_is_refused_and_nothing_is_written(tmp_path):
+    """TAO's encrypted .etlt container is not written, and never a plain ONNX under that name."""
+    target = tmp_path / "out" / "model.etlt"
+    cfg = _export_cfg(tmp_path, f"{tmp_path}/never_read.pth", f"export.onnx_file={target}",
+                      "encryption_key=tlt_encode")
+    with pytest.raises(UserError, match=r"export.onnx_file=.*model\.etlt.*\.onnx path.*export.checkpoint"):
+        export.run(cfg)
+    assert not target.exists()

@@ -1,4 +1,4 @@
-"""TAO 7.3's nine ViT backbones for SegFormer, each a :class:`ViTAdapter` around a ViT, registered with timm.
+"""TAO 7.3's nine ViT and four C-RADIO backbones for SegFormer, each a :class:`ViTAdapter` around a ViT (timm).
 
 Families (their state-dict layouts are TAO's, so TAO checkpoints load key for key):
 
@@ -13,6 +13,9 @@ Families (their state-dict layouts are TAO's, so TAO checkpoints load key for ke
   ``model.visual.`` (optional extra ``segformer_tao[nvclip]``). TAO also builds the text tower, which segmentation
   never runs; we do not, and loading a TAO checkpoint lists its ``model.text``/``model.transformer`` keys as
   ignored.
+
+- C-RADIO (``c_radio_v2_vit_{base,large,huge}_patch16_224``, ``c_radio_v3_vit_large_patch16_reg4_dinov2``): see
+  ``radio.py``; the ViT under ``radio.radio.model.``, summary-token fusion after the adapter.
 
 Image sides must be multiples of 32 (the adapter's pyramid) and of the patch size: multiples of 224 for the two
 patch-14 models.
@@ -30,6 +33,7 @@ from timm.layers import PatchEmbed, SwiGLUPacked
 from timm.models import VisionTransformer, build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from segformer_tao.model.backbones.radio import RADIO_ARCHS, RadioAdapter
 from segformer_tao.model.backbones.vit_adapter import ViTAdapter
 
 __all__ = ["VIT_ARCHS", "NVDinoV2Adapter", "DinoV3Adapter", "NVClipAdapter", "img_size_problem"]
@@ -57,6 +61,7 @@ VIT_ARCHS: dict[str, dict] = {
                                       clip_name="ViT-B-16-SigLIP", interaction_indexes=_QUARTERS_12),
     "vit_huge_nvclip_14_siglip": dict(family="nvclip", patch_size=14, embed_dim=1280, depth=32,
                                       clip_name="ViT-H-14-SigLIP-CLIPA-224", interaction_indexes=_QUARTERS_32),
+    **RADIO_ARCHS,  # C-RADIO: see radio.py
 }
 
 
@@ -246,10 +251,10 @@ class NVClipAdapter(ViTAdapter):
         return x
 
 
-_FAMILIES = {"nvdinov2": NVDinoV2Adapter, "dinov3": DinoV3Adapter, "nvclip": NVClipAdapter}
+_FAMILIES = {"nvdinov2": NVDinoV2Adapter, "dinov3": DinoV3Adapter, "nvclip": NVClipAdapter, "radio": RadioAdapter}
 # arch-table keys that describe a variant but are not constructor arguments
 _INFO_ONLY = {"nvdinov2": ("family",), "dinov3": ("family", "patch_size", "embed_dim", "depth"),
-              "nvclip": ("family", "patch_size", "embed_dim", "depth")}
+              "nvclip": ("family", "patch_size", "embed_dim", "depth"), "radio": ("family",)}
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> ViTAdapter:
@@ -315,3 +320,23 @@ def vit_base_nvclip_16_siglip(pretrained: bool = False, **kwargs) -> ViTAdapter:
 @register_model
 def vit_huge_nvclip_14_siglip(pretrained: bool = False, **kwargs) -> ViTAdapter:
     return _create_vit("vit_huge_nvclip_14_siglip", pretrained, **kwargs)
+
+
+@register_model
+def c_radio_v2_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> ViTAdapter:
+    return _create_vit("c_radio_v2_vit_base_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def c_radio_v2_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> ViTAdapter:
+    return _create_vit("c_radio_v2_vit_large_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def c_radio_v2_vit_huge_patch16_224(pretrained: bool = False, **kwargs) -> ViTAdapter:
+    return _create_vit("c_radio_v2_vit_huge_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def c_radio_v3_vit_large_patch16_reg4_dinov2(pretrained: bool = False, **kwargs) -> ViTAdapter:
+    return _create_vit("c_radio_v3_vit_large_patch16_reg4_dinov2", pretrained, **kwargs)

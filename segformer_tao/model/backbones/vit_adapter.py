@@ -28,7 +28,6 @@ from segformer_tao.model.backbones.msda import MSDeformAttn
 
 __all__ = ["ViTAdapter", "SpatialPriorModule", "InteractionBlock", "reference_points"]
 
-_LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 _ADAPTER_PREFIXES = ("spm.", "interactions.", "up.", "norm1.", "norm2.", "norm3.", "norm4.")
 
 
@@ -107,13 +106,13 @@ class Extractor(nn.Module):
     """SPM tokens (query) attend to the ViT map (1 level), then a ConvFFN."""
 
     def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float, cffn_ratio: float,
-                 drop_path: float, precise: bool):
+                 drop_path: float, precise: bool, norm_eps: float = 1e-6):
         super().__init__()
-        self.query_norm = _LayerNorm(dim)
-        self.feat_norm = _LayerNorm(dim)
+        self.query_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MSDeformAttn(dim, 1, num_heads, n_points, deform_ratio, precise)
         self.ffn = ConvFFN(dim, int(dim * cffn_ratio))
-        self.ffn_norm = _LayerNorm(dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, query: torch.Tensor, ref: torch.Tensor, feat: torch.Tensor,
@@ -126,10 +125,10 @@ class Injector(nn.Module):
     """ViT tokens (query) attend to the three SPM levels; the result is added through a LayerScale."""
 
     def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float, init_values: float,
-                 precise: bool):
+                 precise: bool, norm_eps: float = 1e-6):
         super().__init__()
-        self.query_norm = _LayerNorm(dim)
-        self.feat_norm = _LayerNorm(dim)
+        self.query_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.feat_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MSDeformAttn(dim, 3, num_heads, n_points, deform_ratio, precise)
         self.ls = LayerScale(dim, init_values=init_values)
 
@@ -142,12 +141,14 @@ class InteractionBlock(nn.Module):
     """Inject -> run a slice of ViT blocks -> extract (twice more in the last block: ``extra_extractors``)."""
 
     def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float, init_values: float,
-                 cffn_ratio: float, drop_path: float, extra_extractor: bool, precise: bool):
+                 cffn_ratio: float, drop_path: float, extra_extractor: bool, precise: bool,
+                 norm_eps: float = 1e-6):
         super().__init__()
-        self.injector = Injector(dim, num_heads, n_points, deform_ratio, init_values, precise)
-        self.extractor = Extractor(dim, num_heads, n_points, deform_ratio, cffn_ratio, drop_path, precise)
+        self.injector = Injector(dim, num_heads, n_points, deform_ratio, init_values, precise, norm_eps)
+        self.extractor = Extractor(dim, num_heads, n_points, deform_ratio, cffn_ratio, drop_path, precise, norm_eps)
         self.extra_extractors = nn.Sequential(*[
-            Extractor(dim, num_heads, n_points, deform_ratio, cffn_ratio, drop_path, precise) for _ in range(2)
+            Extractor(dim, num_heads, n_points, deform_ratio, cffn_ratio, drop_path, precise, norm_eps)
+            for _ in range(2)
         ]) if extra_extractor else None
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, run_blocks: Callable[[torch.Tensor], torch.Tensor],
@@ -175,8 +176,8 @@ class ViTAdapter(FeatureMaps, nn.Module):
     def _build_adapter(self, embed_dim: int, patch_size: int, interaction_indexes: Sequence[Sequence[int]], *,
                        conv_inplane: int = 56, n_points: int = 4, deform_num_heads: int = 16,
                        init_values: float = 1e-5, cffn_ratio: float = 0.25, deform_ratio: float = 0.5,
-                       drop_path_rate: float = 0.4, precise_msda: bool = False, in_chans: int = 3,
-                       num_classes: int = 0) -> None:
+                       drop_path_rate: float = 0.4, precise_msda: bool = False, norm_eps: float = 1e-6,
+                       in_chans: int = 3, num_classes: int = 0) -> None:
         """Create the adapter modules (TAO's hyper-parameters are the defaults). Call after the ViT exists.
 
         ``in_chans``/``num_classes`` come from timm's model factory: a feature backbone takes RGB, has no head.
@@ -191,7 +192,7 @@ class ViTAdapter(FeatureMaps, nn.Module):
         n = len(self.interaction_indexes)
         self.interactions = nn.Sequential(*[
             InteractionBlock(embed_dim, deform_num_heads, n_points, deform_ratio, init_values, cffn_ratio,
-                             drop_path_rate, extra_extractor=i == n - 1, precise=precise_msda)
+                             drop_path_rate, extra_extractor=i == n - 1, precise=precise_msda, norm_eps=norm_eps)
             for i in range(n)])
         self.up = nn.ConvTranspose2d(embed_dim, embed_dim, 2, 2)
         self.norm1, self.norm2, self.norm3, self.norm4 = (nn.BatchNorm2d(embed_dim) for _ in range(4))
@@ -217,6 +218,11 @@ class ViTAdapter(FeatureMaps, nn.Module):
     def convert_pretrained(self, sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
         """A ViT checkpoint in its own layout (bare keys) -> (our backbone keys, keys dropped by design)."""
         return sd, []
+
+    def fuse(self, levels: list[torch.Tensor], tokens: torch.Tensor) -> list[torch.Tensor]:
+        """The four pyramid levels before their norms, given the last block's tokens (C-RADIO fuses its summary
+        tokens here); plain ViT-Adapters use the levels as they are."""
+        return levels
 
     @staticmethod
     def is_adapter_key(key: str) -> bool:
@@ -265,11 +271,10 @@ class ViTAdapter(FeatureMaps, nn.Module):
         c2, c3, c4 = (t.transpose(1, 2).reshape(b, d, h, w)
                       for t, (h, w) in zip(c.split([h * w for h, w in spm_shapes], dim=1), spm_shapes))
         c1 = self.up(c2) + c1
-        outs = []
-        for norm, cmap, vmap in zip((self.norm1, self.norm2, self.norm3, self.norm4), (c1, c2, c3, c4), vit_maps):
-            vmap = F.interpolate(vmap, size=cmap.shape[-2:], mode="bilinear", align_corners=False)
-            outs.append(norm(cmap + vmap))
-        return outs
+        levels = [cmap + F.interpolate(vmap, size=cmap.shape[-2:], mode="bilinear", align_corners=False)
+                  for cmap, vmap in zip((c1, c2, c3, c4), vit_maps)]
+        levels = self.fuse(levels, tokens)
+        return [norm(lvl) for norm, lvl in zip((self.norm1, self.norm2, self.norm3, self.norm4), levels)]
 
     def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = True, **kwargs) -> list[torch.Tensor]:
