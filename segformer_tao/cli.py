@@ -137,8 +137,9 @@ def check_split_folders(action: str, cfg) -> None:
 
     seg = cfg.dataset.segment
     root = str(seg.root_dir or "").rstrip("/")
-    if not root or io.is_remote(root) or not os.path.isdir(os.path.expanduser(root)):
-        return  # unset or remote: the dataset's own checks say so
+    if not root or io.is_remote(root) or not os.path.isdir(os.path.expanduser(root)) or not os.listdir(
+            os.path.expanduser(root)):
+        return  # unset, remote, missing or empty: the dataset's own checks say so
     if action == "inference" and cfg.inference.get("source"):
         return  # inference.source replaces the predict split
     kinds = ("images",) if action == "inference" else ("images", "masks")

@@ -194,5 +194,6 @@ class MaskDecoder:
                 and not self.norm and self.ignore_index != 255 else "")
         raise UserError(
             f"Mask '{name}' has values {bad} >= dataset.segment.num_classes={self.num_classes} that are not the "
-            f"ignore index ({self.ignore_index}). Raise num_classes, map the values through "
-            f"dataset.segment.palette, or fix the mask.{hint}")
+            f"ignore index ({self.ignore_index}). Raise num_classes (evaluate uses the model's class count: "
+            f"evaluate a model trained on these classes), map the values through dataset.segment.palette, or fix "
+            f"the mask.{hint}")
