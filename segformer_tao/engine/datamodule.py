@@ -10,6 +10,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
 from torch.utils.data.dataloader import default_collate
 
+from segformer_tao.engine.resumable import ResumableDataLoader
+
 
 def collate_eval(samples: list[dict]) -> dict:
     """Stack ``image`` (all img_size); keep ``mask`` (original sizes differ), ``orig_size``, ``path`` as lists."""
@@ -63,8 +65,9 @@ class SegDataModule(pl.LightningDataModule):
             sampler = RandomSampler(self.train_dataset)
         else:
             sampler = SequentialSampler(self.train_dataset)
-        return DataLoader(self.train_dataset, batch_size=int(seg.batch_size), sampler=sampler,
-                          collate_fn=default_collate, **self._loader_kwargs())
+        # Resumable mid-epoch (a preemption checkpoint continues at its step with the same samples and RNG draws).
+        return ResumableDataLoader(self.train_dataset, batch_size=int(seg.batch_size), sampler=sampler,
+                                   collate_fn=default_collate, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
