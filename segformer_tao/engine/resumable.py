@@ -5,8 +5,9 @@ restarts the epoch from its first batch). The state here is the epoch's index ba
 not drawn again), how many batches were fetched and trained, and the global RNG state at the save: the resumed
 iterator puts it back at its first fetch (creating the iterator drew a worker seed the uninterrupted run did not
 draw mid-epoch). Where a prefetcher had loaded a batch that was not trained yet (loaders of unknown length), that
-batch is loaded again with the RNG it was first loaded with, and the stream continues from the save after it. Exact with ``dataset.segment.workers=0``; with workers the samples and their order
-are exact, while augmentation draws in the new workers differ.
+batch is loaded again with the RNG it was first loaded with, and the stream continues from the save after it.
+Exact with ``dataset.segment.workers=0``; with workers the samples and their order are exact, while augmentation
+draws in the new workers differ.
 """
 
 from __future__ import annotations
