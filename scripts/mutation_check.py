@@ -47,6 +47,7 @@ TW = "tests/model/test_weights.py::"
 TX = "tests/deploy/test_export.py::"
 TG = "tests/model/test_fan_golden.py::"
 TQ = "tests/deploy/test_torchao.py::"
+TC = "tests/cluster/test_preemption.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -219,6 +220,22 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("openvino_core_per_call", (
         ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
         ("tests/deploy/test_openvino_signal_stack.py",)),
+    Mutant("preemption_signal_handler_removed", (
+        ("segformer_tao/engine/preemption.py", "            signal.signal(sig, self._on_signal)\n",
+         "            pass\n"),),
+        (TC + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
+    Mutant("resume_from_latest_only", (
+        ("segformer_tao/engine/resume.py", "if io.exists(latest) else []) + _periodic(results_dir)",
+         "if io.exists(latest) else [])"),),
+        (TC + "test_resume_takes_the_newest_complete_checkpoint_whatever_its_name",)),
+    Mutant("mid_epoch_resume_restarts_the_epoch", (
+        ("segformer_tao/engine/resumable.py", "        self.batch_sampler.load_state_dict(state)\n",
+         "        pass\n"),),
+        (TC + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
+    Mutant("slurm_ranks_ignored", (
+        ("segformer_tao/ranks.py", "    if slurm_managed(env):\n        return Launch(\"slurm\"",
+         "    if False:\n        return Launch(\"slurm\""),),
+        ("tests/cluster/test_slurm.py::test_one_task_per_device_srun_segformer_train",), slow=True),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",
