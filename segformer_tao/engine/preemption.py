@@ -22,11 +22,12 @@ import pytorch_lightning as pl
 import torch
 
 from segformer_tao.engine.callbacks import SegformerCheckpoint, epoch_checkpoint_name
-from segformer_tao.engine.resumable import mark_trained
+from segformer_tao.engine.resumable import loader_state, mark_trained, restore_loader
 from segformer_tao.errors import Preempted, UserError
 
 log = logging.getLogger("segformer_tao")
 DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
+LOADER_KEY = "segformer_train_loader"  # the train loader's position in a checkpoint (mid-epoch resume)
 
 
 def preemption_signals(extra: str | None) -> list[signal.Signals]:
@@ -59,6 +60,7 @@ class Preemption(pl.Callback):
         self.interval_s = float(interval_minutes or 0) * 60.0
         self.received: str | None = None
         self._last_save = time.monotonic()
+        self._loader_state: dict | None = None
 
     # ----------------------------------------------------------------------------------------- signals
     def install(self) -> None:
@@ -99,9 +101,19 @@ class Preemption(pl.Callback):
         raise Preempted(self.received or "a signal", path, epochs_done, trainer.global_step)
 
     # ----------------------------------------------------------------------------------------- hooks
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = loader_state(trainer)
+        if state is not None:
+            checkpoint[LOADER_KEY] = state
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._loader_state = checkpoint.get(LOADER_KEY)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.install()  # again: Lightning's signal connector replaced the handlers when fit started
         self._last_save = time.monotonic()
+        restore_loader(trainer, self._loader_state)  # mid-epoch: continue at the checkpoint's batch
+        self._loader_state = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:

@@ -84,9 +84,28 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.load_state_dict(state)
 
 
+def _loader(trainer) -> ResumableDataLoader | None:
+    loader = getattr(trainer, "train_dataloader", None)
+    return loader if isinstance(loader, ResumableDataLoader) else None
+
+
 def mark_trained(trainer, batch_idx: int) -> None:
     """Tell the train loader that batch ``batch_idx`` of this epoch is being trained (call at batch start)."""
-    loader = getattr(trainer, "train_dataloader", None)
-    batches = getattr(loader, "batch_sampler", None)
-    if isinstance(batches, EpochBatches):
-        batches.trained = batch_idx + 1
+    loader = _loader(trainer)
+    if loader is not None:
+        loader.batch_sampler.trained = batch_idx + 1
+
+
+def loader_state(trainer) -> dict[str, Any] | None:
+    """The train loader's position, to store in a checkpoint (None for another kind of loader)."""
+    loader = _loader(trainer)
+    return None if loader is None else loader.state_dict()
+
+
+def restore_loader(trainer, state: dict[str, Any] | None) -> None:
+    """Put a checkpoint's loader position back before the first batch is fetched. Lightning's own path loads it only
+    into a loader built after the checkpoint is restored, while ours is built earlier (estimated_stepping_batches
+    builds it for the LR schedule), so the resume does it here."""
+    loader = _loader(trainer)
+    if loader is not None and state:
+        loader.load_state_dict(state)

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 def _task_wrapper(tmp_path) -> str:
     """Runs its arguments and appends "<SLURM_PROCID> <exit code> <milliseconds>" to rc.txt: each rank's outcome."""
     path = tmp_path / "task.sh"
-    path.write_text("#!/bin/bash\nstart=$(date +%s%N)\n\"$@\"\nrc=$?\n"
+    # scancel --signal reaches this shell too: a trap (not inherited by the command) keeps it alive to write rc.txt
+    path.write_text("#!/bin/bash\ntrap : TERM USR1\nstart=$(date +%s%N)\n\"$@\"\nrc=$?\n"
                     f"echo \"$SLURM_PROCID $rc $(( ($(date +%s%N) - start) / 1000000 ))\" >> {tmp_path}/rc.txt\n"
                     "exit $rc\n")
     path.chmod(0o755)
