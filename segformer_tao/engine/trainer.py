@@ -29,7 +29,7 @@ from segformer_tao.engine.distributed import (
 from segformer_tao.engine.module import SegFormerModule
 from segformer_tao.engine.preemption import Preemption
 from segformer_tao.engine.progress import progress_bar
-from segformer_tao.engine.resume import newest_checkpoint
+from segformer_tao.engine.resume import newest_checkpoint, progress
 from segformer_tao.engine.tracking import LogLearningRate, finish_tracking, tracking_loggers
 from segformer_tao.errors import UserError
 
@@ -280,10 +280,8 @@ def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.
                    "from the checkpoints in its results_dir).")
         raise UserError(f"{where}: {other}, but this run builds {this} ({len(differ)} weights differ, e.g. "
                         f"{differ[0]}), so training cannot resume from it. {fix}")
-    progress = (payload.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("total", {})
-    epochs_done = int(progress.get("processed", payload.get("epoch", -1) + 1))
-    return {"epochs_done": epochs_done, "global_step": int(payload.get("global_step", 0)), "meta": meta,
-            "payload": payload}
+    epochs_done, global_step = progress(payload)
+    return {"epochs_done": epochs_done, "global_step": global_step, "meta": meta, "payload": payload}
 
 
 def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dict) -> dict:
