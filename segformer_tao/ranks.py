@@ -56,8 +56,9 @@ def slurm_managed(env: Mapping[str, str] | None = None) -> bool:
 
 
 def slurm_tasks_per_node(env: Mapping[str, str]) -> int:
-    """``SLURM_NTASKS_PER_NODE`` (``2`` or ``2(x3)``), else ``SLURM_TASKS_PER_NODE``, else tasks / nodes."""
-    raw = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    """Tasks per node of this srun step (``SLURM_STEP_TASKS_PER_NODE``, ``2`` or ``2(x3)``), else the job's
+    (``SLURM_NTASKS_PER_NODE``, ``SLURM_TASKS_PER_NODE``), else tasks / nodes."""
+    raw = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
     if raw:
         return int(raw.split("(")[0].split(",")[0])
     return max(1, _int(env, "SLURM_NTASKS", 1) // max(1, _int(env, "SLURM_NNODES", 1)))
@@ -107,7 +108,13 @@ def check_allocation(num_gpus: int, num_nodes: int, env: Mapping[str, str] | Non
         return
     if not slurm_managed(env) or "TORCHELASTIC_RUN_ID" in env:
         return
-    per_node, nodes, total = slurm_tasks_per_node(env), _int(env, "SLURM_NNODES", 1), _int(env, "SLURM_NTASKS", 1)
+    per_node, total = slurm_tasks_per_node(env), _int(env, "SLURM_NTASKS", 1)
+    nodes = _int(env, "SLURM_STEP_NUM_NODES", _int(env, "SLURM_NNODES", 1))
+    if "SLURM_STEP_ID" not in env and "SLURM_JOB_ID" in env and total > 1:
+        raise UserError(
+            f"`segformer train` runs in the batch script of {where} itself, not in an srun step, so 1 process would "
+            f"wait for the {total} tasks the job asked for. Start it with `srun segformer train ...` (one task per "
+            "device), or use scripts/train_multi_node.sh with `#SBATCH --ntasks-per-node=1`.")
     if per_node * nodes != total:
         raise UserError(
             f"{where} has {total} tasks on {nodes} node(s), not the same number on every node. Ask for "

@@ -10,7 +10,8 @@ from segformer_tao.ranks import PER_NODE_TASKS, check_allocation, launch
 
 SLURM_TASK_1 = {"SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "segtrain", "SLURM_NTASKS": "4", "SLURM_NNODES": "2",
                 "SLURM_NTASKS_PER_NODE": "2", "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_PROCID": "3",
-                "SLURM_LOCALID": "1", "SLURM_NODEID": "1"}
+                "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_NODES": "2",
+                "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
 
 
 def test_one_task_per_device_under_slurm_takes_slurm_ranks():
@@ -54,5 +55,13 @@ def test_mismatched_allocations_name_both_sides():
     with pytest.raises(UserError, match="starts 2 tasks per node"):
         check_allocation(4, 1, {PER_NODE_TASKS: "2", "SLURM_JOB_ID": "7", "WORLD_SIZE": "1", "NODE_RANK": "0"})
     check_allocation(4, 1, {PER_NODE_TASKS: "1", "WORLD_SIZE": "1", "NODE_RANK": "0"})
+    batch = {k: v for k, v in SLURM_TASK_1.items() if not k.startswith("SLURM_STEP")}  # the batch script, no srun
+    with pytest.raises(UserError, match="not in an srun step"):
+        check_allocation(2, 2, batch)
+    check_allocation(1, 1, {**batch, "SLURM_NTASKS": "1", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "1",
+                            "SLURM_TASKS_PER_NODE": "1"})  # a one-task job may run in its batch script
+    # `srun -n1` in a job of 2 tasks per node: the step's own layout counts
+    check_allocation(1, 1, {**SLURM_TASK_1, "SLURM_NTASKS": "1", "SLURM_STEP_TASKS_PER_NODE": "1",
+                            "SLURM_STEP_NUM_NODES": "1"})
     check_allocation(1, 1, {})  # no launcher: nothing to compare
     check_allocation(1, 1, {**SLURM_TASK_1, "TORCHELASTIC_RUN_ID": "x"})  # torchrun inside srun: torchrun decides
