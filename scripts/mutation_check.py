@@ -228,6 +228,9 @@ MUTANTS: tuple[Mutant, ...] = (
         ("segformer_tao/engine/resume.py", "if io.exists(latest) else []) + _periodic(results_dir)",
          "if io.exists(latest) else [])"),),
         (TC + "test_resume_takes_the_newest_complete_checkpoint_whatever_its_name",)),
+    Mutant("wall_clock_checkpoints_never", (
+        ("segformer_tao/engine/preemption.py", "timed = self.interval_s > 0 and", "timed = False and"),),
+        (TC + "test_wall_clock_interval_writes_mid_epoch_checkpoints",)),
     Mutant("mid_epoch_resume_restarts_the_epoch", (
         ("segformer_tao/engine/resumable.py", "        self.batch_sampler.load_state_dict(state)\n",
          "        pass\n"),),

@@ -1,5 +1,5 @@
 """Preemption and restarts without SLURM: SIGTERM to a plain `segformer train`, the newest-complete-checkpoint rule,
-and a torchrun elastic restart after a worker is killed mid-epoch."""
+the wall-clock checkpoint interval, and a torchrun elastic restart after a worker is killed mid-epoch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import time
 
 import pytest
+import pytorch_lightning as pl
+import torch
 
 from segformer_tao.engine.checkpoint import save_checkpoint
 from segformer_tao.engine.resume import newest_checkpoint
@@ -142,3 +144,29 @@ def test_torchrun_restarts_the_group_after_a_worker_dies_and_it_resumes(cluster_
     assert starts == [0, 1] and done == [1, 2, 3], (starts, done, text[-3000:])  # the restarted group resumed
     assert "Resuming training from" in text and "(epoch 1 of 3 done, step 4;" in text
     assert job_status(train_dir) == "done"
+
+
+class _SlowSteps(pl.Callback):
+    """Each training step takes 0.2 s longer, so that a wall-clock interval of 0.003 min (0.18 s) passes each step."""
+
+    def on_train_batch_start(self, *args) -> None:  # before the step: counted by the decision at its end
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("minutes", [0.003, 0.0])
+def test_wall_clock_interval_writes_mid_epoch_checkpoints(tmp_path, minutes):
+    from segformer_tao.engine.datamodule import SegDataModule
+    from segformer_tao.engine.trainer import train_model
+    from tests.engine.conftest import RandomSegDataset, TinySegmenter, tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, "train.checkpoint_interval=5", f"train.checkpoint_interval_minutes={minutes}",
+                   "train.num_epochs=2")
+    torch.manual_seed(0)
+    dm = SegDataModule(cfg, RandomSegDataset(12, mode="train"), RandomSegDataset(4, mode="eval", seed=1))
+    train_model(cfg, str(tmp_path / "out"), TinySegmenter(), dm, callbacks=[_SlowSteps()])
+    written = periodic(str(tmp_path / "out"))  # 12 images / batch 4: 3 steps an epoch; periodic: the last epoch only
+    if minutes:
+        assert {(0, 1), (0, 2), (1, 3), (1, 4), (1, 5), (2, 6)} <= set(written), written
+    else:
+        assert written == [(2, 6)]
