@@ -86,10 +86,10 @@ def open_runtimes(reports: dict[str, dict], ckpt: str) -> dict[str, object]:
     """name -> runtime: ORT FP32 (reference), torch FP32 (torchao's reference), and each backend's artifact."""
     from segformer_tao.deploy.onnxruntime import OrtRuntime
     from segformer_tao.deploy.openvino import OpenVinoRuntime
-    from segformer_tao.deploy.runtime import TorchRuntime
+    from segformer_tao.deploy.torch_runtime import TorchRuntime
 
     torch_fp32 = TorchRuntime(ckpt, device="cpu")
-    geometry = {"num_classes": int(torch_fp32.meta["num_classes"]), "img_size": int(torch_fp32.meta["img_size"])}
+    geometry = {"num_classes": int(torch_fp32.meta.num_classes), "img_size": int(torch_fp32.meta.img_size)}
     runtimes: dict[str, object] = {}
     ort = reports.get("onnxruntime", {})
     if "fp32" in ort:
@@ -126,7 +126,7 @@ def main() -> None:
     spec, ckpt = demo_inputs(py)
     reports = quantize_all(py, spec, ckpt, args.reuse)
     runtimes = open_runtimes(reports, ckpt)
-    size = int(next(iter(runtimes.values())).meta["img_size"])
+    size = int(next(iter(runtimes.values())).meta.img_size)
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     speeds = dict(zip(runtimes, images_per_s(list(runtimes.values()), x, args.rounds, args.seconds)))
     cpu = machine()

@@ -46,10 +46,12 @@ SECTIONS = [
      ["model/", "commands/model.py"]),
     ("train with AutoML (automl_policy=auto|on)", "The hyper-parameter search around train.", ["automl/"]),
     ("evaluate and inference", "Running a checkpoint, ONNX model, OpenVINO IR or TensorRT engine on a split.",
-     ["actions/evaluate.py", "actions/inference.py", "deploy/runtime.py", "deploy/onnxruntime.py",
-      "deploy/cpu_select.py", "deploy/openvino.py"]),
-    ("export", "Writing the ONNX model (and the OpenVINO IR).",
-     ["actions/export.py", "deploy/onnx_export.py", "deploy/deepstream.py"]),
+     ["actions/evaluate.py", "actions/inference.py", "deploy/runtime.py", "deploy/base.py", "deploy/onnx_io.py",
+      "deploy/torch_runtime.py", "deploy/onnxruntime.py", "deploy/onnx_external.py",
+      "deploy/cpu_select.py", "deploy/openvino.py", "deploy/hf_runtime.py"]),
+    ("export", "Writing the ONNX model (and the OpenVINO IR), or the Hugging Face folder (export.format=huggingface).",
+     ["actions/export.py", "deploy/onnx_export.py", "deploy/deepstream.py", "deploy/huggingface.py",
+      "model/hf_format.py"]),
     ("quantize", "INT8 post-training quantization and its calibration images.",
      ["actions/quantize.py", "deploy/quantization.py", "deploy/quant_backends.py", "deploy/calibration.py"]),
     ("gen_trt_engine", "Building and running TensorRT engines (needs a CUDA GPU with TensorRT).",
@@ -96,12 +98,56 @@ def _render(node: ast.AST) -> str:
             elif isinstance(value.value, ast.Name) and value.value.id in Sources.constants:
                 parts.append(Sources.constants[value.value.id])
             else:
-                expr = ast.unparse(value.value)
-                parts.append(f"<{expr if len(expr) <= 40 else expr[:37] + '...'}>")
+                parts.append(_placeholder(value.value))
         return "".join(parts)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return _render(node.left) + _render(node.right)
-    return f"<{ast.unparse(node)}>"
+    return _placeholder(node)
+
+
+def _placeholder(node: ast.AST) -> str:
+    """A run-time part as ``<name>`` (the name of what it shows, never source code); an optional phrase (``'x' if
+    cond else ''``) as ``[x]``."""
+    if isinstance(node, ast.IfExp):
+        texts = [b.value for b in (node.body, node.orelse) if isinstance(b, ast.Constant) and isinstance(b.value, str)]
+        if len(texts) == 2 and "" in texts:
+            return f"[{''.join(texts).strip()}]"
+        if len(texts) == 2:
+            return f"<{texts[0].strip()} or {texts[1].strip()}>"
+        return _placeholder(node.body)
+    if isinstance(node, ast.JoinedStr):
+        return f"[{_render(node).strip()}]"
+    return f"<{_name_of(node)}>"
+
+
+def _name_of(node: ast.AST) -> str:
+    """The word a reader knows a value by: a variable's or attribute's name, a called function's (``len(x)``: the
+    count of x), a joined list's items."""
+    if isinstance(node, ast.Name):
+        return node.id.lower() if node.id.isupper() else node.id.lstrip("_")
+    if isinstance(node, ast.Attribute):
+        return node.attr.lstrip("_")
+    if isinstance(node, ast.Subscript):
+        key = node.slice.value if isinstance(node.slice, ast.Constant) else None
+        return key if isinstance(key, str) else _name_of(node.value)
+    if isinstance(node, ast.Call):
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("join", "splitlines", "strip", "lower", "rstrip"):
+            inner = node.args[0] if func.attr == "join" and node.args else func.value
+            return _name_of(inner)
+        if isinstance(func, ast.Name) and func.id in ("len",) and node.args:
+            return f"number of {_name_of(node.args[0])}"
+        if isinstance(func, ast.Name) and func.id in ("str", "repr", "int", "float", "sorted", "list", "map", "round",
+                                                      "tuple", "set", "abs") and node.args:
+            return _name_of(node.args[-1])
+        return _name_of(func)
+    if isinstance(node, ast.BoolOp):
+        return _name_of(node.values[0])
+    if isinstance(node, ast.BinOp | ast.Compare):
+        return _name_of(node.left)
+    if isinstance(node, ast.GeneratorExp | ast.ListComp):
+        return _name_of(node.generators[0].iter)
+    return "value"
 
 
 def _functions(tree: ast.AST) -> dict[ast.AST, str]:

@@ -47,7 +47,11 @@ TW = "tests/model/test_weights.py::"
 TX = "tests/deploy/test_export.py::"
 TG = "tests/model/test_fan_golden.py::"
 TQ = "tests/deploy/test_torchao.py::"
-TC = "tests/cluster/test_preemption.py::"
+TC = "tests/data/test_convert.py::"
+TR = "tests/test_redact.py::"
+TJ = "tests/test_job_folder_safety.py::"
+TH = "tests/deploy/test_huggingface.py::"
+TCL = "tests/cluster/test_preemption.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -121,7 +125,7 @@ MUTANTS: tuple[Mutant, ...] = (
          ".shape[-2:], mode=\"nearest\")[0, 0].long().to(logits.device)\n")),
         ("tests/engine/test_evaluate_resolution.py::test_validation_miou_is_computed_at_each_masks_own_resolution",)),
     Mutant("flip_tta_not_flipped_back", (
-        ("segformer_tao/deploy/runtime.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
+        ("segformer_tao/deploy/base.py", "flipped = runtime.predict(images.flip(-1)).flip(-1)",
          "flipped = runtime.predict(images.flip(-1))"),),
         ("tests/deploy/test_postprocess.py::test_flip_tta_of_a_mirror_equivariant_model_equals_its_plain_softmax",)),
     Mutant("dataset_check_skipped_by_cli", (
@@ -132,6 +136,29 @@ MUTANTS: tuple[Mutant, ...] = (
          "    if False:\n        raise UserError("),),
         ("tests/data/test_check.py::test_check_finds_every_problem",
          "tests/data/test_check.py::test_train_checks_the_dataset_before_training")),
+    Mutant("cityscapes_train_ids_off_by_one", (
+        ("segformer_tao/data/convert/cityscapes.py",
+         "ID_TO_TRAIN_ID = {label_id: train_id for",
+         "ID_TO_TRAIN_ID = {label_id: train_id if train_id in (IGNORE, 18) else train_id + 1 for"),),
+        (TC + "test_cityscapes_train_ids_equal_cityscapesscripts_conversion",)),
+    Mutant("ade20k_zero_not_ignored", (
+        ("segformer_tao/data/convert/ade20k.py", "REDUCE_ZERO_LABEL = {0: IGNORE,", "REDUCE_ZERO_LABEL = {0: 0,"),),
+        (TC + "test_ade20k_reduce_zero_label_and_names",)),
+    Mutant("grey_palette_colour_remaps_ids", (  # COCO-Stuff's handbag is (0, 0, 0): mask value 0 would read as 26
+        ("segformer_tao/data/convert/tree.py", "if r == g == b and r != class_id:", "if False:"),),
+        (TC + "test_coco_stuff_ids_compacted_to_171",)),
+    Mutant("labelme_shapes_drawn_in_reverse", (  # labelme's own order: a later shape covers an earlier one
+        ("segformer_tao/data/convert/labelme.py", "    for shape in shapes:\n",
+         "    for shape in reversed(shapes):\n"),),
+        (TC + "test_labelme_polygons_match_an_independent_rasterisation",)),
+    Mutant("unchanged_masks_reencoded", (
+        ("segformer_tao/data/convert/tree.py", "raw = linkable and np.array_equal(ids, values)", "raw = False"),),
+        (TC + "test_voc_masks_are_linked_unchanged_with_the_voc_classes",)),
+    Mutant("failed_convert_publishes_half_tree", (
+        ("segformer_tao/data/convert/__init__.py", "    except BaseException:\n        remove_staging(staging)",
+         "    except BaseException:\n        publish(staging, dst)"),),
+        (TC + "test_interrupted_convert_leaves_no_half_written_mask",
+         TC + "test_unknown_ids_name_the_file_and_values"), require_all=True),
     Mutant("atomic_write_is_a_plain_write", (
         ("segformer_tao/io.py", "    path = os.fspath(path)\n    directory = os.path.dirname(os.path.abspath(path))\n",
          "    path = os.fspath(path)\n    with open(path, mode) as f:\n        yield f\n    return\n"),),
@@ -217,24 +244,89 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("freed_memory_returned_to_the_kernel", (
         ("segformer_tao/engine/allocator.py", "return bool(mallopt(M_MMAP_THRESHOLD, _THRESHOLD)) and ", "return "),),
         ("tests/engine/test_allocator.py::test_freed_large_blocks_are_reused",)),
+    Mutant("model_meta_spec_default_wins_img_size", (
+        ("segformer_tao/model/meta.py", "    if src is None or ours == meta.img_size:\n        return meta.img_size\n",
+         "    if src is None or ours == meta.img_size:\n        return ours\n"),),
+        ("tests/test_model_meta_rule.py::test_the_models_values_win_over_schema_defaults",)),
+    Mutant("model_meta_spec_default_wins_mean_std", (
+        ("segformer_tao/model/meta.py", "        if src is None or _same(ours, theirs):\n            return theirs\n",
+         "        if src is None or _same(ours, theirs):\n            return ours\n"),),
+        ("tests/test_model_meta_rule.py::test_the_models_values_win_over_schema_defaults",)),
+    Mutant("model_meta_user_value_ignored", (
+        ("segformer_tao/model/meta.py", "    sources[\"img_size\"] = src\n    warnings.append(",
+         "    return meta.img_size\n    warnings.append("),),
+        ("tests/test_model_meta_rule.py::test_spec_file_and_command_line_values_are_the_users_and_apply_with_a_warning",)),
+    Mutant("model_meta_decided_but_not_applied", (
+        ("segformer_tao/deploy/runtime.py", "    model_meta.apply(cfg, decision)\n", ""),),
+        ("tests/deploy/test_model_meta.py::test_every_action_runs_at_the_models_img_size_and_mean_std",), slow=True),
     Mutant("openvino_core_per_call", (
         ("segformer_tao/deploy/openvino.py", "@functools.lru_cache(maxsize=1)\ndef core():", "def core():"),),
         ("tests/deploy/test_openvino_signal_stack.py",)),
+    # issue 34: a URL password ends at whitespace again; a crafted scrypt cost is derived; children keep the lock
+    # or outlive their parent; external ONNX data outside the model folder is read; a key inside a path is masked
+    Mutant("url_password_cut_at_whitespace", (
+        ("segformer_tao/redact.py", "        url = text[m.start():]\n",
+         "        url = text[m.start():].split()[0]\n"),),
+        (TR + "test_url_password_with_any_character_is_hidden_everywhere",
+         TR + "test_command_line_registration_covers_the_whole_argument")),
+    Mutant("key_inside_a_path_masked", (
+        ("segformer_tao/redact.py", "    return MASK if value in _secrets() else value\n",
+         "    return redact(value)\n"),),
+        (TR + "test_a_key_inside_a_path_is_not_rewritten_in_config_values",)),
+    Mutant("crafted_kdf_cost_derived", (
+        ("segformer_tao/crypto.py", "    _check_kdf_cost(path, kdf, log2_n, r, p, chunk)\n", ""),),
+        ("tests/engine/test_crypto.py::test_crafted_kdf_cost_is_refused_before_any_derivation",)),
+    Mutant("forked_child_keeps_the_lock", (
+        ("segformer_tao/joblock.py",
+         "        with contextlib.suppress(OSError):\n            os.close(fd)\n    _OPEN_FDS",
+         "        pass\n    _OPEN_FDS"),),
+        (TJ + "test_forked_child_does_not_hold_the_lock",)),
+    Mutant("forked_child_outlives_its_parent", (
+        ("segformer_tao/joblock.py", "    lifeline.set_parent_death_signal(_FORKING_PID)\n", ""),),
+        (TJ + "test_forked_child_dies_with_its_parent_and_the_folder_is_free",)),
+    Mutant("started_process_outlives_its_parent", (
+        ("segformer_tao/lifeline.py", "    if os.getppid() == parent:\n        set_parent_death_signal(parent)\n",
+         "    if os.getppid() == parent:\n"),),
+        (TJ + "test_started_process_dies_with_the_segformer_process_that_started_it",)),
+    Mutant("onnx_external_data_anywhere", (
+        ("segformer_tao/deploy/onnx_external.py", "        if why is not None:\n", "        if False:\n"),),
+        ("tests/deploy/test_onnx_external_data.py::test_locations_outside_the_model_folder_are_refused",)),
+    Mutant("hf_export_key_and_value_swapped", (
+        ("segformer_tao/model/hf_format.py", 'out[f"{prefix}value.{m[3]}"] = keys, values',
+         'out[f"{prefix}value.{m[3]}"] = values, keys'),),
+        (TH + "test_our_tensors_in_the_names_transformers_writes",
+         TH + "test_image_processor_from_the_folder_preprocesses_like_us"), require_all=True),
+    Mutant("hf_preprocessor_mean_in_0_255", (
+        ("segformer_tao/deploy/huggingface.py", '"image_mean": [float(v) for v in mean]',
+         '"image_mean": [float(v) * 255 for v in mean]'),),
+        (TH + "test_image_processor_from_the_folder_preprocesses_like_us",)),
+    Mutant("hf_preprocessor_mean_in_0_255_pipeline", (
+        ("segformer_tao/deploy/huggingface.py", '"image_mean": [float(v) for v in mean]',
+         '"image_mean": [float(v) * 255 for v in mean]'),),
+        (TH + "test_transformers_pipeline_gives_segformer_inference_masks",), slow=True),
+    Mutant("hf_reader_ignores_rescale_factor", (
+        ("segformer_tao/deploy/hf_runtime.py", '"mean": [m / scale for m in mean], "std": [s / scale for s in std]',
+         '"mean": mean, "std": std'),),
+        (TH + "test_a_hub_folder_with_its_own_processor_runs_like_transformers",)),
+    Mutant("hf_export_into_a_full_folder", (
+        ("segformer_tao/deploy/huggingface.py", "    if os.path.isdir(folder) and os.listdir(folder):\n",
+         "    if False:\n"),),
+        (TH + "test_existing_non_empty_output_folder_is_refused",)),
     Mutant("preemption_signal_handler_removed", (
         ("segformer_tao/engine/preemption.py", "            signal.signal(sig, self._on_signal)\n",
          "            pass\n"),),
-        (TC + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
+        (TCL + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
     Mutant("resume_from_latest_only", (
         ("segformer_tao/engine/resume.py", "if io.exists(latest) else []) + _periodic(results_dir)",
          "if io.exists(latest) else [])"),),
-        (TC + "test_resume_takes_the_newest_complete_checkpoint_whatever_its_name",)),
+        (TCL + "test_resume_takes_the_newest_complete_checkpoint_whatever_its_name",)),
     Mutant("wall_clock_checkpoints_never", (
         ("segformer_tao/engine/preemption.py", "timed = self.interval_s > 0 and", "timed = False and"),),
-        (TC + "test_wall_clock_interval_writes_mid_epoch_checkpoints",)),
+        (TCL + "test_wall_clock_interval_writes_mid_epoch_checkpoints",)),
     Mutant("mid_epoch_resume_restarts_the_epoch", (
         ("segformer_tao/engine/resumable.py", "        self.batch_sampler.load_state_dict(state)\n",
          "        pass\n"),),
-        (TC + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
+        (TCL + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
     Mutant("slurm_ranks_ignored", (
         ("segformer_tao/ranks.py", "    if slurm_managed(env):\n        return Launch(\"slurm\"",
          "    if False:\n        return Launch(\"slurm\""),),

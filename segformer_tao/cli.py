@@ -30,7 +30,7 @@ TOOL_HELP = {
     "config": "print the fully composed config of an action: segformer config <action> [-e spec] [k=v ...]; "
               "segformer config upgrade OLD.yaml converts a TAO <= 5.5 spec",
     "schema": "regenerate specs/ (JSON schemas, templates, skill_info.yaml): segformer schema [--check] [--out DIR]",
-    "dataset": "dataset tools: segformer dataset check k=v ... | segformer dataset demo OUTDIR",
+    "dataset": "dataset tools: segformer dataset check k=v ... | convert --format FMT SRC DST | formats | demo OUTDIR",
     "model": "model tools: segformer model info model.backbone.type=mit_b0",
     "jobs": "list or show jobs: segformer jobs list [DIR] | segformer jobs show DIR",
 }
@@ -107,6 +107,32 @@ def check_required(action: str, cfg) -> None:
         _check_model_files_exist(cfg, [k for k in group if "dataset" not in k])
 
 
+# The split folders each action reads (role -> dataset.segment key naming the folder).
+SPLIT_KEYS = {"train": {"train": "train_split", "val": "validation_split"}, "evaluate": {"test": "test_split"},
+              "inference": {"predict": "predict_split"}}
+
+
+def check_split_folders(action: str, cfg) -> None:
+    """A local split folder that does not exist fails now, before torch and the model are loaded (the dataset
+    itself lists and pairs the files later, also for s3://)."""
+    from segformer_tao import io
+
+    seg = cfg.dataset.segment
+    root = str(seg.root_dir or "").rstrip("/")
+    if not root or io.is_remote(root) or not os.path.isdir(os.path.expanduser(root)):
+        return  # unset or remote: the dataset's own checks say so
+    if action == "inference" and cfg.inference.get("source"):
+        return  # inference.source replaces the predict split
+    kinds = ("images",) if action == "inference" else ("images", "masks")
+    for key in SPLIT_KEYS.get(action, {}).values():
+        for kind in kinds:
+            folder = os.path.join(os.path.expanduser(root), kind, str(seg[key]))
+            if not os.path.isdir(folder):
+                raise UserError(f"Split folder '{folder}' does not exist (split '{seg[key]}' of "
+                                f"dataset.segment.root_dir='{root}'). Create it or set dataset.segment.{key} to the "
+                                f"folder under {kind}/ that holds this split.")
+
+
 def _check_model_files_exist(cfg, keys: list[str]) -> None:
     """A set model-file key naming a missing file fails now, not after the dataset check."""
     from omegaconf import OmegaConf
@@ -120,6 +146,10 @@ def _check_model_files_exist(cfg, keys: list[str]) -> None:
         if not io.exists(str(path)):
             raise UserError(f"{key}='{path}' does not exist. Check the path, or use parent_job=<results dir of a "
                             "previous job> to pick its artifact.")
+        if os.path.isdir(str(path)):
+            raise UserError(f"{key}='{path}' is a folder, not a model file. Point {key} at the file (e.g. "
+                            f"{os.path.join(str(path), 'segformer_model_best.pth')}), or use parent_job={path} to pick "
+                            "the artifact of the job that wrote that folder.")
 
 
 def check_conflicts(action: str, cfg) -> None:
@@ -134,8 +164,9 @@ def check_conflicts(action: str, cfg) -> None:
                             f"agree, e.g. {action}.num_gpus={len(ids)}, or drop {action}.gpu_ids.")
 
 
-# Splits checked before an action starts (dataset.segment.check=full|sample|off).
-CHECKED_SPLITS = {"train": ("train", "val"), "evaluate": ("test",)}
+# Splits checked before an action starts (dataset.segment.check=full|sample|off). evaluate checks its split itself,
+# once the model has said how many classes it predicts (actions/evaluate.py).
+CHECKED_SPLITS = {"train": ("train", "val")}
 
 
 def check_data(action: str, cfg, out_dir: str) -> None:
@@ -156,6 +187,7 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     cfg = compose_config(action, overrides, spec)
     parent.apply_parent_job(action, cfg, {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o})
     check_required(action, cfg)
+    check_split_folders(action, cfg)
     check_conflicts(action, cfg)
     if action == "train":  # an allocation that disagrees with the config fails on every rank, never hangs
         check_allocation(int(cfg.train.num_gpus), int(cfg.train.num_nodes))
@@ -298,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     _quiet_third_party()
     start = time.time()
+    if own_process:  # a DDP rank this process starts dies with it; this process with the segformer that started it
+        from segformer_tao import lifeline
+
+        lifeline.die_with_parent()
+        lifeline.mark_children()
     try:
         _guard_secrets(argv, own_process)
         tool_args = [a for a in argv if a != "--debug"]

@@ -38,8 +38,11 @@ CHUNK = 1 << 20  # plaintext bytes per chunk
 TAG = 16
 _PARAMS = struct.Struct(">BBBBI")
 HEADER_LEN = len(MAGIC2) + _PARAMS.size + 16 + 16 + 7 + 16
-# Limits on what a header may ask for (a crafted file must not make us allocate gigabytes).
-_LIMITS = {"log2_n": (10, 22), "r": (1, 32), "p": (1, 16), "chunk": (1 << 10, 1 << 26)}
+# What a header may ask for: the costs we write (N=2^10..2^17 with r=8, p=1) and no more, so that a crafted file
+# cannot make us allocate gigabytes or run scrypt for minutes before its key check fails.
+_KDF_ACCEPTED = {"log2_n": (10, LOG2_N), "r": (R, R), "p": (P, P)}
+MAX_KDF_MIB = 128 * R * 2**LOG2_N >> 20  # scrypt's memory is 128 * r * N bytes: 128 MiB at our cost
+_CHUNK_LIMITS = (1 << 10, 1 << 26)
 _MASTER: dict[tuple, bytes] = {}  # (passphrase, kdf_salt, log2_n, r, p) -> scrypt output
 _WRITE_SALT: dict[str, bytes] = {}
 _LOCK = threading.Lock()
@@ -162,10 +165,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, passphrase: str, path: str = "<
         raise _truncated(path)
     header = magic + rest
     kdf, log2_n, r, p, chunk = _PARAMS.unpack_from(rest)
-    values = {"log2_n": log2_n, "r": r, "p": p, "chunk": chunk}
-    if kdf != KDF_SCRYPT or any(not lo <= values[k] <= hi for k, (lo, hi) in _LIMITS.items()):
-        raise UserError(f"'{path}' asks for encryption parameters this version does not accept (kdf {kdf}, "
-                        f"{values}): it was not written by segformer_tao, or by a newer version.")
+    _check_kdf_cost(path, kdf, log2_n, r, p, chunk)
     offset = _PARAMS.size
     kdf_salt, file_salt, prefix = rest[offset:offset + 16], rest[offset + 16:offset + 32], rest[offset + 32:offset + 39]
     master = _master(passphrase, kdf_salt, log2_n, r, p)
@@ -188,6 +188,21 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, passphrase: str, path: str = "<
         if last:
             return
         block, index = following, index + 1
+
+
+def _check_kdf_cost(path: str, kdf: int, log2_n: int, r: int, p: int, chunk: int) -> None:
+    """Refuse, before deriving anything, a header whose key derivation costs more than what we write."""
+    values = {"log2_n": log2_n, "r": r, "p": p}
+    mib = 128 * r * 2**log2_n / 2**20
+    if kdf == KDF_SCRYPT and all(lo <= values[k] <= hi for k, (lo, hi) in _KDF_ACCEPTED.items()) and (
+            _CHUNK_LIMITS[0] <= chunk <= _CHUNK_LIMITS[1]):
+        return
+    what = f"scrypt N=2^{log2_n}, r={r}, p={p}: {mib:g} MiB of memory, {p} pass(es)" if kdf == KDF_SCRYPT else (
+        f"key derivation {kdf}")
+    raise UserError(f"'{path}' asks for encryption parameters this version does not accept ({what}, chunks of "
+                    f"{chunk} bytes; segformer_tao writes scrypt N=2^{LOG2_N}, r={R}, p={P}, at most {MAX_KDF_MIB} "
+                    "MiB, and reads N=2^10..2^17 with r=8, p=1): it was not written by segformer_tao (or its header "
+                    "was crafted), so it is not opened. Use a checkpoint written by `segformer train` or `export`.")
 
 
 def _opens(aead, prefix: bytes, index: int, block: bytes, header: bytes) -> bool:

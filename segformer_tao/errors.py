@@ -84,6 +84,26 @@ def load_failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}"
 
 
+def out_of_memory(cfg, action: str) -> UserError:
+    """The out-of-memory error of ``action`` (train, evaluate, inference, quantize): the keys that set its memory."""
+    seg = cfg.dataset.segment
+    grows = f"memory grows with dataset.segment.img_size^2 (now {seg.img_size})"
+    if action == "train":
+        return UserError(f"Out of memory during training with dataset.segment.batch_size={seg.batch_size} and "
+                         f"dataset.segment.img_size={seg.img_size} (backbone {cfg.model.backbone.type}). Lower "
+                         f"dataset.segment.batch_size or dataset.segment.img_size ({grows}), use "
+                         "train.precision=bf16-mixed, or a smaller backbone. The last saved checkpoint is kept; "
+                         "rerun the same command to resume from it.")
+    if action in ("evaluate", "inference"):
+        windows = (" or inference.sliding_window=true (large images run in img_size windows)"
+                   if action == "inference" else "")
+        return UserError(f"Out of memory during {action} with {action}.batch_size={cfg[action].batch_size}. Lower "
+                         f"{action}.batch_size{windows}; {grows}, and every image's logits are resized to its own "
+                         "size, so very large images need memory of their own.")
+    return UserError(f"Out of memory during {action}. Lower quantize.backend_kwargs.calibration_batch_size (default 8) "
+                     f"or max_calibration_images; {grows}.")
+
+
 class Preempted(Exception):
     """Training stopped on a preemption signal (SIGTERM, SIGUSR1, train.preemption_signal) after writing a resumable
     checkpoint: normal life on a cluster, not a failure. The CLI exits with :attr:`exit_code`; status.json says

@@ -1,4 +1,4 @@
-"""One path helper for local files and s3:// (fsspec), atomic writes and at-rest encryption.
+"""One path helper for local files and s3:// (fsspec), and atomic writes (encryption is crypto.py's).
 
 Every file the tool writes goes through :func:`atomic_write` (temp file + fsync + rename), so a killed run
 never leaves a truncated file under its final name; the JSON-lines logs are appended with :func:`open_append`.
@@ -55,6 +55,9 @@ def read_bytes(path: str) -> bytes:
             return f.read()
     except FileNotFoundError as e:
         raise UserError(f"File not found: '{path}'. Check the path (and the bucket name for s3://).") from e
+    except IsADirectoryError as e:
+        raise UserError(f"'{path}' is a folder, where a file is expected. Give the file inside it (e.g. the .pth "
+                        "checkpoint or .onnx model); for a job's results dir, use parent_job=<that folder>.") from e
 
 
 def read_text(path: str) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -24,16 +25,32 @@ from datetime import datetime
 from typing import Any
 
 from segformer_tao import io as sio
+from segformer_tao import lifeline
 from segformer_tao.errors import UserError
 
 LOCK_FILE = ".segformer.lock"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 STALE_BEATS = 4  # a job silent for this many heartbeat intervals is taken as dead (another host only)
+HEARTBEAT_RANGE = (0.1, 7 * 86400)  # seconds: below, job.json is rewritten and fsynced in a busy loop
+_OPEN_FDS: set[int] = set()  # lock files this process holds: closed in its forked children
 
 
 def heartbeat_s() -> float:
-    """Seconds between heartbeats in job.json (env SEGFORMER_HEARTBEAT_S, default 30)."""
-    return float(os.environ.get("SEGFORMER_HEARTBEAT_S", "30") or 30)
+    """Seconds between heartbeats in job.json (env SEGFORMER_HEARTBEAT_S, default 30). UserError when the variable
+    is not a number of seconds within HEARTBEAT_RANGE."""
+    raw = os.environ.get("SEGFORMER_HEARTBEAT_S", "")
+    if not raw.strip():
+        return 30.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    lo, hi = HEARTBEAT_RANGE
+    if not lo <= value <= hi:  # also NaN and inf
+        raise UserError(f"SEGFORMER_HEARTBEAT_S='{raw}' is not a usable heartbeat interval: give a number of seconds "
+                        f"from {lo:g} to {hi:g} (default 30; jobs on other hosts are taken as dead after "
+                        f"{STALE_BEATS} silent intervals), or unset it.")
+    return value
 
 
 def stale_after_s() -> float:
@@ -96,10 +113,17 @@ def liveness(record: dict[str, Any]) -> tuple[str, str | None]:
         return "killed", f"process {record.get('pid')} on {record.get('host')} is gone; last heartbeat {beat}"
     last = parse_time(beat)
     age = None if last is None else time.time() - last
-    if age is not None and age <= stale_after_s():
+    if fresh(age):
         return "running", None
-    silent = "no heartbeat recorded" if age is None else f"no heartbeat for {age:.0f} s"
+    silent = "no heartbeat recorded" if age is None else f"no heartbeat for {age:.0f} s" if age >= 0 else (
+        f"a heartbeat {-age:.0f} s in the future (clock skew or a planted file)")
     return "killed", f"{silent} from {record.get('host')} (stale after {stale_after_s():.0f} s); last heartbeat {beat}"
+
+
+def fresh(age: float | None) -> bool:
+    """A heartbeat ``age`` seconds old shows a live job: no older than stale_after_s(), and no further in the
+    future than that either (clock skew between hosts is tolerated; a date in the future is not a hold forever)."""
+    return age is not None and -stale_after_s() <= age <= stale_after_s()
 
 
 @dataclass
@@ -113,18 +137,31 @@ class JobLock:
 
     @classmethod
     def acquire(cls, directory: str, action: str, command: list[str], job_file: str = "job.json") -> JobLock:
-        """Lock ``directory`` (created if missing) for ``action``; UserError naming the holder when it is held."""
+        """Lock ``directory`` (created if missing) for ``action``; UserError naming the holder when it is held, or
+        when ``directory`` is a symbolic link (its job files would land in the folder it points at)."""
+        if os.path.islink(directory):
+            raise UserError(f"Results dir '{directory}' is a symbolic link to '{os.path.realpath(directory)}': this "
+                            f"`segformer {action}` would write its log.txt, status.json and job.json into that folder, "
+                            "possibly another job's. Give a real folder (results_dir=... or "
+                            f"{action}.results_dir=...), e.g. {action}.results_dir={os.path.realpath(directory)} if "
+                            "that folder is meant.")
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, LOCK_FILE)
         fd, locked = _flock(path, action, directory)
         previous = _read(fd)
         note = None
-        if previous:
+        if previous is _UNREADABLE:
+            note = (f"note: took over the lock of '{directory}': its {LOCK_FILE} was unreadable (not a JSON object "
+                    "naming its holder), and no running process holds it.")
+            if not locked:
+                note = note.replace("no running process holds it", "this filesystem cannot tell whether one does")
+        elif previous:
             note = _check_previous(previous, directory, action, job_file, fd, locked)
         info = {**identity(), "action": action, "start": now_str(), "command": command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         os.fsync(fd)
+        _OPEN_FDS.add(fd)
         return cls(path, fd, info, note)
 
     def release(self) -> None:
@@ -135,8 +172,33 @@ class JobLock:
         with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
                 os.unlink(self.path)  # unlinked while still locked: a waiter on this inode re-opens the path
+        _OPEN_FDS.discard(self.fd)
         os.close(self.fd)
         self.fd = -1
+
+
+_FORKING_PID = 0
+
+
+def _before_fork() -> None:
+    global _FORKING_PID
+    _FORKING_PID = os.getpid()
+
+
+def _in_forked_child() -> None:
+    """A forked child (a data-loader worker) must not keep its parent's results dir locked once the parent is gone,
+    nor outlive it: close its copies of the lock files (the flock stays with the parent's descriptor) and ask for
+    SIGKILL when the parent dies."""
+    if not _OPEN_FDS:
+        return
+    for fd in _OPEN_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _OPEN_FDS.clear()
+    lifeline.set_parent_death_signal(_FORKING_PID)
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_in_forked_child)
 
 
 def _flock(path: str, action: str, directory: str) -> tuple[int, bool]:
@@ -187,15 +249,17 @@ def _check_previous(previous: dict, directory: str, action: str, job_file: str, 
     with contextlib.suppress(OSError, ValueError):
         with open(os.path.join(directory, job_file), encoding="utf-8") as f:
             job = json.load(f)
-        if job.get("host") == host and job.get("pid") == pid:
+        if isinstance(job, dict) and job.get("host") == host and job.get("pid") == pid:
             beat = job.get("heartbeat") or job.get("start") or beat
     last = parse_time(beat)
-    if last is not None and time.time() - last <= stale_after_s():
+    age = None if last is None else time.time() - last
+    if fresh(age):
         os.close(fd)
         raise UserError(busy_message(directory, action, previous, heartbeat=beat))
+    why = f"is older than {stale_after_s():.0f} s" if age is None or age >= 0 else (
+        f"is {-age:.0f} s in the future (clock skew or a planted file), which proves nothing")
     return (f"note: took over the lock of a {previous.get('action', 'job')} on host {host} (pid {pid}, started "
-            f"{previous.get('start')}) in '{directory}': its last heartbeat ({beat}) is older than "
-            f"{stale_after_s():.0f} s.")
+            f"{previous.get('start')}) in '{directory}': its last heartbeat ({beat}) {why}.")
 
 
 def busy_message(directory: str, action: str, holder: dict | None, heartbeat: str | None = None) -> str:
@@ -210,11 +274,22 @@ def busy_message(directory: str, action: str, holder: dict | None, heartbeat: st
             f"this one another results_dir (results_dir=... or {action}.results_dir=...).")
 
 
-def _read(fd: int) -> dict | None:
-    with contextlib.suppress(OSError, ValueError):
+_UNREADABLE = object()
+
+
+def _read(fd: int) -> dict | object | None:
+    """The lock file's holder record; None when empty; _UNREADABLE when it holds anything but a JSON object."""
+    try:
         data = os.pread(fd, 64 * 1024, 0)
-        return json.loads(data) if data.strip() else None
-    return None
+    except OSError:
+        return _UNREADABLE
+    if not data.strip():
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return _UNREADABLE
+    return record if isinstance(record, dict) else _UNREADABLE
 
 
 def _read_path(path: str) -> dict | None:
@@ -224,6 +299,7 @@ def _read_path(path: str) -> dict | None:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
             if text.strip():
-                return json.loads(text)
+                record = json.loads(text)
+                return record if isinstance(record, dict) else None
         time.sleep(0.05)
     return None

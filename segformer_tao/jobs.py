@@ -37,6 +37,7 @@ BEST_CHECKPOINT = "segformer_model_best.pth"
 MONITORED_METRIC = "val_miou"
 HISTORY_KEPT = 20  # earlier attempts remembered in job.json
 _HELD: dict[str, joblock.JobLock] = {}  # results dirs this process holds the lock of
+_RUNNING: list[Job] = []  # jobs of this process between Job.start and Job.finish
 
 
 def action_results_dir(action: str, cfg: DictConfig) -> str:
@@ -55,7 +56,7 @@ def lock_results_dir(action: str, out: str) -> joblock.JobLock | None:
         return None
     if out not in _HELD:
         try:
-            _HELD[out] = joblock.JobLock.acquire(out, action, _redacted_argv(), JOB_FILE)
+            _HELD[out] = joblock.JobLock.acquire(out, action, redacted_argv(), JOB_FILE)
         except (PermissionError, NotADirectoryError, FileExistsError) as e:
             raise UserError(f"Results dir '{out}' cannot be created or locked ({e.strerror}). Set results_dir (or "
                             f"{action}.results_dir) to a writable directory.") from e
@@ -91,6 +92,20 @@ def prepare_results_dir(action: str, cfg: DictConfig) -> str:
     return out
 
 
+def record_model(cfg: DictConfig, facts: dict[str, Any]) -> None:
+    """Record the model facts an action decided to run with (value and source of each, see
+    :func:`segformer_tao.model.meta.decide`) in the running job's job.json (``model``), and rewrite its
+    experiment.yaml from ``cfg``, which now holds them: a job records what it used."""
+    from segformer_tao.config import to_yaml_without_secrets
+
+    if not is_primary():
+        return
+    for job in _RUNNING:
+        job.record["model"] = facts
+        job.write()
+        sio.write_text(os.path.join(job.record["results_dir"], "experiment.yaml"), to_yaml_without_secrets(cfg))
+
+
 def file_digest(path: str) -> dict[str, Any]:
     """Size and sha256 of a local file (what job.json records per artifact)."""
     return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": sio.sha256(path)}
@@ -118,12 +133,13 @@ def note_unencrypted(cfg: DictConfig, artifacts: dict[str, Any]) -> None:
     plain = unencrypted_weights(artifacts) if cfg.get("encryption_key") and is_primary() else []
     if plain:
         log.warning("note: encryption_key is set, but these files hold weights and are NOT encrypted: %s. ONNX "
-                    "Runtime, OpenVINO, TensorRT and DeepStream must read them as they are, so protect them with file "
-                    "permissions (temporary copies under $TMPDIR were deleted when this step ended).",
+                    "Runtime, OpenVINO, TensorRT, DeepStream and Hugging Face transformers must read them as they "
+                    "are, so protect them with file permissions (temporary copies under $TMPDIR were deleted when "
+                    "this step ended).",
                     ", ".join(plain))
 
 
-def _redacted_argv() -> list[str]:
+def redacted_argv() -> list[str]:
     # encryption_key=..., and every other secret (automl.storage=postgresql://u:pw@h/db)
     return [redact.redact(re.sub(r"(encryption_key=).*", r"\1***", a)) for a in sys.argv]
 
@@ -140,10 +156,11 @@ class Job:
         """Write job.json as ``running`` and start its heartbeat. An earlier attempt in the folder is kept in
         ``history`` (one still marked running died: this process holds the folder's lock (prepare_results_dir),
         so it is recorded killed)."""
+        interval = joblock.heartbeat_s()  # a bad SEGFORMER_HEARTBEAT_S is refused here, not in the thread
         started = joblock.now_str()
         record = {
             "action": action, "status": "running", "start": started, "end": None, "duration_s": None,
-            "parent": cfg.parent_job or None, "results_dir": out_dir, "command": _redacted_argv(),
+            "parent": cfg.parent_job or None, "results_dir": out_dir, "command": redacted_argv(),
             **joblock.identity(), "heartbeat": started, "segformer_tao_version": __version__, "artifacts": {},
             "metrics": {}, "error": None, "encrypted": bool(cfg.encryption_key),
         }
@@ -156,16 +173,18 @@ class Job:
             lock.note = None
         job = cls(os.path.join(out_dir, JOB_FILE), record)
         job._t0 = time.time()
+        job._interval = interval
         job._mutex = threading.Lock()
         job._stop = threading.Event()
         job.write()
+        _RUNNING.append(job)
         if is_primary():
             job._beat = threading.Thread(target=job._heartbeat, name="segformer-heartbeat", daemon=True)
             job._beat.start()
         return job
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(joblock.heartbeat_s()):
+        while not self._stop.wait(self._interval):
             with self._mutex:
                 if self._stop.is_set():
                     return
@@ -195,6 +214,7 @@ class Job:
             if isinstance(path, str) and os.path.isfile(path):
                 self.record["artifacts"][name] = file_digest(path)
         self.write()
+        _RUNNING[:] = [job for job in _RUNNING if job is not self]
         release_results_dir(os.path.abspath(self.record["results_dir"]))  # the job is over: the folder is free
 
 
@@ -210,14 +230,17 @@ def _attempt(previous: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_job(directory: str) -> dict[str, Any] | None:
+    """The job.json of ``directory``; None when it is missing or unreadable (not a JSON object: damaged, or not
+    written by segformer_tao)."""
     path = os.path.join(directory, JOB_FILE)
     if not os.path.isfile(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 # ------------------------------------------------------------------------------------- checkpoints in a folder

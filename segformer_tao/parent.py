@@ -60,6 +60,9 @@ def resolve_parent(action: str, parent_dir: str) -> tuple[str, str, str]:
             candidates.append(("checkpoint", ckpts["best"], f"best-by-{MONITORED_METRIC} checkpoint"))
         if "latest" in ckpts:
             candidates.append(("checkpoint", ckpts["latest"], "latest checkpoint (no best-by-val_miou one)"))
+    hf_config = (job.get("artifacts") or {}).get("huggingface_config")  # an export.format=huggingface job
+    if action in ("evaluate", "inference") and isinstance(hf_config, dict) and hf_config.get("path"):
+        candidates.append(("checkpoint", os.path.dirname(hf_config["path"]), "Hugging Face folder of the export job"))
     # evaluate/inference also run OpenVINO IRs (.xml) through their onnx_file key (quantize.backend=nncf writes one).
     onnx_exts = (".onnx", ".xml") if action in ("evaluate", "inference") else (".onnx",)
     for kind, exts in (("onnx", onnx_exts), ("engine", (".engine",))):

@@ -19,40 +19,67 @@ ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "WANDB_API_KEY", "M
                "MLFLOW_TRACKING_TOKEN")
 MASK = "***"
 MIN_TEXT = 4  # shorter secrets are not searched for in free text: they would match everywhere and hide nothing
-MIN_IN_VALUE = 8  # in config values a secret is replaced inside a longer string only from this length on
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
-_QUERY_SECRET = re.compile(r"([?&;](?:password|passwd|pwd|sslpassword|secret|token|api_key|apikey)=)[^&;#\s'\"]+",
-                           re.IGNORECASE)
+# Query parameters that carry a credential: password=, access_token=, X-Amz-Signature=, X-Amz-Security-Token=,
+# Azure's sig=, client_secret=, api_key= ... (the name, or its last _/-/. part).
+_QUERY_SECRET = re.compile(r"([?&;](?:[\w.\-]*[_.\-])?(?:password|passwd|pwd|sslpassword|secret|token|signature|sig|"
+                           r"api_?key|apikey|credential)=)[^&;#\s'\"]+", re.IGNORECASE)
 _KNOWN: set[str] = set()
 _LOCK = threading.Lock()
 
 
+def _userinfo_password(url: str) -> tuple[int, int] | None:
+    """Where the password of ``url`` (``scheme://user:password@host...``) lies, as (start, end) offsets: it runs to
+    the host's '@' (the last one), so an unencoded '@', ':', '/', '#' or whitespace in it is covered too."""
+    m = _SCHEME.match(url)
+    if not m:
+        return None
+    at = url.rfind("@", m.end())
+    colon = url.find(":", m.end(), at) if at > 0 else -1
+    return (colon + 1, at) if colon >= 0 and colon + 1 < at else None
+
+
+def is_url(text: str) -> bool:
+    """True when ``text`` starts with ``scheme://``."""
+    return _SCHEME.match(str(text)) is not None
+
+
+def mask_url_value(value: str) -> str:
+    """A value that is a URL as a whole (a config value, an argument): its password and credential-carrying query
+    parameters replaced by ***, however the password is written (spaces, tabs, newlines, '/', '#')."""
+    value = str(value)
+    span = _userinfo_password(value)
+    if span is not None:
+        value = f"{value[:span[0]]}{MASK}{value[span[1]:]}"
+    return _QUERY_SECRET.sub(rf"\1{MASK}", value)
+
+
 def _mask_one_url(match: re.Match) -> str:
-    url = match.group(0)
-    scheme, _, rest = url.partition("://")
-    at = rest.rfind("@")  # the password runs to the host's '@', so an unencoded '@', ':' or '/' in it is masked too
-    userinfo = rest[:at] if at > 0 else ""
-    if ":" in userinfo:
-        user = userinfo.split(":", 1)[0]
-        rest = f"{user}:{MASK}{rest[at:]}"
-    return _QUERY_SECRET.sub(rf"\1{MASK}", f"{scheme}://{rest}")
+    return mask_url_value(match.group(0))
 
 
 def mask_url_passwords(text: str) -> str:
-    """``scheme://user:secret@host/db?password=x`` -> ``scheme://user:***@host/db?password=***`` anywhere in text."""
+    """``scheme://user:secret@host/db?password=x`` -> ``scheme://user:***@host/db?password=***`` anywhere in text
+    (a URL in free text ends at whitespace: passwords holding some are hidden as registered secrets instead)."""
     return _URL.sub(_mask_one_url, str(text))
 
 
 def url_passwords(text: str) -> list[str]:
-    """The passwords inside the URLs of ``text`` (what :func:`mask_url_passwords` hides), for exact redaction."""
+    """The passwords and query credentials in ``text`` (a config value or one command-line argument), for exact
+    redaction: each URL runs to the end of ``text``; the percent-decoded forms are included."""
+    from urllib.parse import unquote
+
+    text = str(text)
     found = []
-    for url in _URL.findall(str(text)):
-        rest = url.partition("://")[2]
-        at = rest.rfind("@")
-        if at > 0 and ":" in rest[:at]:
-            found.append(rest[:at].split(":", 1)[1])
-        found += [m.group(0).split("=", 1)[1] for m in _QUERY_SECRET.finditer(url)]
-    return [f for f in found if f and f != MASK]
+    for m in _SCHEME.finditer(text):
+        url = text[m.start():]
+        span = _userinfo_password(url)
+        if span is not None:
+            found.append(url[span[0]:span[1]])
+        found += [q.group(0).split("=", 1)[1] for q in _QUERY_SECRET.finditer(url)]
+    found += [unquote(f) for f in found]
+    return [f for f in dict.fromkeys(found) if f and f != MASK]
 
 
 def register(*secrets: str | None) -> None:
@@ -81,13 +108,11 @@ def redact(text: str) -> str:
 
 
 def redact_value(value: str) -> str:
-    """A config string without secrets, changed only where it holds one (a file such as a trial's spec is run
-    again, so a short key must not turn ``onnx`` into ``***nx``)."""
-    value = mask_url_passwords(value)
-    for secret in _secrets():
-        if value == secret or (len(secret) >= MIN_IN_VALUE and secret in value):
-            value = value.replace(secret, MASK)
-    return value
+    """A config string without secrets: a URL's password and credential parameters masked, and a value that IS a
+    secret replaced. A secret that merely occurs inside a longer value (a key inside ``/data/projectkey1/ds``) is
+    left: config files are read back (AutoML trial specs run again), and a rewritten path would break the run."""
+    value = mask_url_value(value) if is_url(value) else mask_url_passwords(value)
+    return MASK if value in _secrets() else value
 
 
 def strip_secrets(obj: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import torch
 
 from segformer_tao.data.synthetic import make_demo_dataset
 from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
-from segformer_tao.joblock import LOCK_FILE
+from segformer_tao.joblock import LOCK_FILE, JobLock
 from tests.conftest import REPO, assert_user_error, run_cli
 
 TINY = ["model=mit_b0", "dataset.segment.num_classes=3", "dataset.segment.img_size=32",
@@ -117,6 +118,46 @@ def test_sigkilled_train_is_listed_killed_and_the_next_run_records_it(tmp_path, 
     assert job["status"] == "done" and job["pid"] != proc.pid
     previous = job["history"][-1]
     assert previous["status"] == "killed" and previous["pid"] == proc.pid and previous["end"] == last_beat
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_job_alone_frees_the_folder_and_its_loader_workers_die(tmp_path, data):
+    """kill -9 of the main process only (not its group): its forked loader workers neither keep the results-dir
+    lock nor live on (issue 34, finding 11)."""
+    results = str(tmp_path / "results")
+    folder = f"{results}/train"
+    cmd = [*_cmd(data, results), "dataset.segment.workers=2", "train.num_epochs=50"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: (_job(folder) or {}).get("status") == "running" and len(_children(proc.pid)) >= 2,
+                  what="the job and its loader workers")
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _wait_for(lambda: not any(_alive(w) for w in workers), timeout=3, what="the workers to die with the job")
+        lock = JobLock.acquire(folder, "train", ["segformer", "train"])  # what a re-run does first: not refused
+        assert f"pid {proc.pid}" in lock.note and "no longer exists" in lock.note
+        lock.release()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

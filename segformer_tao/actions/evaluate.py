@@ -16,26 +16,20 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao import io, status
-from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits
-from segformer_tao.engine.datamodule import collate_eval
+from segformer_tao.data import build_dataloader
+from segformer_tao.deploy.base import predict_logits, resize_logits
+from segformer_tao.deploy.runtime import open_for_action
 from segformer_tao.engine.metrics import SegmentationMetrics
-from segformer_tao.engine.trainer import oom_message
 from segformer_tao.engine.visualize import colorize, denormalize, plot_confusion_matrix, side_by_side, write_png
-from segformer_tao.errors import UserError
+from segformer_tao.errors import UserError, out_of_memory
+from segformer_tao.model.meta import ModelMeta
+from segformer_tao.ranks import is_primary
 
 PER_CLASS_COLUMNS = ["class_id", "class_name", "iou", "acc", "precision", "recall", "f1", "dice", "support"]
 # status.json kpi names (TAO's evaluate writes test_miou, test_acc, test_mf1, test_mprecision, test_mrecall)
 # -> our results.json keys.
 STATUS_KPI = {"test_miou": "mIoU", "test_acc": "overall_accuracy", "test_mAcc": "mAcc", "test_mf1": "mF1",
               "test_mprecision": "mPrecision", "test_mrecall": "mRecall", "test_mdice": "mDice"}
-
-
-def eval_loader(cfg: DictConfig, batch_size: int) -> torch.utils.data.DataLoader:
-    from segformer_tao.data import UnetSegmentationDataset
-
-    dataset = UnetSegmentationDataset(cfg, "test", "eval")
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_eval,
-                                       num_workers=int(cfg.dataset.segment.workers))
 
 
 def write_per_class_csv(path: str, per_class: list[dict]) -> None:
@@ -59,14 +53,14 @@ def write_status_summary(out_dir: str, scores: dict, runtime_name: str) -> None:
                         categorical=categorical, images=scores["images"])
 
 
-def _save_panels(out_dir: str, batch: dict, preds: list[torch.Tensor], meta: dict) -> None:
+def _save_panels(out_dir: str, batch: dict, preds: list[torch.Tensor], meta: ModelMeta) -> None:
     from PIL import Image
 
     for image, mask, pred, path in zip(batch["image"], batch["mask"], preds, batch["path"]):
         h, w = mask.shape[-2:]
-        rgb = Image.fromarray(denormalize(image, meta["mean"], meta["std"])).resize((w, h), Image.BILINEAR)
-        panel = side_by_side([np.asarray(rgb), colorize(mask.numpy(), meta["palette"]),
-                              colorize(pred.numpy(), meta["palette"])])
+        rgb = Image.fromarray(denormalize(image, meta.mean, meta.std)).resize((w, h), Image.BILINEAR)
+        panel = side_by_side([np.asarray(rgb), colorize(mask.numpy(), meta.palette),
+                              colorize(pred.numpy(), meta.palette)])
         write_png(os.path.join(out_dir, "vis", os.path.splitext(os.path.basename(str(path)))[0] + ".png"), panel)
 
 
@@ -83,13 +77,14 @@ def _check_labels_in_range(mask: torch.Tensor, num_classes: int, ignore_index: i
 
 def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: int,
                      vis_every: int = 0) -> dict:
-    """Run ``runtime`` over the test split; returns the scores dict of :func:`scores_from_confusion` plus
-    ``confusion_matrix`` (list of lists) and ``images``. Writes panels when ``out_dir`` and ``vis_every``."""
+    """Run ``runtime`` over the test split (read at the config's img_size and mean/std: :func:`open_for_action` has
+    put the model's there); returns the scores dict of :func:`scores_from_confusion` plus ``confusion_matrix``
+    (list of lists) and ``images``. Writes panels when ``out_dir`` and ``vis_every``."""
     meta = runtime.meta
-    metrics = SegmentationMetrics(meta["num_classes"], int(cfg.dataset.segment.ignore_index), meta["class_names"])
+    metrics = SegmentationMetrics(meta.num_classes, int(cfg.dataset.segment.ignore_index), meta.class_names)
     images = 0
-    ignore, n = int(cfg.dataset.segment.ignore_index), int(meta["num_classes"])
-    for batch_idx, batch in enumerate(eval_loader(cfg, batch_size)):
+    ignore, n = int(cfg.dataset.segment.ignore_index), int(meta.num_classes)
+    for batch_idx, batch in enumerate(build_dataloader(cfg, "test", "eval", batch_size=batch_size)):
         logits = predict_logits(runtime, batch["image"])
         preds = []
         for i, mask in enumerate(batch["mask"]):
@@ -111,29 +106,29 @@ def evaluate_runtime(cfg: DictConfig, runtime, out_dir: str | None, batch_size: 
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate cfg.evaluate.checkpoint / onnx_file / trt_engine on dataset.segment.test_split."""
-    from segformer_tao.deploy.runtime import warn_spec_mismatch
-
     out_dir = str(cfg.evaluate.results_dir)
-    runtime = open_runtime(cfg, "evaluate")
-    warn_spec_mismatch(cfg, runtime.meta, "evaluate")
+    runtime = open_for_action(cfg, "evaluate")
+    if cfg.dataset.segment.check != "off" and is_primary():  # with the model's class count, now in cfg
+        from segformer_tao.data.check import check_dataset
+
+        check_dataset(cfg, ("test",), report_path=f"{out_dir}/dataset_report.json")
     start = time.monotonic()
     try:
         scores = evaluate_runtime(cfg, runtime, out_dir, int(cfg.evaluate.batch_size),
                                   int(cfg.evaluate.vis_after_n_batches))
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        raise UserError(oom_message(cfg, "evaluation").replace("dataset.segment.batch_size",
-                                                                "evaluate.batch_size")) from e
+        raise out_of_memory(cfg, "evaluate") from e
     seconds = time.monotonic() - start
     summary = {k: scores[k] for k in ("mIoU", "mAcc", "mPrecision", "mRecall", "mF1", "mDice", "overall_accuracy")}
     results = {**summary, "runtime": runtime.name, "runtime_label": runtime.label,
                "images": scores["images"], "num_pixels": scores["num_pixels"],
                "seconds": round(seconds, 3), "per_class": scores["per_class"],
-               "confusion_matrix": scores["confusion_matrix"], "class_names": runtime.meta["class_names"]}
+               "confusion_matrix": scores["confusion_matrix"], "class_names": runtime.meta.class_names}
     paths = {name: os.path.join(out_dir, name) for name in ("results.json", "per_class.csv", "confusion_matrix.png")}
     io.write_json(paths["results.json"], results)
     write_status_summary(out_dir, scores, runtime.name)
     write_per_class_csv(paths["per_class.csv"], scores["per_class"])
-    plot_confusion_matrix(torch.tensor(scores["confusion_matrix"]), runtime.meta["class_names"],
+    plot_confusion_matrix(torch.tensor(scores["confusion_matrix"]), runtime.meta.class_names,
                           paths["confusion_matrix.png"])
     print(f"evaluate ({runtime.label}): mIoU={summary['mIoU'] or 0:.4f} overall_accuracy="
           f"{summary['overall_accuracy'] or 0:.4f} on {scores['images']} images -> {paths['results.json']}")

@@ -16,10 +16,11 @@ import torch
 
 from segformer_tao import io
 from segformer_tao.deploy import onnx_export
-from segformer_tao.deploy.onnxruntime import META_KEY
-from segformer_tao.deploy.runtime import warn_spec_mismatch
+from segformer_tao.deploy.runtime import settle
 from segformer_tao.errors import UserError
+from segformer_tao.model import meta as model_meta
 from segformer_tao.model.backbones.vit import VIT_ARCHS, img_size_problem
+from segformer_tao.model.meta import META_KEY, ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def check_writable(path: str, key: str) -> None:
 
 
 def load_trained_model(checkpoint: str, encryption_key: str | None, key: str, strict: bool = False
-                       ) -> tuple[torch.nn.Module, dict]:
+                       ) -> tuple[torch.nn.Module, ModelMeta]:
     """(model in eval mode on CPU, checkpoint meta) from one of our checkpoints; clear errors otherwise."""
     from segformer_tao.engine.checkpoint import load_model_from_checkpoint
 
@@ -59,22 +60,21 @@ def load_trained_model(checkpoint: str, encryption_key: str | None, key: str, st
         raise UserError(f"{key}='{checkpoint}' does not exist. Point it at a checkpoint written by `segformer train` "
                         "(e.g. results/train/segformer_model_latest.pth) or use parent_job=<train results dir>.")
     model, meta = load_model_from_checkpoint(checkpoint, encryption_key, map_location="cpu", strict=strict)
-    return model.float().eval(), dict(meta or {})
+    return model.float().eval(), meta
 
 
-def embedded_meta(meta: dict, settings: onnx_export.ExportSettings, cfg) -> dict:
-    """What an ONNX consumer needs without the checkpoint: classes, palette, preprocessing, geometry."""
-    seg = cfg.dataset.segment
-    aug = seg.augmentation
-    num_classes = int(meta.get("num_classes") or seg.num_classes)
+def settle_checkpoint(cfg, meta: ModelMeta, key: str, path: str) -> ModelMeta:
+    """The facts a checkpoint is exported with (:func:`segformer_tao.deploy.runtime.settle`: the model's own
+    img_size, mean/std and classes unless the user set others that apply)."""
+    return settle(cfg, meta, f"{key}='{path}'", model_meta.torch_size_problem(meta.backbone)).meta
+
+
+def embedded_meta(meta: ModelMeta, settings: onnx_export.ExportSettings) -> dict:
+    """What an ONNX consumer needs without the checkpoint: the decided model meta (classes, palette, preprocessing,
+    backbone) and the export's geometry."""
+    stored = {k: v for k, v in meta.to_dict().items() if k not in ("epoch", "global_step", "quantization")}
     return {
-        "class_names": list(meta.get("class_names") or [str(i) for i in range(num_classes)]),
-        "palette": meta.get("palette"),
-        "num_classes": num_classes,
-        "img_size": int(meta.get("img_size") or seg.img_size),
-        "mean": list(meta.get("mean") or aug.mean),
-        "std": list(meta.get("std") or aug.std),
-        "backbone": meta.get("backbone"),
+        **stored,
         "input_height": settings.height,
         "input_width": settings.width,
         "dynamic_batch": settings.batch_size == -1,
@@ -84,14 +84,16 @@ def embedded_meta(meta: dict, settings: onnx_export.ExportSettings, cfg) -> dict
     }
 
 
-def _settings(cfg, trained_size: int | None = None) -> onnx_export.ExportSettings:
-    """Export settings from cfg.export; an unset input_height/width is the size the model was trained at."""
+def _settings(cfg, img_size: int | None = None) -> onnx_export.ExportSettings:
+    """Export settings from cfg.export; an unset input_height/width is ``img_size`` (the model's, as decided by
+    :func:`settle_checkpoint`)."""
     exp = cfg.export
-    size = int(trained_size or cfg.dataset.segment.img_size)
+    size = int(img_size or cfg.dataset.segment.img_size)
     if exp.format not in ("onnx", "openvino"):
         raise UserError(f"export.format={exp.format} is not supported: segformer_tao writes plain ONNX "
-                        "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly, or ONNX "
-                        "plus an OpenVINO IR (export.format=openvino).")
+                        "(export.format=onnx), which TensorRT, ONNX Runtime and DeepStream read directly, ONNX "
+                        "plus an OpenVINO IR (export.format=openvino), or a Hugging Face transformers folder "
+                        "(export.format=huggingface).")
     if exp.format == "openvino":
         from segformer_tao.deploy.openvino import require_openvino
 
@@ -123,14 +125,14 @@ def check_vit_geometry(backbone: str, settings: onnx_export.ExportSettings) -> N
             raise UserError(f"{key}={value} does not fit model.backbone.type={backbone}: {problem}.")
 
 
-def export_checkpoint(model: torch.nn.Module, meta: dict, cfg, settings: onnx_export.ExportSettings,
+def export_checkpoint(model: torch.nn.Module, meta: ModelMeta, settings: onnx_export.ExportSettings,
                       simplify: bool) -> tuple[bytes, float]:
     """Trace, optionally simplify, embed metadata, check and compare; returns (onnx bytes, max |diff|)."""
     model_bytes = onnx_export.export_onnx_bytes(model, settings)
     if simplify:
         model_bytes = onnx_export.simplify(model_bytes)
     proto = onnx.load_from_string(model_bytes)
-    proto.metadata_props.add(key=META_KEY, value=json.dumps(embedded_meta(meta, settings, cfg)))
+    proto.metadata_props.add(key=META_KEY, value=json.dumps(embedded_meta(meta, settings)))
     proto.producer_name = "segformer_tao"
     model_bytes = proto.SerializeToString()
     onnx_export.check_model(model_bytes)
@@ -143,6 +145,14 @@ def export_checkpoint(model: torch.nn.Module, meta: dict, cfg, settings: onnx_ex
 def run(cfg) -> dict:
     """Export cfg.export.checkpoint to ONNX; returns metrics (max_abs_diff) and artifact paths."""
     exp = cfg.export
+    if exp.format == "huggingface":  # a transformers folder, not ONNX: deploy/huggingface.py
+        from segformer_tao.deploy import huggingface
+
+        folder = huggingface.output_folder(cfg)  # refused before loading anything
+        model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint",
+                                         strict=bool(cfg.get("encryption_strict")))
+        meta = settle_checkpoint(cfg, meta, "export.checkpoint", str(exp.checkpoint))
+        return huggingface.export_folder(model, meta, cfg, folder)
     _settings(cfg)  # reject bad keys before loading anything
     if exp.serialize_nvdsinfer:
         from segformer_tao.deploy.deepstream import check_batch_size
@@ -152,13 +162,13 @@ def run(cfg) -> dict:
     check_writable(onnx_path, "export.onnx_file")
     model, meta = load_trained_model(exp.checkpoint, cfg.encryption_key, "export.checkpoint",
                                      strict=bool(cfg.get("encryption_strict")))
-    settings = _settings(cfg, meta.get("img_size"))
-    warn_spec_mismatch(cfg, meta, "export")
+    meta = settle_checkpoint(cfg, meta, "export.checkpoint", str(exp.checkpoint))
+    settings = _settings(cfg, meta.img_size)
     check_vit_geometry(getattr(model, "backbone_name", ""), settings)
-    if (meta.get("quantization") or {}).get("backend") == "torchao":
-        model_bytes, diff = _export_torchao(model, meta, cfg, settings, str(exp.checkpoint))
+    if (meta.extra.get("quantization") or {}).get("backend") == "torchao":
+        model_bytes, diff = _export_torchao(model, meta, settings, str(exp.checkpoint))
     else:
-        model_bytes, diff = export_checkpoint(model, meta, cfg, settings, bool(exp.simplify))
+        model_bytes, diff = export_checkpoint(model, meta, settings, bool(exp.simplify))
     shapes = [f"{tuple(x.shape)}" for x in onnx_export.parity_inputs(settings)]
     log.info("ONNX Runtime vs PyTorch: max abs logit difference %.3g (limit %g) over inputs %s", diff,
              onnx_export.PARITY_ATOL, ", ".join(shapes))
@@ -171,26 +181,25 @@ def run(cfg) -> dict:
     if exp.serialize_nvdsinfer:
         from segformer_tao.deploy.deepstream import write_deepstream_files
 
-        info = embedded_meta(meta, settings, cfg)
         artifacts.update(write_deepstream_files(
-            onnx_path, model, class_names=info["class_names"], height=settings.height, width=settings.width,
-            mean=info["mean"], std=info["std"], batch_size=max(1, settings.batch_size), opset=settings.opset,
+            onnx_path, model, class_names=meta.class_names, height=settings.height, width=settings.width,
+            mean=meta.mean, std=meta.std, batch_size=max(1, settings.batch_size), opset=settings.opset,
             data_type=str(cfg.gen_trt_engine.tensorrt.data_type).lower(), gpu_id=int(exp.gpu_id)))
     log.info("ONNX written to %s", onnx_path)
     metrics = {"max_abs_diff": diff, "opset": settings.opset}
     if exp.format == "openvino":
-        metrics["openvino_max_abs_diff"] = _write_ir(model, onnx_path, embedded_meta(meta, settings, cfg), settings,
+        metrics["openvino_max_abs_diff"] = _write_ir(model, onnx_path, embedded_meta(meta, settings), settings,
                                                      artifacts)
     return {"metrics": metrics, "artifacts": artifacts}
 
 
-def _export_torchao(model: torch.nn.Module, meta: dict, cfg, settings: onnx_export.ExportSettings,
+def _export_torchao(model: torch.nn.Module, meta: ModelMeta, settings: onnx_export.ExportSettings,
                     checkpoint: str) -> tuple[bytes, float]:
     """ONNX of a torchao INT8 checkpoint where torchao's tensors trace: weight-only INT8 traces to Gemm/MatMul on
     the int8-rounded weights stored as float (ONNX has no weight-only int8 op); int8 dynamic activations do not."""
-    mode = meta["quantization"].get("mode")
+    mode = meta.extra["quantization"].get("mode")
     try:
-        model_bytes, diff = export_checkpoint(model, meta, cfg, settings, simplify=False)
+        model_bytes, diff = export_checkpoint(model, meta, settings, simplify=False)
     except Exception as e:  # noqa: BLE001 - whatever torchao's tensor subclass fails with while tracing
         raise UserError(f"export.checkpoint='{checkpoint}' is a torchao INT8 checkpoint (quantize.mode={mode}) whose "
                         f"int8 activation quantization does not trace to ONNX ({type(e).__name__}); for an INT8 ONNX "

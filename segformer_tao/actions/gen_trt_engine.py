@@ -14,8 +14,11 @@ from segformer_tao import io
 from segformer_tao.actions.export import check_writable
 from segformer_tao.deploy import tensorrt, tensorrt_build
 from segformer_tao.deploy.calibration import calibration_batches
-from segformer_tao.deploy.onnxruntime import make_session, read_embedded_meta, validate_io
+from segformer_tao.deploy.onnx_io import graph_meta, validate_io
+from segformer_tao.deploy.onnxruntime import make_session, read_embedded_meta
+from segformer_tao.deploy.runtime import settle
 from segformer_tao.errors import UserError
+from segformer_tao.model.meta import ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +29,19 @@ def default_engine_path(results_dir: str, onnx_file: str) -> str:
     return f"{str(results_dir).rstrip('/')}/{stem}.engine"
 
 
-def plan(cfg) -> tuple[bytes, tensorrt_build.BuildSettings, dict, str]:
-    """Everything decided before TensorRT is touched: (onnx bytes, settings, embedded meta, engine path)."""
+def plan(cfg) -> tuple[bytes, tensorrt_build.BuildSettings, ModelMeta, str]:
+    """Everything decided before TensorRT is touched: (onnx bytes, settings, the model's decided meta, engine
+    path). The profile's H/W and calibration follow the ONNX's own img_size and mean/std (:func:`settle`)."""
     gen = cfg.gen_trt_engine
     if not gen.onnx_file or not io.exists(gen.onnx_file):
         raise UserError(f"gen_trt_engine.onnx_file='{gen.onnx_file}' does not exist. Export one with `segformer "
                         "export` (or `segformer quantize` for INT8), or use parent_job=<export results dir>.")
     onnx_bytes = io.read_bytes(gen.onnx_file)
     session = make_session(onnx_bytes, threads=1, source=str(gen.onnx_file))
-    meta = read_embedded_meta(session)
-    num_classes = int(meta.get("num_classes") or cfg.dataset.segment.num_classes)
-    validate_io(session, num_classes=num_classes, img_size=None, source=f"'{gen.onnx_file}'")
-    img_size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
-    settings = tensorrt_build.settings_from_config(gen, session.get_inputs()[0].shape, img_size)
+    source = f"gen_trt_engine.onnx_file='{gen.onnx_file}'"
+    meta = graph_meta(read_embedded_meta(session), validate_io(session, source=source), source)
+    meta = settle(cfg, meta, source).meta
+    settings = tensorrt_build.settings_from_config(gen, session.get_inputs()[0].shape, int(meta.img_size))
     engine_path = gen.trt_engine or default_engine_path(gen.results_dir, gen.onnx_file)
     return onnx_bytes, settings, meta, engine_path
 
@@ -50,15 +53,13 @@ def run(cfg) -> dict:
     calibration = None
     legacy_int8 = settings.data_type == "int8" and not tensorrt_build.has_qdq(onnx_bytes)
     if legacy_int8 and settings.cal_image_dirs:  # read (and checked) before TensorRT is needed
-        seg = cfg.dataset.segment
         batch, _, size, _ = tensorrt_build.calibration_shape(settings.profile, settings.cal_batch_size)
         calibration = calibration_batches(
-            settings.cal_image_dirs, img_size=size, mean=meta.get("mean") or seg.augmentation.mean,
-            std=meta.get("std") or seg.augmentation.std, batch_size=batch, max_batches=settings.cal_batches,
-            key="gen_trt_engine.tensorrt.calibration.cal_image_dir", require_all=True)
+            settings.cal_image_dirs, img_size=size, mean=meta.mean, std=meta.std, batch_size=batch,
+            max_batches=settings.cal_batches, key="gen_trt_engine.tensorrt.calibration.cal_image_dir", require_all=True)
     engine_bytes, info = tensorrt_build.build_engine(onnx_bytes, settings, calibration)
     info["onnx_file"] = cfg.gen_trt_engine.onnx_file
-    info["model_meta"] = meta
+    info["model_meta"] = meta.to_dict()
     json_path = tensorrt.write_engine(engine_path, engine_bytes, info)
     log.info("TensorRT %s engine (%s) written to %s", info["tensorrt_version"], settings.data_type, engine_path)
     return {"metrics": {"engine_bytes": len(engine_bytes)},

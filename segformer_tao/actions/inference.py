@@ -16,11 +16,11 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao import io, status
-from segformer_tao.deploy.runtime import open_runtime, predict_logits, resize_logits, sliding_window_logits
-from segformer_tao.engine.datamodule import collate_eval
-from segformer_tao.engine.trainer import oom_message
+from segformer_tao.data import build_dataloader
+from segformer_tao.deploy.base import predict_logits, resize_logits, sliding_window_logits
+from segformer_tao.deploy.runtime import open_for_action
 from segformer_tao.engine.visualize import label_png_array, overlay, write_png
-from segformer_tao.errors import UserError
+from segformer_tao.errors import UserError, out_of_memory
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -38,13 +38,13 @@ def _stem(path: str) -> str:
 def _predict_batch(cfg: DictConfig, runtime, batch: dict) -> list[torch.Tensor]:
     """Class-id maps (H, W) at each image's original size."""
     inf = cfg.inference
-    size = int(runtime.meta["img_size"])
+    size = int(runtime.meta.img_size)
     preds: list[torch.Tensor | None] = [None] * len(batch["path"])
     if inf.sliding_window:
         from segformer_tao.data.transforms import preprocess_image
 
         def prep(crop: np.ndarray) -> torch.Tensor:
-            return preprocess_image(crop, size, runtime.meta["mean"], runtime.meta["std"])
+            return preprocess_image(crop, size, runtime.meta.mean, runtime.meta.std)
 
         for i, path in enumerate(batch["path"]):
             h, w = (int(v) for v in batch["orig_size"][i])
@@ -60,33 +60,26 @@ def _predict_batch(cfg: DictConfig, runtime, batch: dict) -> list[torch.Tensor]:
 
 def run(cfg: DictConfig) -> dict:
     """Predict dataset.segment.predict_split with cfg.inference.checkpoint / onnx_file / trt_engine."""
-    from segformer_tao.data import UnetSegmentationDataset
-    from segformer_tao.deploy.runtime import warn_spec_mismatch
-
     out_dir = str(cfg.inference.results_dir)
-    runtime = open_runtime(cfg, "inference")
-    warn_spec_mismatch(cfg, runtime.meta, "inference")
+    runtime = open_for_action(cfg, "inference")
     meta = runtime.meta
-    dataset = UnetSegmentationDataset(cfg, "predict", "predict")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=int(cfg.inference.batch_size), shuffle=False,
-                                         collate_fn=collate_eval, num_workers=int(cfg.dataset.segment.workers))
+    loader = build_dataloader(cfg, "predict", "predict", batch_size=int(cfg.inference.batch_size))
     vis_every = int(cfg.inference.vis_after_n_batches)
     start, images, overlays = time.monotonic(), 0, 0
-    pixels = torch.zeros(meta["num_classes"], dtype=torch.int64)  # predicted pixels per class
+    pixels = torch.zeros(meta.num_classes, dtype=torch.int64)  # predicted pixels per class
     try:
         for batch_idx, batch in enumerate(loader):
             for path, pred in zip(batch["path"], _predict_batch(cfg, runtime, batch)):
-                pixels += torch.bincount(pred.flatten().cpu().long(), minlength=meta["num_classes"])
-                labels = label_png_array(pred, meta["num_classes"])
+                pixels += torch.bincount(pred.flatten().cpu().long(), minlength=meta.num_classes)
+                labels = label_png_array(pred, meta.num_classes)
                 write_png(os.path.join(out_dir, "masks", _stem(path) + ".png"), labels)
                 if batch_idx % vis_every == 0:
                     write_png(os.path.join(out_dir, "overlays", _stem(path) + ".png"),
-                              overlay(read_rgb(path), labels, meta["palette"]))
+                              overlay(read_rgb(path), labels, meta.palette))
                     overlays += 1
                 images += 1
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        raise UserError(oom_message(cfg, "inference").replace("dataset.segment.batch_size",
-                                                               "inference.batch_size")) from e
+        raise out_of_memory(cfg, "inference") from e
     if images == 0:
         raise UserError(f"No images found in split '{cfg.dataset.segment.predict_split}' under "
                         f"{cfg.dataset.segment.root_dir}/images. Check dataset.segment.predict_split and root_dir.")
@@ -96,7 +89,7 @@ def run(cfg: DictConfig) -> dict:
     metrics = {"images": images, "overlays": overlays, "seconds": round(seconds, 3),
                "images_per_s": round(images / max(seconds, 1e-9), 3)}
     status.write_status(out_dir, status.RUNNING, f"Inference finished ({runtime.name}): {images} masks.",
-                        kpi=metrics, categorical={"predicted_pixels": dict(zip(meta["class_names"],
+                        kpi=metrics, categorical={"predicted_pixels": dict(zip(meta.class_names,
                                                                                pixels.tolist()))})
     return {"metrics": metrics,
             "artifacts": {"masks": os.path.join(out_dir, "masks"), "overlays": os.path.join(out_dir, "overlays")}}

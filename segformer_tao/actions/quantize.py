@@ -16,9 +16,10 @@ import onnx
 import torch
 
 from segformer_tao import io
-from segformer_tao.actions.export import check_writable, export_checkpoint, load_trained_model
+from segformer_tao.actions.export import check_writable, export_checkpoint, load_trained_model, settle_checkpoint
 from segformer_tao.deploy import onnx_export, quant_backends
 from segformer_tao.deploy.calibration import calibration_batches
+from segformer_tao.deploy.onnx_io import graph_meta, validate_io
 from segformer_tao.deploy.onnxruntime import OrtRuntime, make_session, read_embedded_meta
 from segformer_tao.deploy.quantization import (
     QuantizeSettings,
@@ -27,7 +28,9 @@ from segformer_tao.deploy.quantization import (
     qdq_summary,
     quantize_onnx,
 )
+from segformer_tao.deploy.runtime import settle
 from segformer_tao.errors import UserError
+from segformer_tao.model.meta import ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,9 @@ def _skip_names(q) -> list[str]:
     return names
 
 
-def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None, str, str]:
-    """(FP32 ONNX bytes, meta, torch model or None, file stem, FP32 ONNX path) from quantize.model_path."""
+def _float_model(cfg, out_dir: str) -> tuple[bytes, ModelMeta, torch.nn.Module | None, str, str]:
+    """(FP32 ONNX bytes, decided meta, torch model or None, file stem, FP32 ONNX path) from quantize.model_path: the
+    calibration images and the report run at the model's img_size and mean/std (:func:`settle`)."""
     path = cfg.quantize.model_path
     if not path or not io.exists(path):
         raise UserError(f"quantize.model_path='{path}' does not exist. Point it at an ONNX from `segformer export` "
@@ -62,13 +66,15 @@ def _float_model(cfg, out_dir: str) -> tuple[bytes, dict, torch.nn.Module | None
     stem = os.path.splitext(os.path.basename(str(path)))[0]
     if str(path).endswith(".onnx"):
         model_bytes = io.read_bytes(path)
-        meta = read_embedded_meta(make_session(model_bytes, threads=1, source=str(path)))
-        return model_bytes, meta, None, stem, str(path)
+        session = make_session(model_bytes, threads=1, source=str(path))
+        source = f"quantize.model_path='{path}'"
+        meta = graph_meta(read_embedded_meta(session), validate_io(session, source=source), source)
+        return model_bytes, settle(cfg, meta, source).meta, None, stem, str(path)
     model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path",
-                                         strict=bool(cfg.get("encryption_strict")))
-    size = int(meta.get("img_size") or cfg.dataset.segment.img_size)
-    settings = onnx_export.ExportSettings(height=size, width=size, batch_size=-1, opset=17)
-    model_bytes, diff = export_checkpoint(model, meta, cfg, settings, simplify=True)
+                                     strict=bool(cfg.get("encryption_strict")))
+    meta = settle_checkpoint(cfg, meta, "quantize.model_path", str(path))
+    settings = onnx_export.ExportSettings(height=meta.img_size, width=meta.img_size, batch_size=-1, opset=17)
+    model_bytes, diff = export_checkpoint(model, meta, settings, simplify=True)
     if diff > onnx_export.PARITY_ATOL:
         raise UserError(f"Exporting '{path}' to ONNX gave a {diff:.3g} difference from PyTorch; run `segformer "
                         "export` with export.simplify=false and quantize that ONNX instead.")
@@ -99,15 +105,15 @@ def disk_bytes(path: str) -> int:
 
 def _report(cfg, fp32_path: str, int8_path: str, open_runtime=OrtRuntime, fp32_bytes: int | None = None) -> dict:
     """The fields every backend's quantize_report.json shares: mIoU and images/s of FP32 vs INT8, both run by
-    ``open_runtime(path, cfg)`` (evaluate's code path, the same runtime for both) on the eval split, and their
+    ``open_runtime(path)`` (evaluate's code path, the same runtime for both) on the eval split, and their
     size on disk (``fp32_bytes`` when the FP32 reference is not a file of its own)."""
     from segformer_tao.actions.evaluate import evaluate_runtime
 
     results, label = {}, None
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-        timed = _Timed(open_runtime(path, cfg))
+        timed = _Timed(open_runtime(path))
         label = getattr(timed.runtime, "label", timed.name)
-        size = int(timed.meta.get("img_size") or cfg.dataset.segment.img_size)
+        size = int(cfg.dataset.segment.img_size)  # settled from the model file before calibration
         timed.runtime.predict(torch.zeros(1, 3, size, size))  # warm-up (first-call setup) outside the timing
         scores = evaluate_runtime(cfg, timed, None, int(cfg.evaluate.batch_size))
         results[name] = {"mIoU": scores["mIoU"], "overall_accuracy": scores["overall_accuracy"],
@@ -142,8 +148,7 @@ def run(cfg) -> dict:
     if q.backend == "torchao":
         return _run_torchao(cfg, out_dir, _skip_names(q))
     fp32_bytes, meta, model, stem, fp32_path = _float_model(cfg, out_dir)
-    size = int(meta.get("img_size") or seg.img_size)
-    mean, std = meta.get("mean") or list(seg.augmentation.mean), meta.get("std") or list(seg.augmentation.std)
+    size, mean, std = int(meta.img_size), list(meta.mean), list(meta.std)
     batch = int(kwargs.pop("calibration_batch_size", 8))
     max_images = int(kwargs.pop("max_calibration_images", 256))
     batches = calibration_batches(seg.quant_calibration_dataset.images_dir, img_size=size, mean=mean, std=std,
@@ -204,8 +209,8 @@ def _run_nncf(cfg, fp32_path: str, stem: str, batches: list, settings: QuantizeS
     xml, bin_ = save_ir(int8, f"{out_dir}/{stem}_int8.xml", meta)
     artifacts = {"openvino_xml": xml, "openvino_bin": bin_}
 
-    def open_f32(path: str, cfg) -> OpenVinoRuntime:
-        return OpenVinoRuntime(path, cfg, precision="f32", key="quantize.model_path")
+    def open_f32(path: str) -> OpenVinoRuntime:
+        return OpenVinoRuntime(path, precision="f32", key="quantize.model_path")
 
     fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in int8.get_ops())
     report = {"format": REPORT_FORMAT, "backend": "nncf", "mode": "static_ptq", "algorithm": settings.algorithm,
@@ -239,7 +244,7 @@ def _run_torchao(cfg, out_dir: str, skip_names: list[str]) -> dict:
     evaluate's PyTorch runtime. torchao needs no calibration images."""
     import copy
 
-    from segformer_tao.deploy.runtime import TorchRuntime
+    from segformer_tao.deploy.torch_runtime import TorchRuntime
     from segformer_tao.engine.checkpoint import load_checkpoint, save_checkpoint
     from segformer_tao.model import torchao_int8
 
@@ -255,17 +260,18 @@ def _run_torchao(cfg, out_dir: str, skip_names: list[str]) -> dict:
                  "so no calibration images are used.")
     strict = bool(cfg.get("encryption_strict"))
     model, meta = load_trained_model(path, cfg.encryption_key, "quantize.model_path", strict=strict)
+    settle_checkpoint(cfg, meta, "quantize.model_path", path)
     source = load_checkpoint(path, cfg.encryption_key, own=True, strict=strict)
     fp32_state = {f"model.{k}": v for k, v in copy.deepcopy(model).state_dict().items()}
     record = torchao_int8.quantize(model, str(q.mode), skip_names)
     stem = os.path.splitext(os.path.basename(path))[0]
     int8_path = f"{out_dir}/{stem}_int8_torchao.pth"
-    payload = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "meta": meta,
+    payload = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "meta": meta.to_dict(),
                "config": source.get("config") or {}, "quantization": record}
     save_checkpoint(int8_path, payload, cfg.encryption_key)
     fp32_bytes = _serialized_bytes({**payload, "state_dict": fp32_state, "quantization": None})
 
-    def open_torch(p: str, cfg) -> TorchRuntime:
+    def open_torch(p: str) -> TorchRuntime:
         return TorchRuntime(p, cfg.encryption_key)
 
     report = {"format": REPORT_FORMAT, "backend": "torchao", "mode": str(q.mode), "algorithm": None,

@@ -42,6 +42,7 @@ from segformer_tao.automl import workers
 from segformer_tao.automl.pruning import PruningCallback
 from segformer_tao.automl.report import SURPLUS, write_report
 from segformer_tao.automl.space import Param, build_space, load_train_schema, sample
+from segformer_tao.config.provenance import source_of
 from segformer_tao.errors import UserError
 
 log = logging.getLogger("segformer_tao")
@@ -76,9 +77,14 @@ def sampler_name(cfg: DictConfig) -> str:
     return "tpe"
 
 
+# The sampler's random start: a third of the trials (RANDOM_START_SHARE), at least 1, at most MAX_RANDOM_START.
+RANDOM_START_SHARE, MAX_RANDOM_START = 3, 10
+
+
 def build_sampler(cfg: DictConfig) -> optuna.samplers.BaseSampler:
     """GP or TPE (see sampler_name); Hyperband/ASHA only add a pruner. A third of the trials start at random."""
-    seed, startup = int(cfg.automl.seed), max(1, min(10, int(cfg.automl.num_trials) // 3))
+    trials = int(cfg.automl.num_trials)
+    seed, startup = int(cfg.automl.seed), max(1, min(MAX_RANDOM_START, trials // RANDOM_START_SHARE))
     if sampler_name(cfg) == "gp":
         with _experimental_ok():
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
@@ -338,7 +344,7 @@ def run(cfg: DictConfig) -> dict:
     target = int(cfg.automl.num_trials)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     where = st.mask_url(cfg.automl.storage) if cfg.automl.storage else st.local_path(out_dir)
-    if not cfg.automl.storage and int(cfg.automl.heartbeat_interval) != 60:
+    if not cfg.automl.storage and source_of(cfg, "automl.heartbeat_interval") is not None:
         log.info("AutoML: automl.heartbeat_interval=%s has no effect without automl.storage (one process owns a "
                  "results-dir study and retries its interrupted trials when re-run)", cfg.automl.heartbeat_interval)
     log.info("AutoML: %s (%s sampler) over %s; %d/%d trials finished, %d epochs each; %s; study in %s",

@@ -16,13 +16,13 @@ import dataclasses
 import importlib
 import json
 import os
-import re
 import warnings
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
+from segformer_tao import redact
 from segformer_tao.config.compose import mask_url_passwords
 from segformer_tao.errors import UserError
 
@@ -36,14 +36,16 @@ _DRIVERS = {"postgresql": ("psycopg", "automl-pg"), "mysql": ("pymysql", "automl
 
 
 def mask_url(text: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host`` anywhere in ``text``."""
-    return mask_url_passwords(str(text))
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``: the whole of ``text`` when it is a URL (its
+    password may hold spaces, '/' or '#'), else every URL in it."""
+    text = str(text)
+    return redact.mask_url_value(text) if redact.is_url(text) else mask_url_passwords(text)
 
 
 def url_password(url: str | None) -> str | None:
     """The password inside a storage URL (for log redaction), or None."""
-    m = re.search(r"://[^:/@\s]+:([^\s/?#]+)@", str(url or ""))
-    return m.group(1) if m else None
+    found = redact.url_passwords(str(url or "")) if redact.is_url(str(url or "")) else []
+    return found[0] if found and "@" in str(url) else None
 
 
 def local_path(out_dir: str) -> str:

@@ -17,7 +17,10 @@ def _job_rows(root: str) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(glob.glob(os.path.join(root, "**", JOB_FILE), recursive=True)):
         job = read_job(os.path.dirname(path))
-        if job:
+        if job is None:  # not a JSON object: listed, so that it can be found and removed
+            rows.append({"dir": os.path.dirname(path), "action": None, "status": "unreadable", "parent": "-",
+                         "metric": None, "start": None, "heartbeat": "-"})
+        else:
             metrics = job.get("metrics") or {}
             metric = metrics.get(MONITORED_METRIC, metrics.get("mIoU"))
             status, _ = joblock.liveness(job)
@@ -45,6 +48,10 @@ def main(argv: list[str]) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "show":
         job = show_job(argv[1]) if len(argv) > 1 else None
+        if job is None and len(argv) > 1 and os.path.isfile(os.path.join(argv[1], JOB_FILE)):
+            raise UserError(f"'{os.path.join(argv[1], JOB_FILE)}' is unreadable: it is not a JSON object describing "
+                            "a job (damaged, or not written by segformer_tao). Remove it; the next job in that folder "
+                            "writes a new one.")
         if job is None:
             raise UserError(f"No job.json in '{argv[1] if len(argv) > 1 else ''}'. Usage: segformer jobs show DIR "
                             "with DIR the results dir of a job.")

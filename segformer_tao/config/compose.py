@@ -11,11 +11,10 @@ import difflib
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -25,8 +24,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from segformer_tao import redact
 from segformer_tao.config import encryption_key as ek
+from segformer_tao.config import provenance, spec_yaml
 from segformer_tao.config.resolve import resolve_batch_sizes
-from segformer_tao.config.schema import ExperimentConfig
+from segformer_tao.config.schema import ExperimentConfig, iter_fields
 from segformer_tao.errors import UserError
 
 SCHEMA_NAME = "segformer_experiment_schema"
@@ -39,16 +39,6 @@ def package_dir(name: str) -> str:
 
 def _register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=ExperimentConfig)
-
-
-def iter_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
-    """Yield (dotted key, dataclass field) for every leaf key of the tree."""
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        if f.metadata.get("group"):
-            yield from iter_fields(f.default_factory, key + ".")
-        else:
-            yield key, f
 
 
 def all_keys() -> list[str]:
@@ -98,10 +88,7 @@ def load_spec_file(path: str) -> DictConfig:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UserError(f"Spec file '{path}' is not valid YAML: {str(e).splitlines()[0]} "
-                        f"({getattr(e, 'problem_mark', '')}). Fix the YAML syntax.") from e
+        data = spec_yaml.load(text, path)  # errors without the source line; alias bombs refused
     except UnicodeDecodeError as e:
         raise UserError(f"Spec file '{path}' is not a text YAML file. Pass a .yaml spec with -e.") from e
     if data is None:
@@ -166,7 +153,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 continue
             value = ov.value()
             if not (ov.is_add() or ov.is_force_add()) and not _key_exists(cfg, key):
-                raise UserError(f"Unknown key '{key}' in override '{ov.input_line}'.{suggest(key)} "
+                raise UserError(f"Unknown key '{key}' in override '{key}=***' (value hidden: a misspelt key may "
+                                f"hold a secret).{suggest(key)} "
                                 "Run `segformer <action> --help` to list the valid keys.")
             existing = OmegaConf.select(cfg, key, default=None)
             merge = isinstance(existing, DictConfig) and not existing._is_none()
@@ -252,6 +240,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
     except HydraException as e:
         raise _group_error(group_ovs, groups, e) from e
     OmegaConf.set_struct(cfg, True)
+    spec = None
     if spec_file:
         spec = load_spec_file(spec_file)
         _refuse_old_format(spec, spec_file)
@@ -267,6 +256,7 @@ def compose_config(action: str | None = None, overrides: Sequence[str] = (), spe
             raise _omegaconf_error(e, f"spec file '{spec_file}'") from e
         _reapply_groups(cfg, group_ovs, spec, spec_file)
     apply_overrides(cfg, key_ovs)
+    provenance.record(cfg, spec_file, spec, key_ovs, group_ovs)
     if key is not ek.UNSET:
         cfg[ek.KEY] = key
     validate(cfg)

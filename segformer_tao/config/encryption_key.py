@@ -94,6 +94,10 @@ def spec_file_value(text: str, path: str) -> object:
         return UNSET
     value: object = UNSET
     for key_node, value_node in root.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE and _merges_key(value_node, set()):
+            raise UserError(f"encryption_key in spec file '{path}' comes through a YAML merge key (<<), which would "
+                            "hand over the value as YAML reads it, not as written. Write encryption_key: '...' at the "
+                            f"top level of the spec, or better use {ENV_FORM.replace('=', ': ', 1)}.")
         if not (isinstance(key_node, yaml.ScalarNode) and key_node.value == KEY):
             continue
         if not isinstance(value_node, yaml.ScalarNode):
@@ -102,8 +106,55 @@ def spec_file_value(text: str, path: str) -> object:
         if value_node.style is None and value_node.tag == "tag:yaml.org,2002:null":
             value = None
         else:
-            value = _literal(value_node.value, f"in spec file '{path}'")
+            value = _literal(_as_written(value_node, text, path), f"in spec file '{path}'")
     return value
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _merges_key(node: yaml.Node, seen: set[int]) -> bool:
+    """True when the mappings a ``<<`` merges (one, or a list of them, themselves merging others) set the key."""
+    if id(node) in seen:
+        return False
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        return any(_merges_key(n, seen) for n in node.value)
+    if not isinstance(node, yaml.MappingNode):
+        return False
+    return any(isinstance(k, yaml.ScalarNode) and (k.value == KEY or (k.tag == _MERGE and _merges_key(v, seen)))
+               for k, v in node.value)
+
+
+def _as_written(node: yaml.ScalarNode, text: str, path: str) -> str:
+    """The scalar's text between its quotes (or unquoted) in the file, or a UserError when YAML would read another
+    value from it: escape sequences, a block scalar, a line fold, or a '#' comment cutting an unquoted key short."""
+    def refuse(why: str) -> UserError:
+        return UserError(f"encryption_key in spec file '{path}' (line {node.start_mark.line + 1}) {why}, so the key "
+                         "used would not be the text written. Write it on one line in single quotes (encryption_key: "
+                         "'...'; a quote inside is doubled: ''), or better use "
+                         f"{ENV_FORM.replace('=', ': ', 1)}.")
+
+    if node.style in ("|", ">"):
+        raise refuse("is a block scalar (| or >), which adds or folds line breaks")
+    source = re.sub(r"^(?:[&!]\S*\s+)*", "", text[node.start_mark.index:node.end_mark.index])  # minus &anchor, !tag
+    if "\n" in source or "\r" in source:
+        raise refuse("spans more than one line, which YAML folds into spaces")
+    if node.style == '"':
+        inner = source[1:-1]
+        if "\\" in inner:
+            raise refuse("is in double quotes with a backslash, which YAML reads as an escape sequence")
+    elif node.style == "'":
+        inner = source[1:-1].replace("''", "'")
+    else:
+        inner = source
+        line_rest = text[node.end_mark.index:].split("\n", 1)[0]
+        if line_rest.lstrip().startswith("#"):
+            raise refuse("is unquoted and followed by ' #', which starts a YAML comment (quote the key if '#' is "
+                         "part of it)")
+    if inner != node.value:
+        raise refuse("is read by YAML as a different text")
+    return node.value
 
 
 def check_resolved(value: object) -> None:

@@ -7,6 +7,8 @@ Our additions are marked "(segformer_tao)" in their description.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +16,7 @@ from segformer_tao.config.fields import group, spec
 
 MIT_BACKBONES = [f"mit_b{i}" for i in range(6)]
 FAN_BACKBONES = ["fan_tiny_8_p4_hybrid", "fan_small_12_p4_hybrid", "fan_base_16_p4_hybrid", "fan_large_16_p4_hybrid"]
-# TAO 7 also lists ViT (NV-DINOv2, DINOv3, NVCLIP) backbones; they are accepted by the schema so TAO specs
-# validate, and building them raises a clear "not supported" error.
+# TAO 7's ViT backbones (NV-DINOv2, DINOv3, NVCLIP), built in a ViT-Adapter (model/backbones/vit_adapter.py).
 TAO_VIT_BACKBONES = [
     "vit_large_nvdinov2", "vit_giant_nvdinov2", "vit_small_dinov3", "vit_small_plus_dinov3", "vit_base_dinov3",
     "vit_large_dinov3", "vit_huge_plus_dinov3", "vit_base_nvclip_16_siglip", "vit_huge_nvclip_14_siglip",
@@ -215,6 +216,9 @@ class DatasetSegmentConfig:
     check: str = spec("sample", "(segformer_tao) Dataset check before train/evaluate: full, sample or off.",
                       valid_options=["full", "sample", "off"])
     cache_dir: str | None = spec(None, "(segformer_tao) Local cache for s3:// datasets (read once, reuse).")
+    max_image_pixels: int = spec(89_478_485, "(segformer_tao) Largest image or mask (width x height) read; a "
+                                 "larger one is refused before decoding (decompression bombs). Default: PIL's "
+                                 "limit, about 9459 x 9459.", valid_min=1)
 
 
 @dataclass
@@ -355,8 +359,12 @@ class ExportConfig:
     batch_size: int = spec(-1, "Batch size of the ONNX input; -1 = dynamic.", valid_min=-1)
     verbose: bool = spec(False, "Verbose export log.")
     format: str = spec("onnx", "Export format: onnx, or (segformer_tao) openvino = the ONNX plus an OpenVINO IR "
-                       "(<onnx name>.xml/.bin beside it; the [openvino] extra). TAO's xdl is not supported.",
-                       valid_options=["onnx", "xdl", "openvino"])
+                       "(<onnx name>.xml/.bin beside it; the [openvino] extra), or huggingface = a transformers "
+                       "SegformerForSemanticSegmentation folder (MiT backbones; export.huggingface_dir). TAO's xdl "
+                       "is not supported.", valid_options=["onnx", "xdl", "openvino", "huggingface"])
+    huggingface_dir: str | None = spec(
+        None, "(segformer_tao) Output folder of export.format=huggingface (default <results_dir>/<checkpoint "
+        "name>_hf); must not exist yet or be empty.")
     serialize_nvdsinfer: bool = spec(False, "Write a DeepStream nvinfer config and labels file.")
     dynamic_hw: bool = spec(False, "(segformer_tao) Make input height/width dynamic too.")
     simplify: bool = spec(True, "(segformer_tao) Simplify the graph with onnxslim when installed.")
@@ -492,3 +500,13 @@ class ExperimentConfig:
                               valid_options=["auto", "on", "off"])
     automl: AutoMLConfig = group(AutoMLConfig, "(segformer_tao) AutoML search.")
     parent_job: str | None = spec(None, "(segformer_tao) Results dir of a parent job to take the model from.")
+
+
+def iter_fields(cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Yield (dotted key, dataclass field) for every leaf key of the tree."""
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.metadata.get("group"):
+            yield from iter_fields(f.default_factory, key + ".")
+        else:
+            yield key, f

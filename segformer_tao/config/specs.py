@@ -115,20 +115,20 @@ def action_schema(action: str) -> dict[str, Any]:
 
 def automl_default_parameters() -> list[str]:
     """Every key with ``automl_enabled=True``, in schema order (what TAO's schema generator lists)."""
-    from segformer_tao.config.compose import iter_fields
+    from segformer_tao.config.schema import iter_fields
 
     return [k for k, f in iter_fields() if f.metadata.get("automl_enabled") is True]
 
 
 def automl_disabled_parameters() -> list[str]:
-    from segformer_tao.config.compose import iter_fields
+    from segformer_tao.config.schema import iter_fields
 
     return [k for k, f in iter_fields() if f.metadata.get("automl_enabled") is False]
 
 
 def keys_for_action(action: str) -> list[tuple[str, Any, str]]:
     """(dotted key, default, description) of every leaf key of an action's sections."""
-    from segformer_tao.config.compose import iter_fields
+    from segformer_tao.config.schema import iter_fields
 
     sections = ACTION_SECTIONS[action]
     out = []

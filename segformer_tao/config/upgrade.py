@@ -293,11 +293,10 @@ def main(argv: list[str]) -> int:
     path = argv[0]
     if not os.path.isfile(path):
         raise UserError(f"Spec file '{path}' does not exist. Give the old-format spec to upgrade.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            old = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"Spec file '{path}' is not valid YAML: {str(e).splitlines()[0]}.") from e
+    from segformer_tao.config import spec_yaml
+
+    with open(path, encoding="utf-8") as f:
+        old = spec_yaml.load(f.read(), path) or {}
     if not isinstance(old, dict):
         raise UserError(f"Spec file '{path}' must hold a mapping of keys, not a {type(old).__name__}.")
     if not is_old_format(old):

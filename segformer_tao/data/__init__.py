@@ -1,6 +1,20 @@
-"""unet-format segmentation data (local or s3://): dataset, loaders, transforms, checks, demo data."""
+"""unet-format segmentation data (local or s3://): dataset, loaders, transforms, checks, demo data, converters.
 
-from segformer_tao.data.dataset import UnetSegmentationDataset, build_dataloader, collate_eval
-from segformer_tao.data.transforms import preprocess_image
+The loaders need torch; they are imported on first use so that torch-free tools (``segformer dataset formats``,
+``convert``, ``demo``) start in a fraction of a second.
+"""
 
-__all__ = ["UnetSegmentationDataset", "build_dataloader", "collate_eval", "preprocess_image"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"UnetSegmentationDataset": "dataset", "build_dataloader": "dataset", "collate_eval": "loader",
+         "preprocess_image": "transforms"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"segformer_tao.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'segformer_tao.data' has no attribute {name!r}")

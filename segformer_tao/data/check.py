@@ -34,7 +34,7 @@ def _check_pair(sample: Sample, decoder: MaskDecoder) -> dict[str, Any]:
     """Decode one image (+ mask): its size, class pixel counts, and any problem found."""
     out: dict[str, Any] = {"problems": []}
     try:
-        im = open_image(storage.read_bytes(sample.image), sample.image)
+        im = open_image(storage.read_bytes(sample.image), sample.image, decoder.max_pixels)
         out["size"] = im.size  # (W, H)
     except UserError as e:
         out["problems"].append({"kind": "unreadable", "file": sample.image, "detail": str(e)})

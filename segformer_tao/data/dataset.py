@@ -7,13 +7,12 @@ an image and its mask share a file stem (``0001.jpg`` <-> ``0001.png``), never a
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from segformer_tao import io
 from segformer_tao.data import storage
@@ -114,7 +113,8 @@ def mask_decoder(cfg: Any) -> MaskDecoder:
     """The MaskDecoder for dataset.segment (num_classes, ignore_index, label_transform, palette)."""
     seg = cfg.dataset.segment
     palette = [dict(p) for p in seg.palette] if seg.get("palette") else None
-    return MaskDecoder(int(seg.num_classes), int(seg.get("ignore_index", 255)), seg.label_transform, palette)
+    return MaskDecoder(int(seg.num_classes), int(seg.get("ignore_index", 255)), seg.label_transform, palette,
+                       seg.get("max_image_pixels"))
 
 
 class UnetSegmentationDataset(Dataset):
@@ -155,7 +155,7 @@ class UnetSegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = (self._local or self.samples)[index]
         name = self.samples[index].image
-        img = decode_image(storage.read_bytes(sample.image), name)
+        img = decode_image(storage.read_bytes(sample.image), name, self.decode_mask.max_pixels)
         if self.mode == "predict":
             return {"image": preprocess_image(img, self.img_size, self.mean, self.std),
                     "orig_size": tuple(img.shape[:2]), "path": name}
@@ -171,42 +171,13 @@ class UnetSegmentationDataset(Dataset):
                 "mask": torch.from_numpy(mask.astype(np.int64)), "orig_size": tuple(img.shape[:2]), "path": name}
 
 
-def collate_eval(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images; keep masks (original resolutions differ), sizes and paths as lists."""
-    out: dict[str, Any] = {"image": torch.stack([b["image"] for b in batch]),
-                           "orig_size": [b["orig_size"] for b in batch], "path": [b["path"] for b in batch]}
-    if "mask" in batch[0]:
-        out["mask"] = [b["mask"] for b in batch]
-    return out
+def build_dataloader(cfg: Any, split: str, mode: str, *, batch_size: int | None = None) -> DataLoader:
+    """The loader the actions use over :class:`UnetSegmentationDataset` for ``split`` in ``mode``: training's
+    (:func:`segformer_tao.data.loader.train_loader`) in train mode, evaluation's otherwise (``batch_size`` default
+    dataset.segment.batch_size)."""
+    from segformer_tao.data.loader import eval_loader, train_loader
 
-
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a loader worker from torch's per-worker seed (itself from the loader's generator)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def build_dataloader(cfg: Any, split: str, mode: str, *, batch_size: int | None = None,
-                     shuffle: bool | None = None, distributed: bool = False) -> DataLoader:
-    """DataLoader over :class:`UnetSegmentationDataset` for ``split`` in ``mode``.
-
-    Defaults: batch_size = dataset.segment.batch_size, shuffle = dataset.segment.shuffle in train mode (else
-    False), workers = dataset.segment.workers (persistent), pin_memory when CUDA is available, train drops
-    the last incomplete batch. ``distributed=True`` uses a DistributedSampler (needs an initialised process
-    group). Shuffling and augmentation are seeded from train.seed (>= 0).
-    """
-    seg = cfg.dataset.segment
     dataset = UnetSegmentationDataset(cfg, split, mode)
-    batch_size = int(batch_size or seg.batch_size)
-    shuffle = bool(seg.shuffle) if shuffle is None and mode == "train" else bool(shuffle)
-    seed = int(cfg.train.seed) if cfg.get("train") is not None and cfg.train.get("seed") is not None else -1
-    generator = torch.Generator().manual_seed(seed) if seed >= 0 else None
-    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=max(seed, 0)) if distributed else None
-    workers = int(seg.workers)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None, sampler=sampler,
-        num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-        drop_last=mode == "train" and len(dataset) > batch_size, generator=generator,
-        worker_init_fn=seed_worker, collate_fn=None if mode == "train" else collate_eval,
-    )
+    if mode == "train":
+        return train_loader(cfg, dataset)
+    return eval_loader(cfg, dataset, int(batch_size or cfg.dataset.segment.batch_size))

@@ -16,6 +16,8 @@ Mask semantics (TAO's ``label_transform`` and ``palette``, made strict instead o
 from __future__ import annotations
 
 import io as _io
+import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,14 +27,38 @@ from segformer_tao.errors import UserError
 
 _INVALID = -1
 _NOT_BINARY = -2
+# dataset.segment.max_image_pixels' default: PIL's own warning threshold (about 9459 x 9459), which we enforce
+# before decoding instead of PIL's warning (and its error only at twice that).
+MAX_IMAGE_PIXELS = 89_478_485
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # replaced by the check below
 
 
-def open_image(data: bytes, name: str) -> Image.Image:
-    """Open image bytes with PIL (lazy decode); unreadable/corrupt data -> UserError naming the file."""
+def _too_many_pixels(name: str, size: str, pixels: int | str, limit: int) -> UserError:
+    return UserError(f"Image '{name}' is {size} pixels ({pixels} pixels), more than "
+                     f"dataset.segment.max_image_pixels={limit}: decoding it would take about {_gib(pixels)} of "
+                     "memory (a decompression bomb, or a very large photo). Remove or shrink the file, or, if such "
+                     "images are meant, raise dataset.segment.max_image_pixels.")
+
+
+def _gib(pixels: int | str) -> str:
+    return f"{int(pixels) * 4 / 2**30:.1f} GiB" if str(pixels).isdigit() else "several GiB"
+
+
+def open_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Open image bytes with PIL; unreadable/corrupt data, or a header declaring more than ``max_pixels`` pixels
+    (default MAX_IMAGE_PIXELS; checked before anything is decoded) -> UserError naming the file."""
+    limit = int(max_pixels or MAX_IMAGE_PIXELS)
+    if limit > (Image.MAX_IMAGE_PIXELS or 0) * 2:  # the user raised the limit: PIL's own must not refuse first
+        Image.MAX_IMAGE_PIXELS = limit
     try:
         im = Image.open(_io.BytesIO(data))
+        if im.width * im.height > limit:
+            raise _too_many_pixels(name, f"{im.width}x{im.height}", im.width * im.height, limit)
         im.load()
         return im
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_many_pixels(name, "over PIL's limit", found.group(1) if found else "?", limit) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         why = "unknown image format" if isinstance(e, UnidentifiedImageError) else str(e)
         raise UserError(f"Cannot read image '{name}': the file is corrupt or not an image ({why}). Remove or "
@@ -50,9 +76,9 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Image file bytes -> HxWx3 uint8 RGB array."""
-    return to_rgb(open_image(data, name))
+def decode_image(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """Image file bytes -> HxWx3 uint8 RGB array (at most ``max_pixels`` pixels, see :func:`open_image`)."""
+    return to_rgb(open_image(data, name, max_pixels))
 
 
 class MaskDecoder:
@@ -62,8 +88,9 @@ class MaskDecoder:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, label_transform: Any = "norm",
-                 palette: list[dict] | None = None) -> None:
+                 palette: list[dict] | None = None, max_pixels: int | None = None) -> None:
         self.num_classes = int(num_classes)
+        self.max_pixels = int(max_pixels or MAX_IMAGE_PIXELS)  # dataset.segment.max_image_pixels, for images too
         self.ignore_index = int(ignore_index)
         self.norm = str(label_transform) == "norm"
         self.grey: dict[int, int] = {}
@@ -102,7 +129,7 @@ class MaskDecoder:
 
     def __call__(self, data: bytes, name: str) -> np.ndarray:
         """Mask file bytes -> HxW class ids (values < num_classes or == ignore_index). Bad values -> UserError."""
-        im = open_image(data, name)
+        im = open_image(data, name, self.max_pixels)
         if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"):
             arr = np.asarray(im.convert("RGB"))
             if arr[..., 0].tobytes() == arr[..., 1].tobytes() == arr[..., 2].tobytes():

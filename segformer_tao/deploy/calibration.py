@@ -32,18 +32,16 @@ def rebatch(batches: Iterable[torch.Tensor], batch_size: int, max_batches: int,
         yield torch.cat(pending).contiguous()
 
 
-def _folder_images(images_dir: str, img_size: int, mean: Sequence[float], std: Sequence[float],
-                   limit: int) -> Iterator[torch.Tensor]:
-    """(1, 3, S, S) tensors for up to ``limit`` images of a folder (local or s3://), sorted by name, through
-    the shared ``preprocess_image`` so calibration sees exactly what every runtime sees."""
-    from segformer_tao.data import preprocess_image
-    from segformer_tao.data.decode import decode_image
-    from segformer_tao.data.storage import IMAGE_EXTS, list_files, read_bytes
+def _folder_images(image_dirs: Sequence[str], img_size: int, mean: Sequence[float], std: Sequence[float],
+                   limit: int, key: str) -> Iterator[torch.Tensor]:
+    """(1, 3, S, S) tensors for up to ``limit`` images of the folders (local or s3://), through the shared loader and
+    ``preprocess_image``, so calibration sees exactly what every runtime sees."""
+    from segformer_tao.data.calibration import calibration_files
+    from segformer_tao.data.loader import ImageFiles, make_loader
 
-    files = list_files(images_dir, IMAGE_EXTS)
-    for stem in sorted(files)[:limit]:
-        rgb = decode_image(read_bytes(files[stem]), files[stem])
-        yield preprocess_image(rgb, img_size, mean, std)[None]
+    files = calibration_files(image_dirs, limit, key)
+    for batch in make_loader(ImageFiles(files, img_size, mean, std), batch_size=1, workers=0):
+        yield batch["image"]
 
 
 def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean: Sequence[float],
@@ -56,11 +54,8 @@ def calibration_batches(image_dirs: str | Sequence[str], *, img_size: int, mean:
     (TensorRT's calibrator is asked for exactly that many).
     """
     dirs = [image_dirs] if isinstance(image_dirs, str) else list(image_dirs or [])
-    if not dirs:
-        raise UserError(f"{key} is not set: point it at a folder of representative images (a few hundred "
-                        "training images are enough) for INT8 calibration.")
     limit = batch_size * max_batches
-    streams = (img for d in dirs for img in _folder_images(str(d), img_size, mean, std, limit))
+    streams = _folder_images([str(d) for d in dirs], img_size, mean, std, limit, key)
     batches = list(rebatch(streams, batch_size, max_batches, drop_remainder))
     found = sum(int(b.shape[0]) for b in batches)
     if require_all and (len(batches) < max_batches or found < limit):

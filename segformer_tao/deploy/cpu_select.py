@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from segformer_tao.deploy.runtime import Runtime
+from segformer_tao.deploy.base import Runtime
 from segformer_tao.errors import UserError
 
 ENGINES = ("auto", "onnxruntime", "openvino")
@@ -59,14 +59,13 @@ def open_onnx_runtime(path: str, cfg, action: str) -> Runtime:
     if engine == "openvino":
         from segformer_tao.deploy.openvino import OpenVinoRuntime
 
-        return OpenVinoRuntime(path, cfg, precision=precision, key=key,
-                               precision_key=f"{action}.cpu_precision")
+        return OpenVinoRuntime(path, precision=precision, key=key, precision_key=f"{action}.cpu_precision")
     if engine == "onnxruntime" or not openvino_installed():
         if precision != "f32":
             why = "onnxruntime was chosen" if engine == "onnxruntime" else "OpenVINO is not installed"
             print(f"Note: {action}.cpu_precision={precision} applies to OpenVINO only and {why}; running ONNX "
                   "Runtime in f32.")
-        return OrtRuntime(path, cfg)
+        return OrtRuntime(path)
     return _fastest(path, cfg, action, precision)
 
 
@@ -75,11 +74,11 @@ def _fastest(path: str, cfg, action: str, precision: str) -> Runtime:
     from segformer_tao.deploy.onnxruntime import OrtRuntime
     from segformer_tao.deploy.openvino import OpenVinoRuntime
 
-    candidates: list[Runtime] = [OrtRuntime(path, cfg)]  # checks the model's I/O with the clearest messages first
-    candidates.append(OpenVinoRuntime(path, cfg, precision=precision, key=f"{action}.onnx_file",
+    candidates: list[Runtime] = [OrtRuntime(path)]  # checks the model's I/O with the clearest messages first
+    candidates.append(OpenVinoRuntime(path, precision=precision, key=f"{action}.onnx_file",
                                       precision_key=f"{action}.cpu_precision"))
     io = candidates[0].io
-    size = int(cfg.dataset.segment.img_size)
+    size = int(candidates[0].meta.img_size or cfg.dataset.segment.img_size)
     x = torch.randn(io["batch"] or 1, 3, io["height"] or size, io["width"] or size)
     medians = [statistics.median(s) for s in images_per_s(candidates, x)]
     best = max(range(len(candidates)), key=lambda i: medians[i])

@@ -23,16 +23,10 @@ from typing import Any
 import torch
 
 from segformer_tao import hardware, io
-from segformer_tao.deploy.onnxruntime import (
-    META_KEY,
-    available_cores,
-    run_in_fixed_batches,
-    runtime_meta,
-    validate_io,
-)
-from segformer_tao.deploy.runtime import Runtime
+from segformer_tao.deploy.base import Runtime
+from segformer_tao.deploy.onnx_io import available_cores, graph_meta, run_in_fixed_batches, validate_io
 from segformer_tao.errors import NotAvailableError, UserError
-from segformer_tao.hardware import CPU_FLAGS, cpu_flags  # noqa: F401 - their home before hardware.py (bench/deploy.py)
+from segformer_tao.model.meta import META_KEY, from_json
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +104,8 @@ def resolve_precision(requested: str, key: str) -> str:
     if requested not in PRECISIONS:
         raise UserError(f"{key}={requested} is not a precision OpenVINO runs here; use one of {list(PRECISIONS)}.")
     if requested == "bf16" and not native_bf16():
-        flags = ", ".join(f for f, on in hardware.cpu_flags().items() if on) or "none of " + "/".join(CPU_FLAGS)
+        on = [f for f, has in hardware.cpu_flags().items() if has]
+        flags = ", ".join(on) or "none of " + "/".join(hardware.CPU_FLAGS)
         print(f"Note: {key}=bf16 needs a CPU with native BF16 (AVX-512 BF16 or AMX); this CPU has {flags}. "
               "Running f32 instead (emulated bf16 would be slower and less accurate).")
         return "f32"
@@ -153,11 +148,11 @@ def _onnx_meta(path: str) -> dict:
     import onnx
 
     props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-    return json.loads(props[META_KEY]) if META_KEY in props else {}
+    return from_json(props.get(META_KEY))
 
 
 def _ir_meta(model) -> dict:
-    return json.loads(model.get_rt_info([META_KEY]).astype(str)) if model.has_rt_info([META_KEY]) else {}
+    return from_json(model.get_rt_info([META_KEY]).astype(str)) if model.has_rt_info([META_KEY]) else {}
 
 
 def save_ir(model, xml_path: str, meta: dict) -> list[str]:
@@ -206,25 +201,22 @@ class OpenVinoRuntime(Runtime):
     """Runs a SegFormer ONNX or OpenVINO IR with OpenVINO on the CPU.
 
     ``precision``: "f32" or "bf16" (bf16 only where native, see :func:`resolve_precision`); ``key`` and
-    ``precision_key`` name the config keys in messages. With ``cfg`` the class
-    count and img_size are checked against dataset.segment (as for ONNX Runtime); without it pass ``num_classes``.
+    ``precision_key`` name the config keys in messages. ``meta`` is what the file says (as for ONNX Runtime);
+    ``num_classes`` and ``img_size``, when given, are checked against the file.
     """
 
     name = "openvino"
 
-    def __init__(self, path: str, cfg=None, *, precision: str = "f32", key: str = "onnx_file",
+    def __init__(self, path: str, *, precision: str = "f32", key: str = "onnx_file",
                  precision_key: str = "cpu_precision", num_classes: int | None = None, img_size: int | None = None,
                  threads: int | None = None):
         self.path = path
         model, embedded = read_model(path, key)
-        if cfg is not None:
-            num_classes = int(cfg.dataset.segment.num_classes)
-            img_size = int(cfg.dataset.segment.img_size)
-        self.io = validate_io(_IoView(model), num_classes=num_classes, img_size=img_size, source=f"'{path}'")
+        self.io = validate_io(_IoView(model), source=f"'{path}'", num_classes=num_classes, img_size=img_size)
+        self.meta = graph_meta(embedded, self.io, f"'{path}'")
         self.precision = resolve_precision(precision, precision_key)
         self.compiled = compile_model(model, self.precision, threads)
         self.request = self.compiled.create_infer_request()
-        self.meta = runtime_meta(cfg, embedded) if cfg is not None else {"num_classes": num_classes, **embedded}
         self.int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
     @property

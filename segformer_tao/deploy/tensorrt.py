@@ -19,8 +19,9 @@ import os
 import torch
 
 from segformer_tao import io
-from segformer_tao.deploy.runtime import Runtime
+from segformer_tao.deploy.base import Runtime
 from segformer_tao.errors import NotAvailableError, UserError
+from segformer_tao.model.meta import ModelMeta
 
 log = logging.getLogger("segformer_tao")
 
@@ -148,19 +149,17 @@ class TrtRuntime(Runtime):
 
     name = "tensorrt"
 
-    def __init__(self, engine_file: str, cfg=None, *, num_classes: int | None = None, device: int = 0,
-                 trusted: bool = False, trust_key: str = "evaluate.trust_engine"):
+    def __init__(self, engine_file: str, *, num_classes: int | None = None, device: int = 0, trusted: bool = False,
+                 trust_key: str = "evaluate.trust_engine", parent_job: str | None = None):
         if not io.exists(engine_file):
             raise UserError(f"TensorRT engine '{engine_file}' does not exist. Check evaluate.trt_engine / "
                             "inference.trt_engine, or build one with `segformer gen_trt_engine`.")
         engine_bytes = io.read_bytes(engine_file)  # checked, then deserialized: the very same bytes
-        parent = cfg.get("parent_job") if cfg is not None else None
         check_engine_trusted(engine_file, engine_bytes, trust_key=trust_key, trusted=trusted,
-                             job_dirs=[str(parent)] if parent else [])
+                             job_dirs=[str(parent_job)] if parent_job else [])
         trt = require_tensorrt()
-        if cfg is not None:
-            num_classes = int(cfg.dataset.segment.num_classes)
         self.trt = trt
+        self.path = engine_file
         self.device = torch.device("cuda", device)
         torch.cuda.set_device(self.device)
         self.engine = _deserialize(trt, engine_bytes, trt.Logger(trt.Logger.WARNING))
@@ -170,26 +169,27 @@ class TrtRuntime(Runtime):
         if set(tensors) != {"input", "output"}:
             raise UserError(f"Engine '{engine_file}' has tensors {sorted(tensors)}; a SegFormer engine has 'input' "
                             "and 'output'. Build it from `segformer export`'s ONNX.")
-        if tensors["output"]["shape"][1] != num_classes:
-            raise UserError(f"Engine '{engine_file}' outputs {tensors['output']['shape'][1]} classes but "
-                            f"dataset.segment.num_classes={num_classes}; use the engine of a model trained on "
-                            "this dataset.")
+        classes = int(tensors["output"]["shape"][1])
+        if num_classes is not None and classes != num_classes:
+            raise UserError(f"Engine '{engine_file}' outputs {classes} classes but {num_classes} were expected; use "
+                            "the engine of a model trained on these classes.")
         profile = tensors["input"]["profile"]  # [min, opt, max] (N, C, H, W)
+        self.io = list(tensors.values())
         self.min_batch, self.max_batch = int(profile[0][0]), int(profile[2][0])
         self.input_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype("input"))
         self.output_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype("output"))
-        self.meta = {"engine": engine_file, "io": list(tensors.values()), "num_classes": num_classes}
         info = f"{engine_file}.json"
         embedded = json.loads(io.read_text(info)).get("model_meta", {}) if io.exists(info) else {}
-        if cfg is not None:
-            from segformer_tao.deploy.onnxruntime import runtime_meta
+        fixed = tuple(profile[0][2:]) if profile[0][2:] == profile[2][2:] else None
+        self.meta = ModelMeta.from_dict(embedded, num_classes=classes, input_size=fixed)
+        self.profile_hw = (tuple(profile[0][2:]), tuple(profile[2][2:]))
 
-            self.meta.update(runtime_meta(cfg, embedded))
-        size = self.meta.get("img_size")
-        if size and (profile[0][1:] != [3, size, size] or profile[2][1:] != [3, size, size]):
-            raise UserError(f"Engine '{engine_file}' takes inputs {profile[0]}..{profile[2]} (N, C, H, W) but images "
-                            f"are fed at 3 x {size} x {size} (img_size). Rebuild the engine from an ONNX exported at "
-                            f"{size}x{size}, or set dataset.segment.img_size to the engine's size.")
+    def size_problem(self, size: int) -> str | None:
+        (hmin, wmin), (hmax, wmax) = self.profile_hw
+        if hmin <= size <= hmax and wmin <= size <= wmax:
+            return None
+        return (f"the engine's optimization profile takes {hmin}..{hmax} x {wmin}..{wmax} pixels (rebuild it from an "
+                f"ONNX exported at {size}x{size}, or with a profile that includes it)")
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) float32 normalized -> logits (N, C, h, w) float32 on the CPU.
@@ -205,7 +205,7 @@ class TrtRuntime(Runtime):
             x = images.to(self.device, self.input_dtype, non_blocking=True).contiguous()
             if not self.context.set_input_shape("input", tuple(x.shape)):
                 raise UserError(f"Input shape {tuple(x.shape)} is outside the engine's optimization profile "
-                                f"{self.meta['io'][0].get('profile')}; rebuild with matching min/max batch sizes.")
+                                f"{self.io[0].get('profile')}; rebuild with matching min/max batch sizes.")
             out = torch.empty(tuple(self.context.get_tensor_shape("output")), dtype=self.output_dtype,
                               device=self.device)
             self.context.set_tensor_address("input", x.data_ptr())

@@ -227,12 +227,18 @@ def _calibration_profile(builder, profile: Profile, batches: list[torch.Tensor])
     return expected[0], cal_profile
 
 
+def weakly_typed_api(trt) -> bool:
+    """TensorRT 10's builder takes precision flags (weakly typed networks); TensorRT 11 removed them (and FP16 with
+    them): networks are strongly typed and precision comes from the ONNX."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
 def build_engine(onnx_bytes: bytes, settings: BuildSettings, calibration: list[torch.Tensor] | None = None
                  ) -> tuple[bytes, dict]:
     """Parse the ONNX and build a serialized engine; returns (engine bytes, engine.json dict)."""
     trt = trt_runtime.require_tensorrt()
     logger = trt.Logger(trt.Logger.VERBOSE if settings.verbose else trt.Logger.WARNING)
-    weakly_typed = hasattr(trt.BuilderFlag, "FP16")
+    weakly_typed = weakly_typed_api(trt)
     qdq = has_qdq(onnx_bytes)
     if settings.data_type == "int8" and not qdq and not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise UserError("gen_trt_engine.tensorrt.data_type=int8 needs a Q/DQ ONNX with this TensorRT (no implicit "

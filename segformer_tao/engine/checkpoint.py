@@ -3,8 +3,9 @@
 Layout (a plain dict of tensors and Python containers, so ``torch.load(weights_only=True)`` reads it):
 
 * ``state_dict`` — the LightningModule's weights (model keys prefixed ``model.``);
-* ``meta`` — ``format``, ``backbone``, ``num_classes``, ``class_names``, ``palette`` (RGB per class id),
-  ``img_size``, ``mean``, ``std``, ``ignore_index``, ``epoch``, ``global_step``, ``val_miou``;
+* ``meta`` — :class:`segformer_tao.model.meta.ModelMeta`'s stored form (``format``, ``backbone``, ``num_classes``,
+  ``class_names``, ``palette``, ``img_size``, ``mean``, ``std``, ``embed_dim``, ``ignore_index``) plus ``epoch``,
+  ``global_step``, ``val_miou``;
 * ``config`` — the experiment config as a dict, with every ``encryption_key`` removed;
 * resume state written by Lightning (``optimizer_states``, ``lr_schedulers``, ``loops``, ``epoch``,
   ``global_step``, ``callbacks``) plus ``rng_states`` (torch, CUDA, numpy, python).
@@ -29,7 +30,6 @@ from segformer_tao.crypto import is_encrypted
 from segformer_tao.errors import UserError, load_failure_reason, refused_global, refused_pickle
 from segformer_tao.redact import strip_secrets
 
-FORMAT = "segformer_tao.checkpoint/1"
 log = logging.getLogger("segformer_tao")
 _WARNED: set[str] = set()
 
@@ -145,12 +145,13 @@ def load_model_from_checkpoint(
 ) -> tuple[torch.nn.Module, dict]:
     """Rebuild the trained network from one of our checkpoints.
 
-    Returns ``(model, meta)``: the model in eval mode on ``map_location`` and the checkpoint's ``meta``
-    (class_names, palette, img_size, mean, std, backbone, num_classes, ...).
+    Returns ``(model, meta)``: the model in eval mode on ``map_location`` and the checkpoint's
+    :class:`~segformer_tao.model.meta.ModelMeta` (``extra`` holds epoch, val_miou, quantization...).
     """
     from omegaconf import OmegaConf
 
     from segformer_tao.model import build_model, torchao_int8
+    from segformer_tao.model import meta as model_meta
 
     payload = load_checkpoint(path, encryption_key, map_location="cpu", own=True, strict=strict)
     meta, config = payload.get("meta"), payload.get("config")
@@ -162,9 +163,11 @@ def load_model_from_checkpoint(
         )
     cfg = OmegaConf.create(config)
     model = build_model(cfg, load_weights=False)
+    described = model_meta.from_checkpoint(payload)
     if isinstance(payload.get("quantization"), dict) and payload["quantization"].get("backend") == "torchao":
         model = torchao_int8.load_state(model, model_state_dict(payload), path)
-        return model.to(map_location).eval(), {**meta, "quantization": payload["quantization"]}
+        extra = {**described.extra, "quantization": payload["quantization"]}
+        return model.to(map_location).eval(), described.replace(extra=extra)
     missing, unexpected = model.load_state_dict(model_state_dict(payload), strict=False)
     if missing or unexpected:
         raise UserError(
@@ -172,4 +175,4 @@ def load_model_from_checkpoint(
             f"{len(missing)} missing keys (e.g. {list(missing)[:3]}), {len(unexpected)} unexpected "
             f"(e.g. {list(unexpected)[:3]}). The file may come from another version of the tool."
         )
-    return model.to(map_location).eval(), meta
+    return model.to(map_location).eval(), described

@@ -1,25 +1,13 @@
-"""The Lightning DataModule: train loader (sharded across DDP ranks) and an unpadded, sharded val loader."""
+"""The Lightning DataModule: the train and val loaders of :mod:`segformer_tao.data.loader` for this rank."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler, Subset
-from torch.utils.data.dataloader import default_collate
+from torch.utils.data import DataLoader, Dataset
 
-from segformer_tao.engine.resumable import ResumableDataLoader
-
-
-def collate_eval(samples: list[dict]) -> dict:
-    """Stack ``image`` (all img_size); keep ``mask`` (original sizes differ), ``orig_size``, ``path`` as lists."""
-    out: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
-    for key in samples[0]:
-        if key != "image":
-            out[key] = [s[key] for s in samples]
-    return out
+from segformer_tao.data.loader import eval_loader, train_loader
+from segformer_tao.engine.resumable import resumable
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -49,30 +37,9 @@ class SegDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader_kwargs(self) -> dict:
-        workers = int(self.cfg.dataset.segment.workers)
-        # Fresh workers each epoch take their seeds from the global RNG, which checkpoints restore (exact resume).
-        return {"num_workers": workers, "persistent_workers": False, "pin_memory": torch.cuda.is_available()}
-
     def train_dataloader(self) -> DataLoader:
-        seg = self.cfg.dataset.segment
-        rank, world = self._rank_world()
-        if world > 1:
-            seed = int(self.cfg.train.seed) if int(self.cfg.train.seed) >= 0 else 0
-            sampler = DistributedSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=bool(seg.shuffle),
-                                         seed=seed)
-        elif seg.shuffle:
-            sampler = RandomSampler(self.train_dataset)
-        else:
-            sampler = SequentialSampler(self.train_dataset)
-        # Resumable mid-epoch (a preemption checkpoint continues at its step with the same samples and RNG draws).
-        return ResumableDataLoader(self.train_dataset, batch_size=int(seg.batch_size), sampler=sampler,
-                                   collate_fn=default_collate, **self._loader_kwargs())
+        # Resumable mid-epoch: a preemption checkpoint continues at its step with the same samples and RNG draws.
+        return resumable(train_loader(self.cfg, self.train_dataset, *self._rank_world()))
 
     def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        dataset = self.val_dataset
-        if world > 1:
-            dataset = Subset(dataset, list(range(rank, len(dataset), world)))
-        return DataLoader(dataset, batch_size=int(self.cfg.dataset.segment.batch_size), shuffle=False,
-                          collate_fn=collate_eval, **self._loader_kwargs())
+        return eval_loader(self.cfg, self.val_dataset, int(self.cfg.dataset.segment.batch_size), *self._rank_world())

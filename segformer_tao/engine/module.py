@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from segformer_tao.engine.allocator import reuse_freed_memory
-from segformer_tao.engine.checkpoint import FORMAT, strip_secrets
+from segformer_tao.engine.checkpoint import strip_secrets
 from segformer_tao.engine.loss import segmentation_loss
 from segformer_tao.engine.metrics import SegmentationMetrics
+from segformer_tao.model.meta import meta_from_config
 
 WARMUP_RATIO = 1e-6  # TAO/mmseg: warmup starts at lr x 1e-6
 
@@ -40,66 +41,6 @@ def lr_factor(step: int, *, total_steps: int, steps_per_epoch: int, policy: str,
         epoch = step // max(1, steps_per_epoch)
         return 0.1 ** (epoch // max(1, num_epochs // 3))
     raise ValueError(f"unknown LR policy {policy!r}")
-
-
-def class_info(cfg: DictConfig) -> tuple[list[str], list[list[int]]]:
-    """Class names and display colours (0-255 RGB) per class id 0..num_classes-1 from the palette.
-
-    Entries sharing a ``mapping_class`` are one class (TAO). Palette ``rgb`` is the mask encoding (0-1 for
-    ``label_transform=norm``), so colours are scaled to 0-255 and replaced by a fixed colour map when two
-    classes would look the same.
-    """
-    seg = cfg.dataset.segment
-    n = int(seg.num_classes)
-    entries = sorted(OmegaConf.to_container(seg.palette or [], resolve=True), key=lambda p: p.get("label_id", 0))
-    names: list[str] = []
-    colors: list[list[int]] = []
-    for p in entries:
-        name = str(p.get("mapping_class") or p.get("seg_class") or len(names))
-        if name in names:
-            continue
-        rgb = [float(v) for v in p.get("rgb", [0, 0, 0])]
-        scale = 255.0 if str(seg.label_transform) == "norm" and max(rgb) <= 1 else 1.0
-        names.append(name)
-        colors.append([int(round(min(255.0, v * scale))) for v in rgb])
-    names = (names + [f"class_{i}" for i in range(len(names), n)])[:n]
-    # Palettes that encode mask values (grey levels 0,1,2,... or 0/1) are no use for display.
-    close = any(sum(abs(a - b) for a, b in zip(c1, c2)) < 60 for i, c1 in enumerate(colors[:n])
-                for c2 in colors[i + 1 : n])
-    if len(colors) < n or close:
-        colors = default_colors(n)
-    return names, colors[:n]
-
-
-def default_colors(n: int) -> list[list[int]]:
-    """A deterministic, well-separated colour per class (Pascal-VOC bit-interleaving scheme)."""
-    colors = []
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colors.append([r, g, b])
-    return colors
-
-
-def build_meta(cfg: DictConfig) -> dict:
-    """The self-description stored in every checkpoint (see :mod:`segformer_tao.engine.checkpoint`)."""
-    seg = cfg.dataset.segment
-    names, colors = class_info(cfg)
-    return {
-        "format": FORMAT,
-        "backbone": str(cfg.model.backbone.type),
-        "num_classes": int(seg.num_classes),
-        "class_names": names,
-        "palette": colors,
-        "img_size": int(seg.img_size),
-        "mean": [float(v) for v in seg.augmentation.mean],
-        "std": [float(v) for v in seg.augmentation.std],
-        "ignore_index": int(seg.ignore_index),
-    }
 
 
 def capture_rng() -> dict:
@@ -138,7 +79,7 @@ class SegFormerModule(pl.LightningModule):
             model = build_model(cfg)
         self.model = model
         self.cfg = cfg
-        self.meta = build_meta(cfg)
+        self.meta = meta_from_config(cfg).to_dict()  # what every checkpoint says about the model
         self.ignore_index = int(cfg.dataset.segment.ignore_index)
         self.val_metrics = SegmentationMetrics(self.meta["num_classes"], self.ignore_index, self.meta["class_names"])
         self._val_loss = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)

@@ -84,6 +84,15 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.load_state_dict(state)
 
 
+def resumable(loader: DataLoader) -> ResumableDataLoader:
+    """The same loader (dataset, batch size, sampler, workers, seeding, collation), resumable mid-epoch."""
+    return ResumableDataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+                               drop_last=loader.drop_last, num_workers=loader.num_workers,
+                               persistent_workers=loader.persistent_workers, pin_memory=loader.pin_memory,
+                               worker_init_fn=loader.worker_init_fn, collate_fn=loader.collate_fn,
+                               generator=loader.generator)
+
+
 def _loader(trainer) -> ResumableDataLoader | None:
     loader = getattr(trainer, "train_dataloader", None)
     return loader if isinstance(loader, ResumableDataLoader) else None

@@ -31,7 +31,7 @@ from segformer_tao.engine.preemption import Preemption
 from segformer_tao.engine.progress import progress_bar
 from segformer_tao.engine.resume import newest_checkpoint, progress
 from segformer_tao.engine.tracking import LogLearningRate, finish_tracking, tracking_loggers
-from segformer_tao.errors import UserError
+from segformer_tao.errors import UserError, out_of_memory
 
 log = logging.getLogger("segformer_tao")
 # Lightning 2.6 builds torch's deprecated LeafSpec on every fit: a FutureWarning users cannot act on.
@@ -39,15 +39,6 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
 # val_miou/val_loss are reduced by the module itself (confusion matrix all-reduce), so sync_dist stays off.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
-
-
-def oom_message(cfg: DictConfig, where: str) -> str:
-    seg = cfg.dataset.segment
-    return (f"Out of memory during {where} with dataset.segment.batch_size={seg.batch_size} and "
-            f"dataset.segment.img_size={seg.img_size} (backbone {cfg.model.backbone.type}). Lower "
-            "dataset.segment.batch_size or dataset.segment.img_size (activation memory grows with img_size^2), "
-            "use train.precision=bf16-mixed, or a smaller backbone. The last saved checkpoint is kept; "
-            "rerun the same command to resume from it.")
 
 
 def find_resume_checkpoint(cfg: DictConfig, results_dir: str) -> tuple[str, dict | None, str] | None:
@@ -225,7 +216,7 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # no pickled code
     except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-        raise UserError(oom_message(cfg, "training")) from e
+        raise out_of_memory(cfg, "train") from e
     finally:
         restore_env(env_backup)
     metrics = {

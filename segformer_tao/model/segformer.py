@@ -68,8 +68,12 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, **kwargs)
 
 
-def _get(cfg: DictConfig, key: str, default=None):
-    value = OmegaConf.select(cfg, key, default=default)
+def _get(cfg: DictConfig, key: str):
+    """``key`` from the config, or the schema's default where a partial config (a test, an old checkpoint) lacks it."""
+    from segformer_tao.config.provenance import default_of
+
+    value = OmegaConf.select(cfg, key, default=None)
+    value = default_of(key) if value is None else value
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
@@ -102,19 +106,19 @@ def build_model(cfg: DictConfig, *, load_weights: bool = True) -> SegFormer:
     ``load_weights``, ``train.pretrained_model_path`` (full model) then the backbone path. Pass
     ``load_weights=False`` when the caller restores a checkpoint itself.
     """
-    name = _get(cfg, "model.backbone.type", "mit_b0")
+    name = _get(cfg, "model.backbone.type")
     num_classes = _get(cfg, "dataset.segment.num_classes")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"dataset.segment.num_classes={num_classes!r} must be a positive integer.")
     kwargs = {}
     if name.startswith("fan_"):
-        kwargs["feat_downsample"] = bool(_get(cfg, "model.backbone.feat_downsample", False))
-    elif _get(cfg, "model.backbone.feat_downsample", False):
+        kwargs["feat_downsample"] = bool(_get(cfg, "model.backbone.feat_downsample"))
+    elif _get(cfg, "model.backbone.feat_downsample"):
         warnings.warn(f"model.backbone.feat_downsample only applies to FAN backbones; ignored for {name}.",
                       stacklevel=2)
-    precise = bool(_get(cfg, "model.precise_msda", False))
+    precise = bool(_get(cfg, "model.precise_msda"))
     if name in VIT_ARCHS:
-        img_size = int(_get(cfg, "dataset.segment.img_size", 224))
+        img_size = int(_get(cfg, "dataset.segment.img_size"))
         problem = img_size_problem(name, img_size)
         if problem:
             raise UserError(f"dataset.segment.img_size={img_size} does not fit model.backbone.type={name}: "
@@ -125,15 +129,15 @@ def build_model(cfg: DictConfig, *, load_weights: bool = True) -> SegFormer:
                       f"{name}.", stacklevel=2)
     backbone = create_backbone(name, **kwargs)
 
-    in_index = list(_get(cfg, "model.decode_head.in_index", [0, 1, 2, 3]))
+    in_index = list(_get(cfg, "model.decode_head.in_index"))
     n_out = len(backbone.out_channels)
     if len(in_index) != 4 or any(not 0 <= i < n_out for i in in_index):
         raise UserError(
             f"model.decode_head.in_index={in_index} must list 4 backbone outputs in 0..{n_out - 1} "
             "(default [0, 1, 2, 3]).")
     _check_head_spec(cfg, backbone, name, in_index)
-    embed_dim = int(_get(cfg, "model.decode_head.decoder_params.embed_dim", 768))
-    align_corners = bool(_get(cfg, "model.decode_head.align_corners", False))
+    embed_dim = int(_get(cfg, "model.decode_head.decoder_params.embed_dim"))
+    align_corners = bool(_get(cfg, "model.decode_head.align_corners"))
     if align_corners:
         # TAO's head hard-codes align_corners=False (the key reaches only its unused resize_concat path).
         warnings.warn("model.decode_head.align_corners=true: our decoder resizes with align_corners=True as the key "
@@ -141,7 +145,7 @@ def build_model(cfg: DictConfig, *, load_weights: bool = True) -> SegFormer:
                       "slightly different logits here; set it to false for TAO checkpoints.", stacklevel=2)
     head = SegFormerHead([backbone.out_channels[i] for i in in_index], embed_dim, num_classes,
                          align_corners=align_corners)
-    freeze = bool(_get(cfg, "model.backbone.freeze_backbone", False))
+    freeze = bool(_get(cfg, "model.backbone.freeze_backbone"))
     model = SegFormer(backbone, head, in_index, backbone_name=name, freeze_backbone=freeze)
     if load_weights:
         _load_configured_weights(cfg, model, freeze)

@@ -106,7 +106,7 @@ def shard_path(folder: str, index: str, shard: str) -> str:
     its Hugging Face cache entry). s3:// and other remote folders are checked on the name alone. UserError else."""
     parts = shard.replace("\\", "/").split("/")
     outside = (not shard or shard.startswith(("/", "\\")) or "://" in shard or re.match(r"^[A-Za-z]:", shard)
-               or any(p in ("..", "") for p in parts))
+               or any(p in ("..", "") for p in parts) or parts[-1] == "." or "\x00" in shard)  # '.': the folder
     joined = f"{str(folder).rstrip('/')}/{'/'.join(p for p in parts if p != '.')}"
     if not outside and not sio.is_remote(folder):
         root = _confinement_root(folder)

@@ -136,7 +136,55 @@ def bad_paths(tmp_path_factory, moto_endpoint) -> dict:
     paths["fsize_disk_full_checkpoint"] = 1 << 20  # bytes per file: logs fit, a checkpoint does not
     paths.update(_held_results_dirs(tmp))
     paths.update(_trust_boundary_files(tmp))
+    paths.update(_convert_sources(tmp))
+    paths.update(_attacker_files(tmp, data))
     return paths
+
+
+def _convert_sources(tmp: str) -> dict:
+    """Sources for `dataset convert`: an ADE20K replica (the wrong layout for other formats), a COCO-Stuff replica
+    with ids outside its label table, an empty folder, and a non-empty destination."""
+    from pathlib import Path
+
+    from tests.data import layouts
+
+    coco = layouts.make_coco_stuff(Path(tmp, "convert_bad_ids"))
+    bad_mask = coco / "stuffthingmaps_trainval2017" / "val2017" / "000000000139.png"
+    layouts._mask(bad_mask, layouts.blocks([0, 11, 200], 3))
+    empty = os.path.join(tmp, "convert_empty_src")
+    os.makedirs(empty)
+    return {"convert_ade": str(layouts.make_ade20k(Path(tmp, "convert_ade"))), "convert_bad_ids": str(coco),
+            "convert_empty": empty,
+            "convert_full_dst": os.path.dirname(_write(os.path.join(tmp, "full_dst", "x"), "x"))}
+
+
+def _attacker_files(tmp: str, data: str) -> dict:
+    """Issue 34's crafted inputs: a spec whose key line is bad YAML, an alias bomb, an encrypted header asking for
+    16 GiB of scrypt, a dataset holding a decompression bomb, a job.json that is a JSON list, an ONNX whose external
+    data lies outside its folder, and a Hugging Face index naming the shard '.'."""
+    import json
+    import struct
+
+    from segformer_tao import crypto
+    from tests.crafted import bomb_png, onnx_with_external_data
+
+    out = {"key_bad_escape_yaml": _write(os.path.join(tmp, "key_bad_escape.yaml"),
+                                         'encryption_key: "Sup3rS3cretPw\\q"\n'),
+           "alias_bomb_yaml": _write(os.path.join(tmp, "alias_bomb.yaml"), "".join(
+               [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9 if i else ['"lol"'] * 9) + "]\n" for i in range(9)])
+               + "z: *a8\n")}
+    head = crypto.MAGIC2 + struct.pack(">BBBBI", crypto.KDF_SCRYPT, 22, 32, 16, crypto.CHUNK) + os.urandom(55)
+    out["crafted_kdf_ckpt"] = _write(os.path.join(tmp, "crafted_kdf.pth"), head + os.urandom(64))
+    bomb = shutil.copytree(data, os.path.join(tmp, "bomb"))
+    _write(os.path.join(bomb, "images", "val", "0001.png"), bomb_png(13000, 13000))
+    out["bomb"] = bomb
+    out["job_json_list_dir"] = os.path.dirname(_write(os.path.join(tmp, "job_json_list", "job.json"), "[1, 2]\n"))
+    _write(os.path.join(tmp, "secret.bin"), b"\x07" * 16)
+    out["onnx_escape"] = onnx_with_external_data(os.path.join(tmp, "onnx_escape"), "../secret.bin")
+    hf_dot = os.path.join(tmp, "hf_dot")
+    out["hf_dot"] = os.path.dirname(_write(os.path.join(hf_dot, "model.safetensors.index.json"),
+                                           json.dumps({"weight_map": {"secret": "."}})))
+    return out
 
 
 def _trust_boundary_files(tmp: str) -> dict:

@@ -93,11 +93,35 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("malformed_override_beside_key", ["train", *D, "encryption_key=Sup3r'Secret", "train.gpu_ids=[0,"],
      ["Invalid override syntax in 'train.gpu_ids=[0,'"]),
     ("malformed_key_override", ["train", *D, "encryption_key:Sup3r'Secret"], ["Invalid override syntax", "***"]),
+    # ---- issue 34: an attacker's and an unlucky user's afternoon
+    ("spec_key_line_bad_yaml", ["train", "-e", "{key_bad_escape_yaml}", *D],
+     ["key_bad_escape.yaml", "not valid YAML at line 1"]),
+    ("spec_alias_bomb", ["config", "train", "-e", "{alias_bomb_yaml}"], ["alias_bomb.yaml", "YAML aliases"]),
+    ("unknown_key_holding_secret", ["train", *D, "encryption_ky=Sup3rS3cret"],
+     ["encryption_ky=***", "Did you mean 'encryption_key'"]),
+    ("jobs_show_job_json_not_an_object", ["jobs", "show", "{job_json_list_dir}"],
+     ["job_json_list/job.json", "not a JSON object"]),
+    ("checkpoint_is_a_folder", ["evaluate", *D, "evaluate.checkpoint={empty_dir}"],
+     ["evaluate.checkpoint='{empty_dir}' is a folder", "parent_job="]),
+    ("automl_storage_password_with_hash", ["train", *D, "automl_policy=on",
+                                           "automl.storage='postgresql://automl:pera#w-5531@127.0.0.1:1/study'"],
+     ["automl.storage='postgresql://automl:***@127.0.0.1:1/study' cannot be opened", "OperationalError"]),
     ("automl_too_few_gpus_or_nodes", ["train", *D, "automl_policy=on", "train.num_nodes=2"],
      ["train.num_nodes=2", "automl.storage"]),
 ]
 # Cases that load models, data or ONNX: run in a forked child of the test process (tests/bad_inputs/runner.py).
 HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
+    # ---- dataset convert (tests/data/test_convert.py checks that nothing is written to DST)
+    ("convert_wrong_layout", ["dataset", "convert", "--format", "cityscapes", "{convert_ade}", "{tmp}/conv_wrong"],
+     ["not in the cityscapes layout", "leftImg8bit/<split>/<city>/", "annotations/", "segformer dataset formats"]),
+    ("convert_unknown_ids", ["dataset", "convert", "--format", "coco-stuff", "{convert_bad_ids}", "{tmp}/conv_ids"],
+     ["000000000139.png", "[11, 200]", "label table", "--format"]),
+    ("convert_empty_source", ["dataset", "convert", "--format", "ade20k", "{convert_empty}", "{tmp}/conv_empty"],
+     ["convert_empty_src", "is empty", "images/{training,validation}/"]),
+    ("convert_dst_not_empty", ["dataset", "convert", "--format", "ade20k", "{convert_ade}", "{convert_full_dst}"],
+     ["full_dst", "is not empty", "--overwrite"]),
+    ("convert_option_of_another_format", ["dataset", "convert", "--format", "ade20k", "--aug", "{convert_ade}",
+                                          "{tmp}/conv_aug"], ["--aug applies to --format voc", "ade20k"]),
     # ---- datasets (the dispatcher's dataset check and the readers)
     ("root_dir_missing", ["train", "dataset.segment.root_dir={tmp}/nowhere", *LABELS, *TINY],
      ["dataset.segment.root_dir", "nowhere", "does not exist"]),
@@ -204,6 +228,15 @@ HEAVY_CASES: list[tuple[str, list[str], list[str]]] = [
     ("quantize_nncf_algorithm", ["quantize", *D, "quantize.model_path={onnx}", CAL, "quantize.backend=nncf",
                                  "quantize.algorithm=entropy"],
      ["quantize.algorithm=entropy", "backend=nncf", "minmax"]),
+    # ---- issue 34: crafted files that load models or data
+    ("encrypted_header_crafted_cost", ["evaluate", *D, "evaluate.checkpoint={crafted_kdf_ckpt}", "encryption_key=k1"],
+     ["crafted_kdf.pth", "N=2^22, r=32, p=16", "16384 MiB", "not opened"]),
+    ("image_decompression_bomb", ["evaluate", "dataset.segment.root_dir={bomb}", *LABELS, *CK],
+     ["0001.png", "13000x13000", "dataset.segment.max_image_pixels"]),
+    ("onnx_external_data_outside_its_folder", ["evaluate", *D, "evaluate.onnx_file={onnx_escape}"],
+     ["onnx_escape/model.onnx", "external data at '../secret.bin'", "refused"]),
+    ("hf_shard_is_the_folder", ["train", *D, *TINY, "model.backbone.pretrained_backbone_path={hf_dot}"],
+     ["hf_dot/model.safetensors.index.json", "names the shard '.'", "not a file inside the model folder"]),
     ("quantize_modelopt_missing", ["quantize", *D, "quantize.model_path={onnx}", CAL, "quantize.backend=modelopt.onnx"],
      ["quantize.backend=modelopt.onnx", "nvidia-modelopt"]),
 ]

@@ -20,7 +20,7 @@ KEY = "Enc-K3y-5581-secret"
 AWS_SECRET = "aws-S3cr3t-0f-the-env-7731"
 WRONG_KEY = "Wr0ng-K3y-2290"
 WANDB_KEY = "wandb-S3cr3t-4412"
-STORAGE_PASSWORD = "db/pa:ss-6613"  # an unencoded '/' and ':' in the password
+STORAGE_PASSWORD = "db/pa:ss 66\t13"  # an unencoded "/" and ":", a space and a tab in the password
 MLFLOW_PASSWORD = "mlfl0w-pa55-8826"
 SECRETS = [KEY, AWS_SECRET, WRONG_KEY, WANDB_KEY, STORAGE_PASSWORD, MLFLOW_PASSWORD]
 

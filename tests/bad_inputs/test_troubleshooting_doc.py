@@ -14,6 +14,20 @@ def test_troubleshooting_doc_is_up_to_date():
     assert proc.returncode == 0, proc.stdout + proc.stderr + "\nRun `python scripts/gen_troubleshooting.py`."
 
 
+def test_no_source_code_survives_in_the_messages():
+    """Run-time parts read as <name> (or [optional phrase]), never as the expression that computes them."""
+    import re
+
+    sys.path.insert(0, f"{REPO}/scripts")
+    try:
+        import gen_troubleshooting
+    finally:
+        sys.path.pop(0)
+    for entry in gen_troubleshooting.catalogue():
+        for part in re.findall(r"<([^<>]*)>", entry["message"]):
+            assert re.fullmatch(r"[A-Za-z0-9_ ./|-]+", part), (part, entry["message"])
+
+
 def test_catalogue_covers_the_errors_the_corpus_meets():
     sys.path.insert(0, f"{REPO}/scripts")
     try:

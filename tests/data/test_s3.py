@@ -9,7 +9,7 @@ import s3fs
 import torch
 
 from segformer_tao.data import UnetSegmentationDataset, build_dataloader
-from segformer_tao.data.calibration import CalibrationImages
+from segformer_tao.deploy.calibration import calibration_batches
 from segformer_tao.errors import UserError
 from tests.data.conftest import make_cfg
 
@@ -49,19 +49,23 @@ def test_cache_dir_downloads_once(s3_root, tmp_path):
 
 
 def test_calibration_images_local_and_s3(s3_root, demo_root):
-    remote = CalibrationImages(f"{s3_root}/images/train", 16, [0.5] * 3, [0.5] * 3, batch_size=4)
-    local = CalibrationImages(str(demo_root / "images" / "train"), 16, [0.5] * 3, [0.5] * 3, batch_size=4)
-    assert remote.num_images == 6 and len(remote) == 2
-    rb, lb = list(remote), list(local)
+    kw = dict(img_size=16, mean=[0.5] * 3, std=[0.5] * 3, batch_size=4, max_batches=4, key="k",
+              drop_remainder=False)
+    rb = calibration_batches(f"{s3_root}/images/train", **kw)
+    lb = calibration_batches(str(demo_root / "images" / "train"), **kw)
     assert [b.shape for b in rb] == [(4, 3, 16, 16), (2, 3, 16, 16)]
     assert all(torch.equal(a, b) for a, b in zip(rb, lb))
 
 
+KW = dict(img_size=16, mean=[0.5] * 3, std=[0.5] * 3, batch_size=4, max_batches=4,
+          key="dataset.segment.quant_calibration_dataset.images_dir")
+
+
 def test_calibration_dir_missing(s3_root, tmp_path):
     with pytest.raises(UserError, match="quant_calibration_dataset.images_dir='.*nope' does not exist"):
-        CalibrationImages(str(tmp_path / "nope"), 16, [0.5] * 3, [0.5] * 3)
+        calibration_batches(str(tmp_path / "nope"), **KW)
     with pytest.raises(UserError, match="does not exist"):
-        CalibrationImages(f"{s3_root}/nope", 16, [0.5] * 3, [0.5] * 3)
+        calibration_batches(f"{s3_root}/nope", **KW)
 
 
 def test_missing_bucket(s3_env):

@@ -61,10 +61,15 @@ def test_augmentation_with_colour_and_blur_runs():
 
 
 def test_train_loader_is_deterministic_under_seed(demo_cfg):
+    """Training's loader draws shuffling and augmentation (workers included) from the global RNG, which the trainer
+    seeds from train.seed (pl.seed_everything(seed, workers=True)) and checkpoints restore."""
+    import pytorch_lightning as pl
+
     demo_cfg.dataset.segment.workers = 1
     demo_cfg.train.seed = 7
 
     def first_batch():
+        pl.seed_everything(int(demo_cfg.train.seed), workers=True, verbose=False)
         batch = next(iter(build_dataloader(demo_cfg, "train", "train")))
         return batch["image"], batch["mask"], batch["path"]
 

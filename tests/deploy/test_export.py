@@ -62,7 +62,7 @@ def test_static_size_full_resolution_output_and_deepstream(tmp_path, tiny_checkp
     ref = torch.nn.functional.interpolate(torch.from_numpy(_torch_logits(tiny_checkpoint, x)), size=(IMG, IMG),
                                           mode="bilinear", align_corners=False).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
-    assert runtime.meta["class_names"] == ["c0", "c1", "c2"] and runtime.meta["img_size"] == IMG
+    assert runtime.meta.class_names == ["c0", "c1", "c2"] and runtime.meta.img_size == IMG
     ds = yaml.safe_load(open(result["artifacts"]["nvdsinfer_config"]))["property"]
     # the DeepStream form (tests/deploy/test_deepstream.py checks its masks): its own ONNX, normalizing inside
     assert ds["onnx-file"] == "model.nvdsinfer.onnx" and ds["num-detected-classes"] == NUM_CLASSES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from segformer_tao.deploy.runtime import predict_logits
+from segformer_tao.deploy.base import predict_logits
 
 
 class _PixelwiseRuntime:

@@ -31,7 +31,8 @@ def _quantized_checkpoint(tmp_path, mode: str, key: str | None = None) -> tuple[
     model, meta = load(src)
     record = torchao_int8.quantize(model, mode, [])
     path = str(tmp_path / f"int8_{mode}.pth")
-    save_checkpoint(path, {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "meta": meta,
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    save_checkpoint(path, {"state_dict": state, "meta": meta.to_dict(),
                            "config": load_checkpoint(src)["config"], "quantization": record}, key)
     return path, model
 
@@ -47,7 +48,7 @@ def test_checkpoint_loads_as_the_quantized_model(tmp_path, mode):
     loaded, meta = load(path, key)
     weight = loaded.backbone.block1[0].attn.q.weight
     assert type(weight).__name__ == "Int8Tensor" and weight.qdata.dtype == torch.int8
-    assert meta["quantization"]["mode"] == mode and len(meta["quantization"]["quantized_layers"]) == 40
+    assert meta.extra["quantization"]["mode"] == mode and len(meta.extra["quantization"]["quantized_layers"]) == 40
     assert type(loaded.decode_head.linear_c1.proj.weight) is torch.nn.Parameter  # folded into the fuse conv
     x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -130,3 +130,25 @@ def test_plaintext_where_encrypted_expected_is_named_or_refused(plain_model_chec
         load_checkpoint(path, "Sup3r-crypto-key", own=False)
         load_model_from_checkpoint(path, None, strict=True)  # no key: nothing to expect
     assert not caplog.records
+
+
+@pytest.mark.parametrize("log2_n, r, p", [(22, 32, 16), (20, 8, 1), (18, 8, 1), (17, 16, 1), (17, 8, 2), (9, 8, 1)])
+def test_crafted_kdf_cost_is_refused_before_any_derivation(monkeypatch, log2_n, r, p):
+    """A header asking for more scrypt work or memory than we write (up to 16 GiB x 16 passes) is refused at once,
+    with one paragraph, before scrypt runs (issue 34, finding 3)."""
+    def no_scrypt(*args):
+        raise AssertionError(f"scrypt ran for a refused header: {args[2:]}")
+
+    monkeypatch.setattr(crypto, "_master", no_scrypt)
+    head = crypto.MAGIC2 + struct.pack(">BBBBI", crypto.KDF_SCRYPT, log2_n, r, p, CHUNK) + os.urandom(16 + 16 + 7 + 16)
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as e:
+        crypto.decrypt_bytes(head + os.urandom(64), "any-key", "crafted.pth")
+    assert time.monotonic() - t0 < 1
+    message = str(e.value)
+    assert "crafted.pth" in message and f"N=2^{log2_n}, r={r}, p={p}" in message and "MiB" in message, message
+
+
+def test_every_cost_we_write_is_accepted():
+    for log2_n in (10, crypto.LOG2_N):
+        assert crypto.decrypt_bytes(_seal(b"weights", log2_n=log2_n), "Sup3r-crypto-key") == b"weights"

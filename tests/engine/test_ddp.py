@@ -95,3 +95,60 @@ def test_ddp_ranks_get_the_key_from_their_environment_not_their_command_line(tmp
     assert key not in out + err and "warning: encryption_key is on the command line" in err
     ckpts = list((tmp_path / "out" / "train").glob("*.pth"))
     assert ckpts and all(is_encrypted(p.read_bytes()[:32]) for p in ckpts)
+
+
+@pytest.mark.slow
+def test_killing_rank_0_takes_the_other_rank_with_it(tmp_path):
+    """kill -9 of rank 0 alone (the `segformer train` the user started): the rank it started dies with it instead of
+    waiting on a dead peer (issue 34, finding 11: rank 1 still ran 90 s later)."""
+    import signal
+    import time
+
+    from segformer_tao.data.synthetic import make_demo_dataset
+
+    data = make_demo_dataset(str(tmp_path / "data"), size=32, train=4, val=2, test=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segformer_tao.cli", "train", f"dataset.segment.root_dir={data}", "model=mit_b0",
+         "dataset.segment.num_classes=3", "dataset.segment.label_transform=None", "dataset.segment.img_size=32",
+         "dataset.segment.batch_size=2", "dataset.segment.workers=0", "train.num_epochs=200", "automl_policy=off",
+         "train.num_gpus=2", f"results_dir={tmp_path / 'out'}"],
+        env=_env(MASTER_PORT=str(free_port())), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+
+    def ranks() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if int(fields[1]) == proc.pid and fields[0] != "Z" and b"segformer_tao.cli" in f.read():
+                        found.append(int(pid))
+            except (OSError, IndexError, ValueError):
+                continue
+        return found
+
+    try:
+        deadline = time.monotonic() + 240
+        while not (ranks() and (tmp_path / "out" / "train" / "status.json").exists()):  # both ranks are training
+            assert proc.poll() is None and time.monotonic() < deadline, "the DDP run did not get going"
+            time.sleep(0.2)
+        rank1 = ranks()[0]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{rank1}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"rank 1 (pid {rank1}) outlived rank 0 by 5 s")
+    finally:
+        import contextlib
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

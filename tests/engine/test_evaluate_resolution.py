@@ -13,6 +13,7 @@ from PIL import Image
 from segformer_tao.config import compose_config
 from segformer_tao.data.synthetic import make_demo_dataset
 from segformer_tao.engine.metrics import scores_from_confusion
+from segformer_tao.model.meta import ModelMeta
 
 NUM_CLASSES, IMG = 3, 32
 
@@ -49,8 +50,8 @@ def _dataset(tmp_path):
 
 class _HalvesRuntime:
     name = "stub"
-    meta = {"num_classes": NUM_CLASSES, "class_names": ["a", "b", "c"], "palette": None, "img_size": IMG,
-            "mean": [0.5] * 3, "std": [0.5] * 3}
+    meta = ModelMeta(num_classes=NUM_CLASSES, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, img_size=IMG,
+                     mean=[0.5] * 3, std=[0.5] * 3)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         assert images.shape[-2:] == (IMG, IMG)

@@ -47,7 +47,7 @@ def test_mixed_precision_training_step_on_cuda(tiny, tmp_path, precision):
 
 
 def test_cuda_inference_matches_cpu(tmp_path):
-    from segformer_tao.deploy.runtime import TorchRuntime
+    from segformer_tao.deploy.torch_runtime import TorchRuntime
     from tests.deploy.conftest import deploy_cfg, save_tiny_checkpoint
 
     path = save_tiny_checkpoint(str(tmp_path / "tiny.pth"), deploy_cfg("export", tmp_path))

@@ -33,8 +33,8 @@ from segformer_tao.deploy import onnxruntime as _ort  # noqa: F401 (imported bef
 from segformer_tao.deploy import tensorrt as trt_mod
 from segformer_tao.deploy import tensorrt_build
 from segformer_tao.deploy.tensorrt import TrtRuntime
-from segformer_tao.engine import module as _module  # noqa: F401 (TrtRuntime's meta needs it: same reason)
 from segformer_tao.errors import NotAvailableError
+from segformer_tao.model.meta import decide
 from tests.deploy.trt_contract import standin
 
 SOURCE_DIRS = ("segformer_tao", "bench", "scripts")
@@ -216,7 +216,7 @@ def main() -> int:
                               "timing_cache": info.get("timing_cache"), "layers_pinned": info["layers_pinned"]}
 
     def run_runtime(c, engine, batch):
-        runtime = TrtRuntime(engine, c)
+        runtime = TrtRuntime(engine, parent_job=c.get("parent_job"))
         x = torch.randn(batch, 3, size, size)
         got = runtime.predict(x)
         expected = standin.reference_output(x.numpy(), 3)
@@ -255,7 +255,8 @@ def main() -> int:
         c, art, _ = build("size", "float.onnx", "gen_trt_engine.tensorrt.data_type=fp32")
         other = compose_config("evaluate", ["dataset.segment.img_size=64", "dataset.segment.num_classes=3"])
         os.remove(f"{art['trt_engine']}.json")  # no embedded meta: the dataset's img_size is what is fed
-        TrtRuntime(art["trt_engine"], other, trusted=True)  # nor its build record: the user vouches for it
+        runtime = TrtRuntime(art["trt_engine"], trusted=True)  # nor its build record: the user vouches for it
+        decide(other, runtime.meta, "evaluate.trt_engine")  # the engine's fixed 32x32 against img_size=64
 
     results = report["scenarios"]
     scenario("fp32_dynamic_timing_cache", results, fp32_dynamic_with_timing_cache)
