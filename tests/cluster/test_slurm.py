@@ -77,7 +77,7 @@ def test_one_task_per_device_srun_segformer_train(slurm, cluster_data, tmp_path)
     cmd = shlex.join([wrapper, *cli(*train_args(cluster_data, str(tmp_path / "out"), "train.num_gpus=2",
                                                  epochs=2))])
     job = sbatch(_header(tmp_path, 2) + f"srun {cmd}\n", tmp_path, env())
-    state = wait_for_job(job)
+    state = wait_for_job(job, timeout=240)  # about 40 s; a rank waiting for a lost peer would wait forever
     assert [(r, c) for r, c, _ in _ranks(tmp_path)] == [(0, 0), (1, 0)]
     _assert_two_process_success(str(tmp_path / "out" / "train"), state, tmp_path)
 
