@@ -38,6 +38,9 @@ log = logging.getLogger("segformer_tao")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 # val_miou/val_loss are reduced by the module itself (confusion matrix all-reduce), so sync_dist stays off.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+# Lightning warns on every plain run where SLURM's tools are installed (a login node, a workstation with SLURM);
+# a real SLURM launch is recognised from its task variables (segformer_tao.ranks), so the hint says nothing.
+warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used.*")
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 
