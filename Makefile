@@ -30,7 +30,7 @@ install: $(STAMP)
 # down, and the next SIGCHLD killed the process; fixed with one process-wide Core (segformer_tao/deploy/openvino.py,
 # tests/deploy/test_openvino_signal_stack.py), after which the one-process suite passes too.
 # Every group runs even when one fails; any failure (or a group that collects nothing, exit 5) fails.
-TEST_DIRS := automl bad_inputs data deploy engine model tao_core
+TEST_DIRS := automl bad_inputs cluster data deploy engine model tao_core
 CONTRACT := tests/deploy/test_tensorrt_contract.py
 # tests/specs holds spec files only (no tests)
 TEST_GROUPS := $(filter-out tests/deploy,$(addprefix tests/,$(TEST_DIRS))) "tests/deploy --ignore=$(CONTRACT)" \

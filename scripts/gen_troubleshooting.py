@@ -36,7 +36,7 @@ SECTIONS = [
      ["data/", "commands/dataset.py"]),
     ("train", "Training, resuming, checkpoints and the weights it starts from.",
      ["actions/train.py", "engine/trainer.py", "engine/callbacks.py", "engine/module.py", "engine/datamodule.py",
-      "engine/distributed.py", "engine/metrics.py", "engine/visualize.py"]),
+      "engine/distributed.py", "engine/metrics.py", "engine/visualize.py", "engine/preemption.py"]),
     ("Checkpoints and encryption (train, evaluate, inference, export, quantize)",
      "Reading a .pth: missing, truncated, encrypted with another key, not encrypted where it must be, or holding "
      "pickled code.",

@@ -52,6 +52,7 @@ TR = "tests/test_redact.py::"
 TJ = "tests/test_job_folder_safety.py::"
 TH = "tests/deploy/test_huggingface.py::"
 TRA = "tests/model/test_radio.py::"
+TCL = "tests/cluster/test_preemption.py::"
 # The table the lead edits after a merge moves code: name, edits (file, exact old text, new text), tests.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("resume_ignored", (
@@ -374,6 +375,25 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("tao_default_note_silent", (
         ("segformer_tao/config/tao_defaults.py", "    if not unset:\n        return None\n", "    return None\n"),),
         ("tests/test_tao_defaults.py::test_config_notes_the_tao_defaults_a_spec_relies_on",)),
+    Mutant("preemption_signal_handler_removed", (
+        ("segformer_tao/engine/preemption.py", "            signal.signal(sig, self._on_signal)\n",
+         "            pass\n"),),
+        (TCL + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
+    Mutant("resume_from_latest_only", (
+        ("segformer_tao/engine/resume.py", "if io.exists(latest) else []) + _periodic(results_dir)",
+         "if io.exists(latest) else [])"),),
+        (TCL + "test_resume_takes_the_newest_complete_checkpoint_whatever_its_name",)),
+    Mutant("wall_clock_checkpoints_never", (
+        ("segformer_tao/engine/preemption.py", "timed = self.interval_s > 0 and", "timed = False and"),),
+        (TCL + "test_wall_clock_interval_writes_mid_epoch_checkpoints",)),
+    Mutant("mid_epoch_resume_restarts_the_epoch", (
+        ("segformer_tao/engine/resumable.py", "        self.batch_sampler.load_state_dict(state)\n",
+         "        pass\n"),),
+        (TCL + "test_sigterm_to_a_plain_train_preempts_and_the_rerun_resumes_to_the_same_weights",), slow=True),
+    Mutant("slurm_ranks_ignored", (
+        ("segformer_tao/ranks.py", "    if slurm_managed(env):\n        return Launch(\"slurm\"",
+         "    if False:\n        return Launch(\"slurm\""),),
+        ("tests/cluster/test_slurm.py::test_one_task_per_device_srun_segformer_train",), slow=True),
 )
 
 _IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "results", "demo_data", ".pytest_cache",

@@ -18,6 +18,8 @@ if [[ -n "${SLURM_JOB_ID:-}" ]]; then
     export MASTER_ADDR
   fi
   # One srun task per node here; hide SLURM's task variables so Lightning launches the per-GPU processes itself.
+  # What the allocation asked for goes on, so that `segformer train` refuses --ntasks-per-node > 1 on every task.
+  export SEGFORMER_SLURM_TASKS_PER_NODE="${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-1}}"
   unset SLURM_NTASKS SLURM_NTASKS_PER_NODE
 fi
 : "${WORLD_SIZE:?set WORLD_SIZE to the number of nodes}"

@@ -15,8 +15,8 @@ import traceback
 from collections.abc import Sequence
 
 from segformer_tao.config.schema import REQUIRED_KEYS
-from segformer_tao.errors import UserError
-from segformer_tao.ranks import is_primary
+from segformer_tao.errors import Preempted, UserError
+from segformer_tao.ranks import check_allocation, is_primary
 
 ACTION_HELP = {
     "train": "train a model (AutoML search by default: automl_policy=auto|on|off)",
@@ -208,6 +208,8 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
     check_required(action, cfg)
     check_split_folders(action, cfg)
     check_conflicts(action, cfg)
+    if action == "train":  # an allocation that disagrees with the config fails on every rank, never hangs
+        check_allocation(int(cfg.train.num_gpus), int(cfg.train.num_nodes))
     if action == "train" and cfg.automl_policy != "off":  # a search refused (bad storage, ...) writes nothing
         from segformer_tao.automl.policy import blocker, default_specs_dir
 
@@ -241,6 +243,13 @@ def run_action(action: str, overrides: list[str], spec: str | None) -> dict:
         with action_status(out_dir, action, enabled=is_primary()):
             check_data(action, cfg, out_dir)
             result = module.run(cfg) or {}
+    except Preempted as e:  # a checkpoint holds the run's full state: the same command (or a requeue) resumes it
+        job.finish("preempted", error=str(e), artifacts={"preemption_checkpoint": e.checkpoint})
+        if is_primary() and action == "train":
+            from segformer_tao.engine.preemption import requeue
+
+            requeue(bool(cfg.train.get("slurm_requeue")))
+        raise
     except BaseException as e:
         job.finish("failed", error=str(e) if isinstance(e, UserError) else type(e).__name__)
         raise
@@ -390,6 +399,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if debug:
             _print_traceback()
         print(f"error: {redact(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"interrupted after {time.time() - start:.0f} s", file=sys.stderr)

@@ -102,3 +102,18 @@ def out_of_memory(cfg, action: str) -> UserError:
                          "size, so very large images need memory of their own.")
     return UserError(f"Out of memory during {action}. Lower quantize.backend_kwargs.calibration_batch_size (default 8) "
                      f"or max_calibration_images; {grows}.")
+
+
+class Preempted(Exception):
+    """Training stopped on a preemption signal (SIGTERM, SIGUSR1, train.preemption_signal) after writing a resumable
+    checkpoint: normal life on a cluster, not a failure. The CLI exits with :attr:`exit_code`; status.json says
+    PREEMPTED and job.json ``preempted``; the same command (or a requeued job) resumes from ``checkpoint``."""
+
+    exit_code = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, retrying is expected to succeed
+
+    def __init__(self, signal_name: str, checkpoint: str, epoch: int, step: int):
+        """``epoch``: epochs done (the current one not counted when stopped mid-epoch); ``step``: global step."""
+        self.signal_name, self.checkpoint, self.epoch, self.step = signal_name, checkpoint, epoch, step
+        super().__init__(f"Training was preempted by {signal_name} at step {step} ({epoch} epoch(s) done); its full "
+                         f"state is in {checkpoint}. Run the same command again (a requeued job does) to resume "
+                         "from that step.")

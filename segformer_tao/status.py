@@ -2,7 +2,8 @@
 controller (``StatusParser`` in nvidia_tao_core) can follow our jobs.
 
 Every line has TAO's ``date`` (M/D/YYYY, local time), ``time`` (H:M:S, local time), ``status``
-(STARTED, RUNNING, SUCCESS, FAILURE, SKIPPED), ``verbosity`` (INFO, ERROR, ...) and ``message``. Metrics go into
+(STARTED, RUNNING, SUCCESS, FAILURE, SKIPPED; ours: PREEMPTED), ``verbosity`` (INFO, ERROR, ...) and ``message``.
+Metrics go into
 the three dictionaries TAO's parser reads, keyed by the line's ``epoch``: ``graphical`` (curves: losses, lr),
 ``kpi`` (scores: val_miou, test_miou, ...) and ``categorical`` (per-class values: ``{metric: {class: value}}``).
 TAO's progress fields are ``epoch``, ``max_epoch``, ``step``, ``time_per_epoch`` and ``eta`` (both
@@ -22,12 +23,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from segformer_tao import io
-from segformer_tao.errors import UserError, explain_exception
+from segformer_tao.errors import Preempted, UserError, explain_exception
 from segformer_tao.redact import redact
 
 log = logging.getLogger("segformer_tao")
 STATUS_FILE = "status.json"
 STARTED, RUNNING, SUCCESS, FAILURE = "STARTED", "RUNNING", "SUCCESS", "FAILURE"  # TAO also has SKIPPED
+PREEMPTED = "PREEMPTED"  # ours: stopped by a preemption signal after a resumable checkpoint (docs/clusters.md)
 ACTION_NAMES = {"train": "Train", "evaluate": "Evaluation", "inference": "Inference", "export": "Export",
                 "quantize": "Quantization", "gen_trt_engine": "TensorRT engine generation"}
 
@@ -116,6 +118,10 @@ def action_status(results_dir: str, action: str, enabled: bool = True) -> Iterat
         _write_quietly(results_dir, STARTED, f"Starting segformer {action}.")
     try:
         yield outcome
+    except Preempted as e:
+        if enabled:
+            _write_quietly(results_dir, PREEMPTED, str(e), verbosity="WARNING", epoch=e.epoch, step=e.step)
+        raise
     except BaseException as e:
         if enabled:
             _write_quietly(results_dir, FAILURE, failure_message(action, e), verbosity="ERROR")

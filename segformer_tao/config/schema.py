@@ -281,6 +281,18 @@ class TrainConfig:
     checkpoint_interval: int = spec(1, "Checkpoint every N units.", valid_min=1, popular=True)
     checkpoint_interval_unit: str = spec("epoch", "Unit of checkpoint_interval.", valid_options=["epoch", "step"])
     validation_interval: int = spec(1, "Validate every N epochs.", valid_min=1, popular=True)
+    checkpoint_interval_minutes: float = spec(
+        0.0, "(segformer_tao) Also write a full-state checkpoint (model_epoch_XXX_step_YYYYY.pth + latest) whenever "
+        "this many minutes of training passed since the last one, mid-epoch included, so that a kill without warning "
+        "(kill -9, node loss) loses at most that much work; 0 = off. See docs/clusters.md.", valid_min=0,
+        valid_max="inf", automl_enabled=False)
+    preemption_signal: str | None = spec(
+        None, "(segformer_tao) A signal that preempts training besides SIGTERM and SIGUSR1 (e.g. SIGUSR2 or SIGINT): "
+        "finish the step, write a resumable checkpoint, status PREEMPTED, exit code 75. See docs/clusters.md.",
+        automl_enabled=False)
+    slurm_requeue: bool = spec(
+        False, "(segformer_tao) Under SLURM, a preempted run requeues its job (scontrol requeue $SLURM_JOB_ID) after "
+        "its checkpoint is written; the requeued job resumes from it by itself.", automl_enabled=False)
     resume_training_checkpoint_path: str | None = spec(None, "Checkpoint to resume training from.")
     results_dir: str | None = spec(None, RESULTS_DIR_DOC)
     optim: OptimConfig = group(OptimConfig, "Optimizer and LR schedule.")

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from segformer_tao.data.loader import eval_loader, train_loader
+from segformer_tao.engine.resumable import resumable
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -37,7 +38,8 @@ class SegDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(self.cfg, self.train_dataset, *self._rank_world())
+        # Resumable mid-epoch: a preemption checkpoint continues at its step with the same samples and RNG draws.
+        return resumable(train_loader(self.cfg, self.train_dataset, *self._rank_world()))
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.cfg, self.val_dataset, int(self.cfg.dataset.segment.batch_size), *self._rank_world())

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from segformer_tao.errors import NotAvailableError, UserError
+from segformer_tao.ranks import check_allocation, slurm_managed
 
 _TOPOLOGY_ENV = "SEGFORMER_TAO_TOPOLOGY"  # "devices,nodes" handed from the launching process to its children
 
@@ -35,12 +36,13 @@ def resolve_topology(cfg: DictConfig) -> Topology:
     tr = cfg.train
     cuda = torch.cuda.is_available()
     env = os.environ
+    check_allocation(int(tr.num_gpus), int(tr.num_nodes))
     if _TOPOLOGY_ENV in env:
         devices, nodes = (int(v) for v in env[_TOPOLOGY_ENV].split(","))
     elif "TORCHELASTIC_RUN_ID" in env or "GROUP_RANK" in env:  # torchrun started every process already
         devices = int(env.get("LOCAL_WORLD_SIZE", 1))
         nodes = max(1, int(env.get("WORLD_SIZE", devices)) // devices)
-    elif "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+    elif slurm_managed():
         nodes = int(env.get("SLURM_NNODES", tr.num_nodes))
         devices = int(str(env.get("SLURM_NTASKS_PER_NODE", tr.num_gpus)).split("(")[0])
     elif "WORLD_SIZE" in env and "LOCAL_RANK" not in env:  # TAO multi-node: WORLD_SIZE counts nodes
@@ -82,6 +84,16 @@ def restore_env(old: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def cluster_plugins() -> list:
+    """Lightning's SLURMEnvironment without its auto-requeue under one SLURM task per device: preemption signals
+    (SIGTERM, SIGUSR1) are ours (:mod:`segformer_tao.engine.preemption`), requeue is train.slurm_requeue."""
+    if not slurm_managed():
+        return []
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def build_strategy(cfg: DictConfig, topo: Topology, checkpoint_io):

@@ -19,9 +19,17 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from segformer_tao import hardware, io
 from segformer_tao.engine.callbacks import BEST, LATEST, EncryptedCheckpointIO, SegformerCheckpoint, StatusLogger
 from segformer_tao.engine.datamodule import SegDataModule
-from segformer_tao.engine.distributed import build_strategy, export_topology, resolve_topology, restore_env
+from segformer_tao.engine.distributed import (
+    build_strategy,
+    cluster_plugins,
+    export_topology,
+    resolve_topology,
+    restore_env,
+)
 from segformer_tao.engine.module import SegFormerModule
+from segformer_tao.engine.preemption import Preemption
 from segformer_tao.engine.progress import progress_bar
+from segformer_tao.engine.resume import newest_checkpoint, progress
 from segformer_tao.engine.tracking import LogLearningRate, finish_tracking, tracking_loggers
 from segformer_tao.errors import UserError, out_of_memory
 
@@ -30,19 +38,25 @@ log = logging.getLogger("segformer_tao")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 # val_miou/val_loss are reduced by the module itself (confusion matrix all-reduce), so sync_dist stays off.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+# Lightning warns on every plain run where SLURM's tools are installed (a login node, a workstation with SLURM);
+# a real SLURM launch is recognised from its task variables (segformer_tao.ranks), so the hint says nothing.
+warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used.*")
 PRECISION = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 
 
-def find_resume_checkpoint(cfg: DictConfig, results_dir: str) -> str | None:
-    """train.resume_training_checkpoint_path, else ``segformer_model_latest.pth`` already in results_dir."""
+def find_resume_checkpoint(cfg: DictConfig, results_dir: str) -> tuple[str, dict | None, str] | None:
+    """(path, payload or None, why): train.resume_training_checkpoint_path, else the newest complete checkpoint
+    in results_dir (:func:`segformer_tao.engine.resume.newest_checkpoint`); None when there is none."""
     explicit = cfg.train.resume_training_checkpoint_path
     if explicit:
         if not io.exists(explicit):
             raise UserError(f"train.resume_training_checkpoint_path='{explicit}' does not exist. Point it at a "
                             f"checkpoint written by a previous run (e.g. <results_dir>/{LATEST}) or unset it.")
-        return str(explicit)
-    latest = os.path.join(results_dir, LATEST)
-    return latest if io.exists(latest) else None
+        return str(explicit), None, "train.resume_training_checkpoint_path"
+    from segformer_tao.engine.checkpoint import load_checkpoint
+
+    return newest_checkpoint(results_dir, lambda p: load_checkpoint(
+        p, cfg.get("encryption_key"), own=True, strict=bool(cfg.get("encryption_strict"))))
 
 
 class _KeepHistoryWriter(ExperimentWriter):
@@ -144,7 +158,9 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
                     "each process keeps its own BatchNorm statistics.")
         sync_bn = False
     ckpt_cb = SegformerCheckpoint(results_dir, tr.checkpoint_interval, tr.checkpoint_interval_unit)
-    callbacks = [ckpt_cb, StatusLogger(results_dir), progress_bar()]
+    preemption = Preemption(ckpt_cb, tr.get("preemption_signal"), float(tr.get("checkpoint_interval_minutes") or 0))
+    preemption.install()  # from now on; Lightning keeps it in its chain at fit start, on_train_start takes over
+    callbacks = [ckpt_cb, StatusLogger(results_dir), preemption, progress_bar()]
     if tr.enable_lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += list(extra_callbacks or [])
@@ -162,6 +178,7 @@ def build_trainer(cfg: DictConfig, results_dir: str, topo, extra_callbacks: list
         sync_batchnorm=sync_bn, use_distributed_sampler=False,
         benchmark=bool(tr.cudnn.benchmark), enable_checkpointing=False, logger=loggers,
         callbacks=callbacks, log_every_n_steps=1, default_root_dir=results_dir, enable_model_summary=False,
+        plugins=cluster_plugins(),
     )
     return trainer, ckpt_cb
 
@@ -179,13 +196,14 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
     torch.backends.cudnn.deterministic = bool(cfg.train.cudnn.deterministic)
     io.makedirs(results_dir)
     topo = resolve_topology(cfg)
-    resume = find_resume_checkpoint(cfg, results_dir)
+    found = find_resume_checkpoint(cfg, results_dir)
+    resume, payload, why = found if found else (None, None, None)
     if model is None:
         from segformer_tao.model import build_model
 
         # Pretrained weights (train.pretrained_model_path, backbone path) only matter when not resuming.
         model = build_model(cfg, load_weights=resume is None)
-    state = inspect_resume(cfg, results_dir, resume, model) if resume else None
+    state = inspect_resume(cfg, results_dir, resume, model, payload) if resume else None
     if state is not None and state["epochs_done"] >= int(cfg.train.num_epochs):
         return _already_finished(cfg, results_dir, resume, state)
     module = SegFormerModule(cfg, model)
@@ -195,7 +213,8 @@ def train_model(cfg: DictConfig, results_dir: str, model: torch.nn.Module | None
                                      resume_step=None if state is None else state["global_step"],
                                      preloaded=None if state is None else (resume, state.pop("payload")))
     if resume and trainer.is_global_zero:
-        print(f"Resuming training from {resume} (epoch {state['epochs_done']} of {cfg.train.num_epochs} done)")
+        print(f"Resuming training from {resume} (epoch {state['epochs_done']} of {cfg.train.num_epochs} done, "
+              f"step {state['global_step']}; {why})")
     start = time.monotonic()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)  # no pickled code
@@ -224,7 +243,8 @@ def _artifacts(results_dir: str, has_best: bool) -> dict:
     return artifacts
 
 
-def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.nn.Module) -> dict:
+def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.nn.Module,
+                   payload: dict | None = None) -> dict:
     """Check that ``resume`` holds this run's model (same backbone and classes) before Lightning loads it.
 
     Returns {"epochs_done", "global_step", "meta", "payload"} (payload: the loaded checkpoint, handed on to
@@ -233,7 +253,9 @@ def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.
     """
     from segformer_tao.engine.checkpoint import load_checkpoint, model_state_dict
 
-    payload = load_checkpoint(resume, cfg.get("encryption_key"), own=True, strict=bool(cfg.get("encryption_strict")))
+    if payload is None:
+        payload = load_checkpoint(resume, cfg.get("encryption_key"), own=True,
+                                  strict=bool(cfg.get("encryption_strict")))
     meta = payload.get("meta") or {}
     ours = model.state_dict()
     theirs = model_state_dict(payload)
@@ -252,10 +274,8 @@ def inspect_resume(cfg: DictConfig, results_dir: str, resume: str, model: torch.
                    "from the checkpoints in its results_dir).")
         raise UserError(f"{where}: {other}, but this run builds {this} ({len(differ)} weights differ, e.g. "
                         f"{differ[0]}), so training cannot resume from it. {fix}")
-    progress = (payload.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("total", {})
-    epochs_done = int(progress.get("processed", payload.get("epoch", -1) + 1))
-    return {"epochs_done": epochs_done, "global_step": int(payload.get("global_step", 0)), "meta": meta,
-            "payload": payload}
+    epochs_done, global_step = progress(payload)
+    return {"epochs_done": epochs_done, "global_step": global_step, "meta": meta, "payload": payload}
 
 
 def _already_finished(cfg: DictConfig, results_dir: str, resume: str, state: dict) -> dict:
