@@ -42,7 +42,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("invalid_override_syntax", ["train", *D, "train.gpu_ids=[0,"],
      ["Invalid override syntax in 'train.gpu_ids=[0,'", "key=value"]),
     ("dash_flag_instead_of_key", ["train", *D, "--epochs", "3"], ["'--epochs' is not an option", "key=value"]),
-    ("unknown_group", ["train", *D, "model=mit_b9"], ["no model option 'mit_b9'", "Options: fan_base", "mit_b0"]),
+    ("unknown_group", ["train", *D, "model=mit_b9"], ["no model option 'mit_b9'", "Options: c_radio_v2_vit_base_patch16_224, ", "fan_base", "mit_b0"]),
     ("delete_unknown_key", ["train", *D, "~train.nope"], ["train.nope"]),
     ("spec_missing", ["train", "-e", "{tmp}/nope.yaml"], ["nope.yaml", "does not exist"]),
     ("spec_not_yaml", ["train", "-e", "{bad_yaml}"], ["not valid YAML"]),
