@@ -165,7 +165,8 @@ def _check_model_files_exist(cfg, keys: list[str]) -> None:
         if not io.exists(str(path)):
             raise UserError(f"{key}='{path}' does not exist. Check the path, or use parent_job=<results dir of a "
                             "previous job> to pick its artifact.")
-        if os.path.isdir(str(path)):
+        hf_folder = key.endswith(".checkpoint") and os.path.isfile(os.path.join(str(path), "config.json"))
+        if os.path.isdir(str(path)) and not hf_folder:  # a Hugging Face folder is a model (deploy/hf_runtime.py)
             raise UserError(f"{key}='{path}' is a folder, not a model file. Point {key} at the file (e.g. "
                             f"{os.path.join(str(path), 'segformer_model_best.pth')}), or use parent_job={path} to pick "
                             "the artifact of the job that wrote that folder.")
